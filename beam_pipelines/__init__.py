@@ -1,0 +1,1 @@
+"""Beam pipelines: TSV corpora -> pre-tokenized Parquet shards (and corpus converters)."""

@@ -1,0 +1,274 @@
+"""Tokenize a TSV corpus once into sharded Parquet records, a manifest and a dead-letter output.
+
+    python -m beam_pipelines.preprocess --data_dir DIR_OR_GS --output_dir DIR_OR_GS \\
+        --tokenizer NAME_OR_PATH [--max_doc_tokens N] [--num_shards N] \\
+        [--seq_len_func head|tail|ht --seq_func_params ... --max_seq_length N] \\
+        [Beam options: --runner DataflowRunner --project P --region R --temp_location gs://...]
+
+Runs on the DirectRunner by default and on Dataflow with Beam's usual options. Writes
+``<output_dir>/manifest.json``, ``<split>-SSSSS-of-NNNNN.parquet`` and ``rejected/<split>-*.jsonl``
+(design.md section 4), then prints the corpus statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from typing import Any, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import spanwise_io
+from beam_pipelines import sinks, transforms
+from schemas.manifest import MANIFEST_NAME, format_stats, read_manifest
+from schemas.tsv import REQUIRED_SPLITS, SPLITS
+from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config
+from tokenization.tokenizer import load_tokenizer, tokenizer_identity
+
+__all__ = ["PreprocessOptions", "build_pipeline", "run", "main"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class PreprocessOptions(PipelineOptions):
+    """spanwise's own options; all other flags are Beam's (runner, project, temp_location...)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        group = parser.add_argument_group("spanwise preprocessing") if hasattr(parser, "add_argument_group") else parser
+        group.add_argument("--data_dir", help="folder (local or gs://) with train.tsv, dev.tsv and optional test.tsv")
+        group.add_argument("--output_dir", help="folder (local or gs://) for manifest.json, shards and rejected/")
+        group.add_argument("--tokenizer", help="fast tokenizer: local dir, gs:// dir or hub name")
+        group.add_argument(
+            "--max_doc_tokens", type=int, default=32768,
+            help="cap per text; longer texts keep their first and last halves of the cap (default 32768)",
+        )
+        group.add_argument(
+            "--num_shards", type=int, default=0,
+            help="shards per split; 0 = one per --rows_per_shard rows (default 0)",
+        )
+        group.add_argument("--rows_per_shard", type=int, default=10000, help="target rows per shard when --num_shards is 0")
+        group.add_argument(
+            "--seq_len_func", default=None, choices=sorted(DETERMINISTIC_FUNCS),
+            help="apply a deterministic sequence-length function now (saves space); random ones belong to the trainer",
+        )
+        group.add_argument("--seq_func_params", type=int, nargs="*", default=[], help="parameters of --seq_len_func")
+        group.add_argument("--max_seq_length", type=int, default=None, help="model input length; needed with --seq_len_func")
+        group.add_argument(
+            "--decode_errors", default="strict", choices=["strict", "replace"],
+            help="strict: reject rows with invalid UTF-8; replace: keep them with U+FFFD (default strict)",
+        )
+        group.add_argument("--tokenize_batch_size", type=int, default=64, help="texts per tokenizer call (default 64)")
+        group.add_argument(
+            "--overwrite", action="store_true", default=False,
+            help="replace an earlier run's manifest, shards and rejected rows in --output_dir",
+        )
+
+
+def _check_options(opts: PreprocessOptions) -> dict[str, str]:
+    """Validate our options before any work; return ``{split: input path}``."""
+    for name in ("data_dir", "output_dir", "tokenizer"):
+        if not getattr(opts, name):
+            raise ValueError(f"--{name} is required")
+    if opts.max_doc_tokens < 1:
+        raise ValueError(f"--max_doc_tokens must be >= 1, got {opts.max_doc_tokens}")
+    if opts.num_shards < 0 or opts.rows_per_shard < 1:
+        raise ValueError("--num_shards must be >= 0 and --rows_per_shard >= 1")
+    if opts.tokenize_batch_size < 1:
+        raise ValueError("--tokenize_batch_size must be >= 1")
+    inputs: dict[str, str] = {}
+    for split in SPLITS:
+        path = spanwise_io.join(opts.data_dir, f"{split}.tsv")
+        if spanwise_io.exists(path):
+            inputs[split] = path
+        elif split in REQUIRED_SPLITS:
+            raise ValueError(f"{path} not found: --data_dir needs train.tsv and dev.tsv (test.tsv is optional)")
+    existing = [name for name in spanwise_io.listdir(opts.output_dir) if name == MANIFEST_NAME or name.endswith(".parquet")] \
+        if spanwise_io.exists(opts.output_dir) else []
+    if existing and not opts.overwrite:
+        raise ValueError(
+            f"{opts.output_dir} already holds an earlier run ({', '.join(existing[:3])}...); "
+            "choose another --output_dir or pass --overwrite"
+        )
+    return inputs
+
+
+def _clear_previous_run(output_dir: str) -> None:
+    if not spanwise_io.exists(output_dir):
+        return
+    for name in spanwise_io.listdir(output_dir):
+        if name == MANIFEST_NAME or name.endswith(".parquet"):
+            spanwise_io.remove(spanwise_io.join(output_dir, name))
+    spanwise_io.remove_tree(spanwise_io.join(output_dir, sinks.REJECTED_DIR))
+
+
+def _count_per_split(pcoll: beam.PCollection, label: str) -> beam.PCollection:
+    return pcoll | f"KeyBySplit{label}" >> beam.Map(lambda split: (split, 1)) | f"Count{label}" >> beam.CombinePerKey(sum)
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    opts: PreprocessOptions,
+    inputs: dict[str, str],
+    manifest_base: dict[str, Any],
+    seq_config: SeqLenConfig | None,
+    temp_dir: str,
+) -> beam.PCollection:
+    """Add the preprocessing graph to ``pipeline``; return the PCollection holding the manifest."""
+    lines = (
+        pipeline
+        | "ListInputs" >> beam.Create(sorted(inputs.items()))
+        | "ReadLines" >> beam.FlatMap(transforms.read_numbered_lines)
+    )
+    parsed = lines | "ParseRows" >> beam.ParDo(transforms.ParseRowFn(opts.decode_errors)).with_outputs(
+        transforms.REJECTED, transforms.HEADER, main="rows"
+    )
+    unique = (
+        parsed.rows
+        | "KeyById" >> beam.Map(lambda row: ((row.split, row.id), row))
+        | "GroupById" >> beam.GroupByKey()
+        | "KeepFirstId" >> beam.ParDo(transforms.KeepFirstIdFn()).with_outputs(transforms.REJECTED, main="rows")
+    )
+    label_map = (
+        unique.rows
+        | "TrainOnly" >> beam.Filter(lambda row: row.split == "train")
+        | "Labels" >> beam.Map(lambda row: row.label)
+        | "DistinctLabels" >> beam.Distinct()
+        | "AllLabels" >> beam.combiners.ToList()
+        | "BuildLabelMap" >> beam.Map(transforms.build_label_map)
+    )
+    labelled = unique.rows | "ApplyLabelMap" >> beam.ParDo(
+        transforms.ApplyLabelMapFn(), beam.pvalue.AsSingleton(label_map)
+    ).with_outputs(transforms.REJECTED, main="rows")
+    tokenized = (
+        labelled.rows
+        | "Batch" >> beam.BatchElements(min_batch_size=opts.tokenize_batch_size, max_batch_size=opts.tokenize_batch_size)
+        | "Tokenize" >> beam.ParDo(
+            transforms.TokenizeBatchFn(opts.tokenizer, opts.max_doc_tokens, seq_config)
+        ).with_outputs(transforms.REJECTED, main="records")
+    )
+    records = tokenized.records
+    record_counts = _count_per_split(records | "RecordSplit" >> beam.Map(lambda r: r["split"]), "Records")
+    shards = (
+        records
+        | "AssignShard" >> beam.ParDo(
+            sinks.AssignShardFn(opts.num_shards, opts.rows_per_shard), beam.pvalue.AsDict(record_counts)
+        )
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(sinks.WriteShardFn(temp_dir))
+    )
+    stats = (
+        records
+        | "Lengths" >> beam.Map(lambda r: (r["split"], (r["num_tokens_a"] + r["num_tokens_b"], r["capped"])))
+        | "LengthStats" >> beam.CombinePerKey(transforms.LengthStatsFn())
+    )
+    rejected = (
+        parsed[transforms.REJECTED],
+        unique[transforms.REJECTED],
+        labelled[transforms.REJECTED],
+        tokenized[transforms.REJECTED],
+    ) | "AllRejected" >> beam.Flatten()
+    rejected_files = (
+        rejected
+        | "RejectedBySplit" >> beam.Map(lambda r: (r.split, r))
+        | "GroupRejected" >> beam.GroupByKey()
+        | "WriteRejected" >> beam.ParDo(sinks.WriteRejectedFn(temp_dir))
+    )
+    rejected_counts = (
+        rejected
+        | "ReasonKeys" >> beam.Map(lambda r: ((r.split, r.reason), 1))
+        | "CountReasons" >> beam.CombinePerKey(sum)
+    )
+    line_counts = _count_per_split(lines | "LineSplit" >> beam.Map(lambda line: line[0]), "Lines")
+    header_counts = _count_per_split(parsed[transforms.HEADER], "Headers")
+    return (
+        pipeline
+        | "FinalizeTrigger" >> beam.Create([None])
+        | "Finalize" >> beam.ParDo(
+            sinks.FinalizeFn(opts.output_dir, temp_dir, manifest_base, inputs),
+            shards=beam.pvalue.AsList(shards),
+            rejected_files=beam.pvalue.AsList(rejected_files),
+            label_map=beam.pvalue.AsSingleton(label_map),
+            line_counts=beam.pvalue.AsDict(line_counts),
+            header_counts=beam.pvalue.AsDict(header_counts),
+            rejected_counts=beam.pvalue.AsDict(rejected_counts),
+            stats=beam.pvalue.AsDict(stats),
+        )
+    )
+
+
+def _help_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipelines.preprocess",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other flag is a Beam pipeline option (--runner, --project, --region, --temp_location, ...).",
+    )
+    PreprocessOptions._add_argparse_args(parser)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the preprocessing job; return the manifest it wrote.
+
+    Raises:
+        ValueError: an option is missing or invalid, or the corpus has no valid train rows.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(argv)
+    opts = options.view_as(PreprocessOptions)
+    inputs = _check_options(opts)
+    tokenizer = load_tokenizer(opts.tokenizer)
+    seq_config = None
+    if opts.seq_len_func:
+        if not opts.max_seq_length:
+            raise ValueError("--seq_len_func at preprocess time needs --max_seq_length")
+        seq_config = validate_seq_config(opts.seq_len_func, opts.seq_func_params, opts.max_seq_length, tokenizer)
+    elif opts.seq_func_params:
+        raise ValueError("--seq_func_params given without --seq_len_func")
+    if opts.overwrite:
+        _clear_previous_run(opts.output_dir)
+    spanwise_io.makedirs(opts.output_dir)
+    manifest_base = {
+        "options": {
+            "data_dir": opts.data_dir,
+            "output_dir": opts.output_dir,
+            "tokenizer": opts.tokenizer,
+            "max_doc_tokens": opts.max_doc_tokens,
+            "num_shards": opts.num_shards,
+            "rows_per_shard": opts.rows_per_shard,
+            "decode_errors": opts.decode_errors,
+            "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        },
+        "tokenizer": tokenizer_identity(tokenizer, opts.tokenizer),
+        "max_doc_tokens": opts.max_doc_tokens,
+        "preprocess_seq_len": seq_config.to_dict() if seq_config else None,
+    }
+    temp_dir = spanwise_io.join(opts.output_dir, f".spanwise-tmp-{uuid.uuid4().hex}")
+    _LOG.info("preprocessing %s -> %s", ", ".join(inputs.values()), opts.output_dir)
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, opts, inputs, manifest_base, seq_config, temp_dir)
+    return read_manifest(opts.output_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        _help_parser().print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        manifest = run(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {spanwise_io.join(manifest['options']['output_dir'], MANIFEST_NAME)}")
+    print(format_stats(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

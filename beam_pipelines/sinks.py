@@ -1,0 +1,174 @@
+"""Deterministic, atomic outputs: Parquet shards, rejected-row JSONL, and the manifest.
+
+Beam's own file sinks assign records to shards by bundle, so two runs over the same input give
+different shards. Here a record's shard is ``stable_hash64(id) % num_shards``, rows are sorted by
+ID inside a shard, and files are written to a temporary folder first and moved into place by a
+single finalize step (the same temp-then-finalize protocol as Beam's sinks); the manifest is
+written last, so its presence means the output is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import math
+from typing import Any, Iterable, Iterator, Mapping
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import spanwise_io
+from schemas.manifest import SCHEMA_VERSION, write_manifest
+from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, SHARD_SCHEMA, records_to_table, shard_name
+from schemas.tsv import Rejection
+from tokenization.rng import stable_hash64
+
+__all__ = [
+    "REJECTED_DIR",
+    "shard_count",
+    "AssignShardFn",
+    "WriteShardFn",
+    "WriteRejectedFn",
+    "FinalizeFn",
+    "parquet_bytes",
+]
+
+REJECTED_DIR = "rejected"
+
+
+def shard_count(records: int, num_shards: int, rows_per_shard: int) -> int:
+    """``num_shards`` when set, else enough shards of ``rows_per_shard`` rows (at least one)."""
+    if num_shards > 0:
+        return num_shards
+    return max(1, math.ceil(records / rows_per_shard))
+
+
+class AssignShardFn(beam.DoFn):
+    """record -> ``((split, shard_index, shard_count), record)`` by a stable hash of its ID."""
+
+    def __init__(self, num_shards: int, rows_per_shard: int):
+        self._num_shards = num_shards
+        self._rows_per_shard = rows_per_shard
+
+    def process(self, record: dict[str, Any], counts: Mapping[str, int]) -> Iterator[tuple[tuple[str, int, int], dict]]:
+        count = shard_count(counts.get(record["split"], 0), self._num_shards, self._rows_per_shard)
+        yield (record["split"], stable_hash64(record["id"]) % count, count), record
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as Parquet bytes: zstd, row groups of ``ROW_GROUP_SIZE`` rows."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+    return buffer.getvalue()
+
+
+class WriteShardFn(beam.DoFn):
+    """Write one shard, rows sorted by ID, to the temp folder; emit what finalize needs."""
+
+    def __init__(self, temp_dir: str):
+        self._temp_dir = temp_dir
+
+    def process(self, element: tuple[tuple[str, int, int], Iterable[dict]]) -> Iterator[dict[str, Any]]:
+        (split, index, count), records = element
+        ordered = sorted(records, key=lambda record: record["id"])
+        name = shard_name(split, index, count)
+        spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), parquet_bytes(records_to_table(ordered)))
+        yield {
+            "split": split,
+            "name": name,
+            "rows": len(ordered),
+            "row_groups": math.ceil(len(ordered) / ROW_GROUP_SIZE),
+        }
+
+
+class WriteRejectedFn(beam.DoFn):
+    """Write one split's rejected rows, sorted by (file, line), as JSONL to the temp folder."""
+
+    def __init__(self, temp_dir: str):
+        self._temp_dir = temp_dir
+
+    def process(self, element: tuple[str, Iterable[Rejection]]) -> Iterator[dict[str, Any]]:
+        split, rejections = element
+        ordered = sorted(rejections, key=lambda r: (r.file, r.line, r.reason))
+        name = f"{split}-00000-of-00001.jsonl"
+        data = "".join(r.to_json() + "\n" for r in ordered).encode("utf-8")
+        spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, REJECTED_DIR, name), data)
+        yield {"split": split, "name": f"{REJECTED_DIR}/{name}", "rows": len(ordered)}
+
+
+class FinalizeFn(beam.DoFn):
+    """Runs once: move temp files into place, add empty shards, check counts, write the manifest."""
+
+    def __init__(self, output_dir: str, temp_dir: str, manifest_base: Mapping[str, Any], splits: Mapping[str, str]):
+        self._output_dir = output_dir
+        self._temp_dir = temp_dir
+        self._manifest_base = dict(manifest_base)
+        self._splits = dict(splits)
+
+    def process(
+        self,
+        _: Any,
+        shards: list[dict],
+        rejected_files: list[dict],
+        label_map: Mapping[str, int],
+        line_counts: Mapping[str, int],
+        header_counts: Mapping[str, int],
+        rejected_counts: Mapping[tuple[str, str], int],
+        stats: Mapping[str, dict],
+    ) -> Iterator[dict[str, Any]]:
+        if not label_map:
+            raise ValueError(
+                f"no valid rows in {self._splits['train']}: nothing to train on (see {REJECTED_DIR}/train-*.jsonl)"
+            )
+        split_infos: dict[str, dict[str, Any]] = {}
+        for split, input_path in self._splits.items():
+            files = sorted((s for s in shards if s["split"] == split), key=lambda s: s["name"])
+            count = int(files[0]["name"].split("-of-")[1][:5]) if files else 1
+            present = {s["name"] for s in files}
+            for index in range(count):
+                name = shard_name(split, index, count)
+                if name not in present:  # a shard that no ID hashed to: still written, with 0 rows
+                    spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), parquet_bytes(SHARD_SCHEMA.empty_table()))
+                    files.append({"split": split, "name": name, "rows": 0, "row_groups": 0})
+            files.sort(key=lambda s: s["name"])
+            reasons = {reason: n for (s, reason), n in sorted(rejected_counts.items()) if s == split}
+            records = sum(f["rows"] for f in files)
+            rejected = sum(reasons.values())
+            read = line_counts.get(split, 0) - header_counts.get(split, 0)
+            if read != records + rejected:
+                raise RuntimeError(f"lost rows in {split}: read {read} != written {records} + rejected {rejected}")
+            split_infos[split] = {
+                "input": input_path,
+                "read": read,
+                "header_lines": header_counts.get(split, 0),
+                "records": records,
+                "rejected": rejected,
+                "rejected_by_reason": reasons,
+                "rejected_file": next((r["name"] for r in rejected_files if r["split"] == split), None),
+                "files": [{"name": f["name"], "rows": f["rows"], "row_groups": f["row_groups"]} for f in files],
+                "stats": stats.get(split, {"documents": 0}),
+            }
+        for info in split_infos.values():
+            for f in info["files"]:
+                self._move(f["name"])
+            if info["rejected_file"]:
+                self._move(info["rejected_file"])
+        manifest = {
+            **self._manifest_base,
+            "schema_version": SCHEMA_VERSION,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "label_map": dict(label_map),
+            "splits": split_infos,
+        }
+        write_manifest(self._output_dir, manifest)
+        spanwise_io.remove_tree(self._temp_dir)
+        yield manifest
+
+    def _move(self, name: str) -> None:
+        source = spanwise_io.join(self._temp_dir, name)
+        target = spanwise_io.join(self._output_dir, name)
+        if spanwise_io.exists(source):  # a retried finalize may already have moved it
+            spanwise_io.rename(source, target)
+        elif not spanwise_io.exists(target):
+            raise RuntimeError(f"{source} is missing: a shard was lost before finalize")

@@ -1,0 +1,1 @@
+"""File formats: the input TSV rows, the Parquet shard schema and the manifest."""

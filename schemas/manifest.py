@@ -1,0 +1,117 @@
+"""``manifest.json``: what a preprocessing run produced and how, read first by the trainer.
+
+Written last by the pipeline, so its presence means the shards are complete. The trainer calls
+``read_manifest`` and ``check_compatible`` before reading any shard.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import spanwise_io
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_NAME",
+    "write_manifest",
+    "read_manifest",
+    "validate_manifest",
+    "check_compatible",
+    "format_stats",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+_REQUIRED_KEYS = ("schema_version", "tokenizer", "label_map", "splits", "max_doc_tokens")
+
+
+def write_manifest(output_dir: str, manifest: Mapping[str, Any]) -> str:
+    """Validate and write ``manifest.json`` atomically; return its path."""
+    validate_manifest(manifest, source=output_dir)
+    path = spanwise_io.join(output_dir, MANIFEST_NAME)
+    spanwise_io.write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return path
+
+
+def read_manifest(prep_dir: str) -> dict[str, Any]:
+    """Read and validate ``<prep_dir>/manifest.json``.
+
+    Raises:
+        ValueError: the manifest is missing, not JSON, or lacks required fields.
+    """
+    path = spanwise_io.join(prep_dir, MANIFEST_NAME)
+    if not spanwise_io.exists(path):
+        raise ValueError(f"{path} not found: is {prep_dir} the output_dir of beam_pipelines.preprocess?")
+    try:
+        manifest = json.loads(spanwise_io.read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    validate_manifest(manifest, source=path)
+    return manifest
+
+
+def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> None:
+    """Check the manifest's structure and internal consistency."""
+    if not isinstance(manifest, Mapping):
+        raise ValueError(f"{source}: manifest must be a JSON object")
+    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"{source}: manifest lacks {', '.join(missing)}")
+    if manifest["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(
+            f"{source}: schema_version {manifest['schema_version']} is not the supported {SCHEMA_VERSION}; "
+            "re-run beam_pipelines.preprocess with this version of spanwise"
+        )
+    label_map = manifest["label_map"]
+    if not isinstance(label_map, Mapping) or sorted(label_map.values()) != list(range(len(label_map))):
+        raise ValueError(f"{source}: label_map must map each label to a distinct index 0..N-1")
+    for split, info in manifest["splits"].items():
+        for key in ("read", "records", "rejected", "files"):
+            if key not in info:
+                raise ValueError(f"{source}: split {split!r} lacks {key!r}")
+        if info["read"] != info["records"] + info["rejected"]:
+            raise ValueError(
+                f"{source}: split {split!r} has read {info['read']} != records {info['records']} + rejected {info['rejected']}"
+            )
+        if sum(f["rows"] for f in info["files"]) != info["records"]:
+            raise ValueError(f"{source}: split {split!r} file row counts do not add up to records {info['records']}")
+
+
+def check_compatible(manifest: Mapping[str, Any], tokenizer_identity: Mapping[str, Any]) -> None:
+    """Refuse shards made with another tokenizer, saying what differs."""
+    made_with = manifest["tokenizer"]
+    differences = [
+        f"{key}: shards {made_with.get(key)!r} vs now {tokenizer_identity.get(key)!r}"
+        for key in ("fingerprint", "vocab_size", "special_tokens", "num_special_tokens_single", "num_special_tokens_pair")
+        if made_with.get(key) != tokenizer_identity.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"the shards were tokenized with {made_with.get('name_or_path')!r}, which differs from "
+            f"{tokenizer_identity.get('name_or_path')!r}: " + "; ".join(differences)
+        )
+
+
+def format_stats(manifest: Mapping[str, Any]) -> str:
+    """The corpus statistics as a small text table, for people."""
+    lines = [
+        f"labels ({len(manifest['label_map'])}): {', '.join(manifest['label_map'])}",
+        f"{'split':<6} {'read':>7} {'written':>7} {'rejected':>8}  "
+        f"{'p10':>6} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7}  {'>126':>6} {'>254':>6} {'>510':>6}",
+    ]
+    for split, info in manifest["splits"].items():
+        stats = info.get("stats") or {}
+        quantiles = stats.get("quantiles", {})
+        longer = stats.get("fraction_longer_than", {})
+        lines.append(
+            f"{split:<6} {info['read']:>7} {info['records']:>7} {info['rejected']:>8}  "
+            + " ".join(f"{quantiles.get(q, 0):>6}" for q in ("p10", "p50", "p90", "p99"))
+            + f" {stats.get('max', 0):>7}  "
+            + " ".join(f"{longer.get(str(b), 0.0):>6.1%}" for b in (126, 254, 510))
+        )
+        if info.get("rejected_by_reason"):
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(info["rejected_by_reason"].items()))
+            lines.append(f"       rejected: {reasons}")
+    lines.append("token lengths are content tokens (TEXT_A + TEXT_B, no special tokens)")
+    return "\n".join(lines)

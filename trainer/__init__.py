@@ -1,0 +1,1 @@
+"""The streaming trainer (see issue: the streaming trainer)."""
