@@ -33,6 +33,7 @@ __all__ = [
     "remove_tree",
     "size",
     "copy_dir_to_local",
+    "upload_dir",
 ]
 
 
@@ -162,3 +163,14 @@ def copy_dir_to_local(url: str, cache_root: str | None = None) -> str:
     with open(marker, "w") as handle:
         handle.write(url)
     return local
+
+
+def upload_dir(local_dir: str, url: str) -> None:
+    """Copy the files of a local directory tree to ``url`` (local or remote), each atomically."""
+    for root, _, files in os.walk(local_dir):
+        relative = os.path.relpath(root, local_dir)
+        for name in sorted(files):
+            parts = [] if relative == "." else relative.split(os.sep)
+            with open(os.path.join(root, name), "rb") as src, atomic_write(join(url, *parts, name)) as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)

@@ -1,0 +1,182 @@
+"""From stored token ids to model inputs: sequence-length function, special tokens, padding.
+
+Transformers 5 tokenizers no longer expose ``build_inputs_with_special_tokens``, so the layout of
+special tokens (``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` for BERT, ``<s> A </s></s> B </s>``
+for RoBERTa, ...) is read off the tokenizer once, by encoding a probe with and without special
+tokens, and checked on a second probe. Per sample the work is then list concatenation only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from tokenization.rng import EVAL_EPOCH, doc_rng
+from tokenization.seq_len import SeqLenConfig, apply_seq_len
+
+__all__ = ["SpecialTokenTemplate", "FeatureBuilder", "Example", "collate", "EVAL_VIEWS_CHUNKS"]
+
+EVAL_VIEWS_CHUNKS = "chunks"
+
+
+@dataclass(frozen=True)
+class SpecialTokenTemplate:
+    """Where a tokenizer puts its special tokens around one or two segments."""
+
+    single: tuple[tuple[int, ...], tuple[int, ...]]  # (prefix, suffix)
+    pair: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # (prefix, middle, suffix)
+    # token_type_ids of (prefix+A+middle) and (B+suffix) in the pair layout
+    type_a: int
+    type_b: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> "SpecialTokenTemplate":
+        """Read the layout off ``tokenizer`` and verify it on a second probe."""
+        template = cls._probe(tokenizer, "hello", "world")
+        for text_a, text_b in (("the quick brown fox", "jumps over it"), ("a", "b c d e")):
+            a, b = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text_a, text_b))
+            expected = tokenizer(text_a, text_b, truncation=False, return_token_type_ids=True)
+            ids, types = template.build(a, b)
+            if ids != list(expected["input_ids"]) or types != list(expected.get("token_type_ids", types)):
+                raise ValueError(
+                    f"cannot derive the special-token layout of tokenizer {type(tokenizer).__name__}: "
+                    f"probe {text_a!r}/{text_b!r} gives {list(expected['input_ids'])}, template {ids}"
+                )
+        return template
+
+    @classmethod
+    def _probe(cls, tokenizer: Any, text_a: str, text_b: str) -> "SpecialTokenTemplate":
+        a = tokenizer(text_a, add_special_tokens=False)["input_ids"]
+        b = tokenizer(text_b, add_special_tokens=False)["input_ids"]
+        single = tokenizer(text_a, truncation=False)["input_ids"]
+        pair_encoding = tokenizer(text_a, text_b, truncation=False, return_token_type_ids=True)
+        pair = pair_encoding["input_ids"]
+        i = _find(single, a)
+        j = _find(pair, a)
+        k = _find(pair, b, start=j + len(a))
+        types = pair_encoding.get("token_type_ids") or [0] * len(pair)
+        return cls(
+            single=(tuple(single[:i]), tuple(single[i + len(a) :])),
+            pair=(tuple(pair[:j]), tuple(pair[j + len(a) : k]), tuple(pair[k + len(b) :])),
+            type_a=int(types[j]),
+            type_b=int(types[k]),
+        )
+
+    def build(self, ids_a: Sequence[int], ids_b: Sequence[int]) -> tuple[list[int], list[int]]:
+        """``input_ids`` and ``token_type_ids`` of one example."""
+        if len(ids_b) == 0:
+            prefix, suffix = self.single
+            ids = [*prefix, *ids_a, *suffix]
+            return ids, [self.type_a] * len(ids)
+        prefix, middle, suffix = self.pair
+        first = [*prefix, *ids_a, *middle]
+        second = [*ids_b, *suffix]
+        return first + second, [self.type_a] * len(first) + [self.type_b] * len(second)
+
+
+def _find(haystack: Sequence[int], needle: Sequence[int], start: int = 0) -> int:
+    for i in range(start, len(haystack) - len(needle) + 1):
+        if list(haystack[i : i + len(needle)]) == list(needle):
+            return i
+    raise ValueError(f"cannot find {list(needle)} in {list(haystack)} while probing the tokenizer's special tokens")
+
+
+@dataclass
+class Example:
+    """One model input: ``doc`` indexes the document it came from (several views may share it)."""
+
+    doc_id: str
+    label: int
+    input_ids: list[int]
+    token_type_ids: list[int]
+
+
+class FeatureBuilder:
+    """Turns a stored document into one or several model inputs.
+
+    Training draws with ``epoch`` (new spans each epoch for rs/rso/rsd); evaluation and
+    prediction use ``EVAL_EPOCH`` and, with views, one rng stream per view.
+    """
+
+    def __init__(self, config: SeqLenConfig, template: SpecialTokenTemplate, seed: int) -> None:
+        self.config = config
+        self.template = template
+        self.seed = int(seed)
+
+    def _too_long(self, ids_a: Sequence[int], ids_b: Sequence[int]) -> bool:
+        budget = self.config.budget_pair if len(ids_b) else self.config.budget_single
+        return len(ids_a) + len(ids_b) > budget
+
+    def train_example(self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int) -> Example:
+        rng = doc_rng(self.seed, epoch, doc_id) if self.config.is_random and self._too_long(ids_a, ids_b) else None
+        a, b = apply_seq_len(ids_a, ids_b, self.config, rng)
+        ids, types = self.template.build(_to_list(a), _to_list(b))
+        return Example(doc_id, int(label), ids, types)
+
+    def eval_examples(
+        self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], views: int | str = 1
+    ) -> list[Example]:
+        """The views of one document for evaluation (deterministic).
+
+        Args:
+            views: 1 (the seq function once), K > 1 (K draws of a random seq function; a
+                deterministic one gives the same view K times, so it is evaluated once), or
+                ``"chunks"`` (consecutive windows of the budget covering all of TEXT_A).
+        """
+        if not self._too_long(ids_a, ids_b):
+            ids, types = self.template.build(_to_list(ids_a), _to_list(ids_b))
+            return [Example(doc_id, int(label), ids, types)]
+        if views == EVAL_VIEWS_CHUNKS:
+            return [self._build(doc_id, label, a, b) for a, b in self._chunks(ids_a, ids_b)]
+        count = int(views) if self.config.is_random else 1
+        out = []
+        for stream in range(count):
+            rng = doc_rng(self.seed, EVAL_EPOCH, doc_id, stream) if self.config.is_random else None
+            a, b = apply_seq_len(ids_a, ids_b, self.config, rng)
+            out.append(self._build(doc_id, label, a, b))
+        return out
+
+    def _build(self, doc_id: str, label: int, a: Sequence[int], b: Sequence[int]) -> Example:
+        ids, types = self.template.build(_to_list(a), _to_list(b))
+        return Example(doc_id, int(label), ids, types)
+
+    def _chunks(self, ids_a: Sequence[int], ids_b: Sequence[int]) -> list[tuple[Sequence[int], Sequence[int]]]:
+        if len(ids_b):
+            budget = self.config.budget_pair
+            b_keep = min(len(ids_b), max(budget - len(ids_a), budget // 2))
+            kept_b, budget_a = ids_b[:b_keep], budget - b_keep
+        else:
+            kept_b, budget_a = ids_b, self.config.budget_single
+        budget_a = max(budget_a, 1)
+        return [(ids_a[start : start + budget_a], kept_b) for start in range(0, len(ids_a), budget_a)]
+
+
+def _to_list(ids: Sequence[int] | np.ndarray) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+
+
+def collate(examples: Sequence[Example], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
+    """Dynamic padding: pad to the longest input of the batch (optionally to a multiple of 8)."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    length = max(len(example.input_ids) for example in examples)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(examples), length), int(pad_token_id), dtype=torch.long)
+    token_type_ids = torch.zeros((len(examples), length), dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.as_tensor(example.input_ids, dtype=torch.long)
+        token_type_ids[row, :n] = torch.as_tensor(example.token_type_ids, dtype=torch.long)
+        attention_mask[row, :n] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "labels": torch.as_tensor([example.label for example in examples], dtype=torch.long),
+        "doc_ids": [example.doc_id for example in examples],
+    }

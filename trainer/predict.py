@@ -1,0 +1,124 @@
+"""``python -m trainer.predict``: one prediction per document with a trained model.
+
+Uses the sequence-length function the model was trained with (from its ``run_config.json``),
+with deterministic draws, and optionally several views per long document (``--eval_views``)
+whose logits are averaged. Output: JSONL (``id``, ``label``, ``probabilities``) or, for a
+``.tsv`` path, a TSV with one probability column per label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+import spanwise_io
+from schemas.manifest import check_compatible, read_manifest
+from tokenization.seq_len import validate_seq_config
+from tokenization.tokenizer import load_tokenizer, tokenizer_identity
+from trainer.data import list_units
+from trainer.distributed import init_distributed, shutdown_distributed
+from trainer.evaluation import parse_views, score_documents
+from trainer.features import FeatureBuilder, SpecialTokenTemplate
+from trainer.task import RUN_CONFIG_NAME, local_model_path
+
+__all__ = ["predict", "main"]
+
+log = logging.getLogger("trainer.predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True, help="a model saved by trainer.task (local or gs://)")
+    parser.add_argument("--data_dir", required=True, help="shards + manifest.json made by beam_pipelines.preprocess")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--output", required=True, help="predictions file (.jsonl or .tsv; local or gs://)")
+    parser.add_argument("--eval_views", default=None, help="1, K or 'chunks' (default: as in training)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--use_cpu", action="store_true")
+    parser.add_argument("--bf16", action="store_true")
+    return parser
+
+
+def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write the predictions; return a summary (documents, output path, accuracy where labelled)."""
+    args = build_parser().parse_args(argv)
+    ctx = init_distributed(args.use_cpu)
+    try:
+        model_dir = local_model_path(args.model_dir)
+        config_path = spanwise_io.join(args.model_dir, RUN_CONFIG_NAME)
+        if not spanwise_io.exists(config_path):
+            raise ValueError(f"{config_path}: missing; --model_dir must be a model saved by trainer.task")
+        run_config = json.loads(spanwise_io.read_bytes(config_path))
+        train_args = run_config["args"]
+        tokenizer = load_tokenizer(model_dir)
+        manifest = read_manifest(args.data_dir)
+        check_compatible(manifest, tokenizer_identity(tokenizer, args.model_dir))
+        label_names = run_config["label_names"]
+        data_labels = [name for name, _ in sorted(manifest["label_map"].items(), key=lambda item: item[1])]
+        if data_labels != label_names:
+            raise ValueError(f"{args.data_dir}: label map {data_labels} differs from the model's {label_names}")
+        seq = run_config["seq_len"]
+        seq_config = validate_seq_config(seq["name"], seq["params"], seq["max_seq_length"], tokenizer)
+        features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"])
+        views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(ctx.device)
+        doc_ids, labels, logits = score_documents(
+            model,
+            list_units(args.data_dir, manifest, args.split),
+            features,
+            views=views,
+            batch_size=args.batch_size,
+            device=ctx.device,
+            pad_token_id=int(tokenizer.pad_token_id or 0),
+            autocast_dtype=torch.bfloat16 if args.bf16 else None,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        )
+        probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
+        predicted = probabilities.argmax(axis=1) if len(doc_ids) else np.zeros(0, dtype=np.int64)
+        if ctx.is_main:
+            spanwise_io.write_bytes(args.output, _render(args.output, doc_ids, predicted, probabilities, label_names))
+        labelled = labels >= 0
+        summary: dict[str, Any] = {"documents": len(doc_ids), "output": args.output, "eval_views": str(views)}
+        if labelled.any():
+            summary["accuracy"] = float((predicted[labelled] == labels[labelled]).mean())
+        return summary
+    finally:
+        shutdown_distributed()
+
+
+def _render(path: str, doc_ids: list[str], predicted: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str]) -> bytes:
+    out = io.StringIO()
+    if path.endswith(".tsv"):
+        out.write("\t".join(["id", "label", *(f"p_{name}" for name in label_names)]) + "\n")
+        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
+            out.write("\t".join([doc_id, label_names[index], *(f"{p:.6f}" for p in row)]) + "\n")
+    else:
+        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
+            record = {"id": doc_id, "label": label_names[index], "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, row)}}
+            out.write(json.dumps(record) + "\n")
+    return out.getvalue().encode("utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = predict(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
