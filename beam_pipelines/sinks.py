@@ -63,6 +63,11 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
+def _row_groups(data: bytes) -> int:
+    """The row groups Parquet bytes really hold (an empty table is still written as 1 group)."""
+    return pq.read_metadata(io.BytesIO(data)).num_row_groups
+
+
 class WriteShardFn(beam.DoFn):
     """Write one shard, rows sorted by ID, to the temp folder; emit what finalize needs."""
 
@@ -73,12 +78,13 @@ class WriteShardFn(beam.DoFn):
         (split, index, count), records = element
         ordered = sorted(records, key=lambda record: record["id"])
         name = shard_name(split, index, count)
-        spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), parquet_bytes(records_to_table(ordered)))
+        data = parquet_bytes(records_to_table(ordered))
+        spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), data)
         yield {
             "split": split,
             "name": name,
             "rows": len(ordered),
-            "row_groups": math.ceil(len(ordered) / ROW_GROUP_SIZE),
+            "row_groups": _row_groups(data),
         }
 
 
@@ -118,6 +124,10 @@ class FinalizeFn(beam.DoFn):
         stats: Mapping[str, dict],
     ) -> Iterator[dict[str, Any]]:
         if not label_map:
+            # Put the rejected rows where the message points, so the user can see why.
+            for rejected_file in rejected_files:
+                self._move(rejected_file["name"])
+            spanwise_io.remove_tree(self._temp_dir)
             raise ValueError(
                 f"no valid rows in {self._splits['train']}: nothing to train on (see {REJECTED_DIR}/train-*.jsonl)"
             )
@@ -129,8 +139,9 @@ class FinalizeFn(beam.DoFn):
             for index in range(count):
                 name = shard_name(split, index, count)
                 if name not in present:  # a shard that no ID hashed to: still written, with 0 rows
-                    spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), parquet_bytes(SHARD_SCHEMA.empty_table()))
-                    files.append({"split": split, "name": name, "rows": 0, "row_groups": 0})
+                    data = parquet_bytes(SHARD_SCHEMA.empty_table())
+                    spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), data)
+                    files.append({"split": split, "name": name, "rows": 0, "row_groups": _row_groups(data)})
             files.sort(key=lambda s: s["name"])
             reasons = {reason: n for (s, reason), n in sorted(rejected_counts.items()) if s == split}
             records = sum(f["rows"] for f in files)

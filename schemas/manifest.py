@@ -80,7 +80,12 @@ def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> 
 
 
 def check_compatible(manifest: Mapping[str, Any], tokenizer_identity: Mapping[str, Any]) -> None:
-    """Refuse shards made with another tokenizer, saying what differs."""
+    """Refuse shards of another schema version or made with another tokenizer, saying what differs."""
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"the shards have schema_version {manifest.get('schema_version')!r}, this version of spanwise reads "
+            f"{SCHEMA_VERSION}; re-run beam_pipelines.preprocess with this version of spanwise"
+        )
     made_with = manifest["tokenizer"]
     differences = [
         f"{key}: shards {made_with.get(key)!r} vs now {tokenizer_identity.get(key)!r}"

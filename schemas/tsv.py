@@ -152,10 +152,13 @@ def parse_line(
         text_a=fields[3],
         text_b=fields[4] if len(fields) == 5 else "",
     )
+    # Rejections here carry the line as read, not one rebuilt from the stripped fields.
     if not row.id:
-        return Rejection.of_row(row, Reason.EMPTY_ID, "ID is empty")
+        return Rejection(split, file, line, Reason.EMPTY_ID, "ID is empty", _cut(text))
     if not row.text_a.strip():
-        return Rejection.of_row(row, Reason.EMPTY_TEXT_A, "TEXT_A is empty")
+        return Rejection(split, file, line, Reason.EMPTY_TEXT_A, "TEXT_A is empty", _cut(text))
     if not row.label and split in LABELLED_SPLITS:
-        return Rejection.of_row(row, Reason.MISSING_LABEL, f"LABEL is empty; every {split} row needs one")
+        return Rejection(
+            split, file, line, Reason.MISSING_LABEL, f"LABEL is empty; every {split} row needs one", _cut(text)
+        )
     return row

@@ -221,6 +221,9 @@ def validate_seq_config(
         raise ValueError(f"unknown --seq_len_func {name!r}; choose one of {', '.join(SEQ_LEN_FUNCS)}")
     raw = list(params or [])
     try:
+        # int(16.5) would silently give 16: only ints and strings of ints are accepted.
+        if any(isinstance(p, bool) or not isinstance(p, (int, np.integer, str)) for p in raw):
+            raise TypeError
         values = tuple(int(p) for p in raw)
     except (TypeError, ValueError):
         raise ValueError(f"--seq_func_params for {name!r} must be integers ({_PARAM_HELP[name]}), got {raw}") from None
