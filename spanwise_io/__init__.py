@@ -95,8 +95,13 @@ def read_bytes(path: str) -> bytes:
 def atomic_write(path: str) -> Iterator[IO[bytes]]:
     """Write ``path`` so readers see either the old file or the whole new one, never a part."""
     if is_remote(path):
-        with filesystem(path).open(path, "wb") as handle:
+        handle = filesystem(path).open(path, "wb")
+        try:
             yield handle
+        except BaseException:
+            _abort_remote_write(handle)
+            raise
+        handle.close()  # the upload completes, and the object appears, only here
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -110,6 +115,17 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _abort_remote_write(handle: IO[bytes]) -> None:
+    """Drop a failed remote write without publishing what was written so far.
+
+    fsspec's file ``__exit__`` (and ``__del__``) call ``close()``, which *finishes* the upload,
+    so a ``with fs.open(...)`` block that raises would leave a partial object behind.
+    """
+    with contextlib.suppress(Exception):
+        handle.discard()  # gcsfs: cancel a resumable upload already started
+    handle.closed = True  # close() and __del__ then upload nothing of the buffer
 
 
 def write_bytes(path: str, data: bytes) -> None:
