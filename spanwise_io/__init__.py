@@ -157,20 +157,25 @@ def remove_tree(path: str) -> None:
 def copy_dir_to_local(url: str, cache_root: str | None = None) -> str:
     """Copy the files directly under a remote directory into a local cache; return its path.
 
-    The cache folder is named from the URL, so a second call reuses the copy.
+    The cache folder is named from the URL and the listing (names, sizes, generations/etags), so
+    a second call reuses the copy while a re-uploaded file gets a fresh one.
     """
-    root = cache_root or os.path.join(os.path.expanduser("~"), ".cache", "spanwise", "remote")
-    local = os.path.join(root, hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16])
-    marker = os.path.join(local, ".complete")
-    if os.path.exists(marker):
-        return local
     fs = filesystem(url)
     if not fs.isdir(url):
         raise ValueError(f"{url} is not a directory")
+    entries = sorted((e for e in fs.ls(url, detail=True) if e["type"] == "file"), key=lambda e: e["name"])
+    signature = [
+        (e["name"], e.get("size"), str(e.get("generation") or e.get("etag") or e.get("md5Hash") or e.get("mtime") or ""))
+        for e in entries
+    ]
+    key = hashlib.sha256(repr((url.rstrip("/"), signature)).encode()).hexdigest()[:16]
+    root = cache_root or os.path.join(os.path.expanduser("~"), ".cache", "spanwise", "remote")
+    local = os.path.join(root, key)
+    marker = os.path.join(local, ".complete")
+    if os.path.exists(marker):
+        return local
     os.makedirs(local, exist_ok=True)
-    for entry in fs.ls(url, detail=True):
-        if entry["type"] != "file":
-            continue
+    for entry in entries:
         name = posixpath.basename(entry["name"].rstrip("/"))
         source = entry["name"] if "://" in entry["name"] else f"{url.split('://', 1)[0]}://{entry['name']}"
         with open_read(source) as src, atomic_write(os.path.join(local, name)) as dst:

@@ -173,9 +173,17 @@ def test_copy_dir_to_local(gcs: GcsEmulator, tmp_path):
     assert sorted(os.listdir(local)) == [".complete", "a.json", "b.txt"]
     with open(os.path.join(local, "b.txt"), "rb") as handle:
         assert handle.read() == b"b" * 3_000_000
-    # Cached by URL: a second call reuses the copy without reading the bucket.
-    spanwise_io.remove_tree(url)
+    # Cached by URL and listing: an unchanged directory reuses the copy without reading files...
+    os.remove(os.path.join(local, "b.txt"))  # (proves nothing is copied again)
     assert spanwise_io.copy_dir_to_local(url + "/", cache_root=str(tmp_path / "cache")) == local
+    assert not os.path.exists(os.path.join(local, "b.txt"))
+    # ...while a re-uploaded file gives a fresh copy, not a stale one.
+    spanwise_io.write_bytes(spanwise_io.join(url, "a.json"), b'{"a": 2}')
+    fresh = spanwise_io.copy_dir_to_local(url, cache_root=str(tmp_path / "cache"))
+    assert fresh != local
+    with open(os.path.join(fresh, "a.json"), "rb") as handle:
+        assert handle.read() == b'{"a": 2}'
+    spanwise_io.remove_tree(url)
     with pytest.raises(ValueError, match="not a directory"):
         spanwise_io.copy_dir_to_local(gcs.url("nothing"), cache_root=str(tmp_path / "cache"))
 
