@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TensorBoard dir; $AIP_TENSORBOARD_LOG_DIR wins when set; default <output_dir>/runs/<task_name>")
     _bool_flag(ev, "disable_tqdm", "no progress bar")
     ev.add_argument("--sample_trace_file", default=None,
-                    help="append the document ids of every training batch to this local JSONL file (audits, tests)")
+                    help="append the document ids of every training batch to this local JSONL file (audits, tests); "
+                         "with several ranks each writes its own, e.g. trace.rank1.jsonl")
     return parser
 
 

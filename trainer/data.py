@@ -23,6 +23,7 @@ interrupted run would have seen, with no read of the skipped ones.
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -299,5 +300,13 @@ def iter_documents(plan: EpochPlan, chunk_rows: int = 1024) -> Iterator[tuple[st
 
 
 def worker_init_threads(_: int) -> None:
-    """DataLoader workers: one intra-op thread each, so workers do not fight the main process."""
+    """DataLoader workers: one intra-op thread each, so workers do not fight the main process.
+
+    Workers also ignore SIGTERM. A preemption signals the whole process group (torchrun forwards
+    SIGTERM with ``killpg``; a VM shutdown signals every process): a worker killed by it makes
+    the main process raise "DataLoader worker ... killed by signal" before it could finish its
+    step and write the preemption checkpoint. The main process stops its workers itself when it
+    drops the loader, and a worker whose parent died exits on its own (DataLoader watchdog).
+    """
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

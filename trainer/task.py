@@ -37,7 +37,7 @@ from trainer.distributed import DistContext, init_distributed, shutdown_distribu
 from trainer.evaluation import evaluate_split, parse_views
 from trainer.features import FeatureBuilder, SpecialTokenTemplate
 
-__all__ = ["Trainer", "Preempted", "run", "main"]
+__all__ = ["Trainer", "Preempted", "run", "main", "rank_trace_path"]
 
 log = logging.getLogger("trainer")
 RUN_CONFIG_NAME = "run_config.json"
@@ -45,6 +45,14 @@ EVAL_RESULTS_NAME = "eval_results.json"
 PREPROCESS_MANIFEST_NAME = "preprocess_manifest.json"
 # Test hook: raise after this optimizer step, to check that an exception-interrupted run resumes.
 FAIL_AFTER_STEP_ENV = "SPANWISE_TEST_FAIL_AFTER_STEP"
+
+
+def rank_trace_path(path: str, rank: int, world_size: int) -> str:
+    """The ``--sample_trace_file`` of one rank: ``trace.jsonl`` -> ``trace.rank1.jsonl`` when world size > 1."""
+    if world_size <= 1:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.rank{rank}{ext}"
 
 
 class Preempted(Exception):
@@ -261,7 +269,13 @@ class Trainer:
     def train(self) -> None:
         c = self.config
         self.maybe_resume()
-        trace = open(c.sample_trace_file, "a", encoding="utf-8") if c.sample_trace_file else None
+        # line-buffered: every batch is on disk as soon as it is trained on, so the trace of a run
+        # that is killed, preempted or fails is complete up to that batch
+        trace = (
+            open(rank_trace_path(c.sample_trace_file, self.ctx.rank, self.ctx.world_size), "a", encoding="utf-8", buffering=1)
+            if c.sample_trace_file
+            else None
+        )
         model = self.ddp or self.model
         model.train()
         fail_after = int(os.environ.get(FAIL_AFTER_STEP_ENV, "0") or 0)
@@ -465,8 +479,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        results = run(argv)
+        with logging_redirect_tqdm():  # log lines above the progress bar, not through it
+            results = run(argv)
     except Preempted as stop:
         log.warning("%s; run the same command again to resume", stop)
         return 143
