@@ -36,6 +36,7 @@ from trainer.data import ShardStream, list_units, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, parse_views
 from trainer.features import FeatureBuilder, SpecialTokenTemplate
+from trainer.tensorboard_logs import TensorBoardLogger
 
 __all__ = ["Trainer", "Preempted", "run", "main", "rank_trace_path"]
 
@@ -119,9 +120,7 @@ class Trainer:
         if c.do_train:
             self._setup_optimization()
         if self.ctx.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(c.resolved_logging_dir)
+            self.writer = TensorBoardLogger(c.resolved_logging_dir)
             self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2) + "\n```")
 
     def _setup_optimization(self) -> None:
@@ -210,6 +209,7 @@ class Trainer:
                 self.config.resolved_checkpoint_dir, self.global_step, self.model, state, self.config.save_total_limit
             )
             log.info("checkpoint %s (epoch %d, batch %d)", path, self.epoch, self.next_batch)
+            self.writer.sync()
         self._barrier()
 
     def maybe_resume(self) -> None:
@@ -391,6 +391,7 @@ class Trainer:
             for name in ("loss", "accuracy", "macro_f1", "mcc"):
                 self.writer.add_scalar(f"eval/{name}", metrics[name], self.global_step)
             self._write_json(EVAL_RESULTS_NAME, self.eval_results())
+            self.writer.sync()
         self._barrier()
         return metrics
 
@@ -444,7 +445,7 @@ class Trainer:
                 self.writer.add_hparams(
                     hparams, {f"hparam/{k}": final[k] for k in ("accuracy", "macro_f1", "mcc", "loss") if k in final}, run_name="."
                 )
-                self.writer.flush()
+                self.writer.sync()
         self._barrier()
 
     def close(self) -> None:
