@@ -66,6 +66,8 @@ class TrainConfig:
     disable_tqdm: bool = False
     trust_remote_code: bool = False
     sample_trace_file: str | None = None
+    notify_webhook_env: str | None = None
+    hypertune_metric_tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--logging_dir", default=None,
                     help="TensorBoard dir; $AIP_TENSORBOARD_LOG_DIR wins when set; default <output_dir>/runs/<task_name>")
     _bool_flag(ev, "disable_tqdm", "no progress bar")
+    ev.add_argument("--notify_webhook_env", default=None, metavar="ENV_NAME",
+                    help="post a JSON summary when the run finishes or fails to the URL in this environment "
+                         "variable (Slack incoming-webhook compatible); the URL itself never goes on the command line")
+    ev.add_argument("--hypertune_metric_tag", default=None,
+                    help="in a Vertex AI tuning trial, the tag the eval metric is reported under "
+                         "(default: the --metric_for_best_model name)")
     ev.add_argument("--sample_trace_file", default=None,
                     help="append the document ids of every training batch to this local JSONL file (audits, tests); "
                          "with several ranks each writes its own, e.g. trace.rank1.jsonl")
@@ -177,6 +185,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         raise ValueError("--eval_strategy steps needs --eval_steps >= 1")
     if config.eval_views != "chunks" and not (config.eval_views.isdigit() and int(config.eval_views) >= 1):
         raise ValueError(f"--eval_views must be a positive integer or 'chunks', got {config.eval_views!r}")
+    if config.notify_webhook_env and "://" in config.notify_webhook_env:
+        raise ValueError("--notify_webhook_env takes the NAME of an environment variable holding the URL, not the URL")
     if config.max_steps <= 0 and config.num_train_epochs <= 0 and config.do_train:
         raise ValueError("set --num_train_epochs > 0 or --max_steps > 0")
     return config

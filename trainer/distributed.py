@@ -1,14 +1,36 @@
-"""Process group set-up for torchrun (and, later, Vertex AI), NCCL on GPUs and gloo on CPUs."""
+"""Process group set-up for torchrun and Vertex AI, NCCL on GPUs and gloo on CPUs.
+
+Under torchrun (and Vertex AI's PyTorch set-up) the environment already holds MASTER_ADDR,
+MASTER_PORT, WORLD_SIZE and RANK. A Vertex AI custom container started without them still gets
+CLUSTER_SPEC (JSON: the hosts of each worker pool and this replica's pool and index); one process
+per replica is then derived from it: workerpool0 replica 0 is rank 0 and the master.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "shutdown_distributed"]
+__all__ = ["DistContext", "init_distributed", "shutdown_distributed", "env_from_cluster_spec"]
+
+_TRAINING_POOLS = ("workerpool0", "workerpool1")  # chief + workers; pool 2 (reduction server) and 3 (evaluators) excluded
+
+
+def env_from_cluster_spec(spec_json: str) -> dict[str, str]:
+    """MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK for this replica from Vertex AI's CLUSTER_SPEC."""
+    try:
+        spec = json.loads(spec_json)
+        cluster, task = spec["cluster"], spec["task"]
+        hosts = [host for pool in _TRAINING_POOLS for host in cluster.get(pool, [])]
+        rank = sum(len(cluster.get(pool, [])) for pool in _TRAINING_POOLS[: _TRAINING_POOLS.index(task["type"])]) + int(task["index"])
+        master_host, _, master_port = cluster["workerpool0"][0].rpartition(":")
+    except (KeyError, ValueError, IndexError, TypeError) as error:
+        raise ValueError(f"CLUSTER_SPEC is not a Vertex AI cluster spec this trainer understands: {error!r}") from error
+    return {"MASTER_ADDR": master_host, "MASTER_PORT": master_port or "2222", "WORLD_SIZE": str(len(hosts)), "RANK": str(rank)}
 
 
 @dataclass(frozen=True)
@@ -28,7 +50,10 @@ class DistContext:
 
 
 def init_distributed(use_cpu: bool = False) -> DistContext:
-    """Join the process group that torchrun describes in the environment (if any)."""
+    """Join the process group that torchrun or Vertex AI describes in the environment (if any)."""
+    if "WORLD_SIZE" not in os.environ and os.environ.get("CLUSTER_SPEC"):
+        for key, value in env_from_cluster_spec(os.environ["CLUSTER_SPEC"]).items():
+            os.environ.setdefault(key, value)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

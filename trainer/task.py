@@ -32,6 +32,7 @@ from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
 from trainer.args import TrainConfig, parse_args
+from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
 from trainer.data import ShardStream, list_units, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, parse_views
@@ -78,6 +79,7 @@ class Trainer:
         self.best_step: int | None = None
         self.eval_history: list[dict[str, Any]] = []
         self.writer: Any = None
+        self.hypertune: HypertuneReporter | None = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -121,6 +123,8 @@ class Trainer:
             self._setup_optimization()
         if self.ctx.is_main:
             self.writer = TensorBoardLogger(c.resolved_logging_dir)
+            if is_tuning_trial():
+                self.hypertune = HypertuneReporter(c.hypertune_metric_tag or c.metric_for_best_model)
             self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2) + "\n```")
 
     def _setup_optimization(self) -> None:
@@ -390,6 +394,8 @@ class Trainer:
             )
             for name in ("loss", "accuracy", "macro_f1", "mcc"):
                 self.writer.add_scalar(f"eval/{name}", metrics[name], self.global_step)
+            if self.hypertune is not None:
+                self.hypertune.report(value, self.global_step)
             self._write_json(EVAL_RESULTS_NAME, self.eval_results())
             self.writer.sync()
         self._barrier()
@@ -465,6 +471,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         trainer.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
+    def is_main() -> bool:  # RANK may come from Vertex AI's CLUSTER_SPEC during setup
+        return int(os.environ.get("RANK", "0")) == 0
+
     try:
         trainer.setup()
         if config.do_train:
@@ -472,10 +481,26 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         elif config.do_eval:
             trainer.evaluate()
         trainer.save()
-        return trainer.eval_results() if trainer.eval_history else {}
+        results = trainer.eval_results() if trainer.eval_history else {}
+    except Preempted:
+        if is_main():
+            notify_webhook(config.notify_webhook_env, run_summary(config.task_name, "preempted (checkpoint saved)", config.output_dir, _last(trainer)))
+        raise
+    except BaseException as error:
+        if is_main():
+            message = f"{type(error).__name__}: {error}"[:500]
+            notify_webhook(config.notify_webhook_env, run_summary(config.task_name, "failed", config.output_dir, _last(trainer), message))
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         trainer.close()
+    if is_main():
+        notify_webhook(config.notify_webhook_env, run_summary(config.task_name, "finished", config.output_dir, _last(trainer)))
+    return results
+
+
+def _last(trainer: Trainer) -> dict[str, Any] | None:
+    return trainer.eval_history[-1] if trainer.eval_history else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
