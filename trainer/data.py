@@ -115,14 +115,11 @@ class EpochPlan:
         sizes = np.array([self.units[i].num_rows for i in order], dtype=np.int64)
         self.cumulative = np.concatenate([[0], np.cumsum(sizes)])
         self.total_rows = int(self.cumulative[-1])
-        per_rank = math.ceil(self.total_rows / world_size) if self.total_rows else 0
+        per_rank = math.ceil(self.total_rows / world_size)
         self.start = rank * per_rank
-        self.stop = self.start + per_rank if pad else min(self.start + per_rank, self.total_rows)
-        self.stop = max(self.stop, self.start)
-        if self.total_rows == 0:
-            self.stop = self.start
-        window = max(self.batch_size, (int(shuffle_buffer) // self.batch_size) * self.batch_size)
-        self.window = window
+        # padding rows (positions >= total_rows) wrap around to the start of the epoch
+        self.stop = self.start + per_rank if pad else max(self.start, min(self.start + per_rank, self.total_rows))
+        self.window = max(self.batch_size, (int(shuffle_buffer) // self.batch_size) * self.batch_size)
 
     @property
     def num_rows(self) -> int:

@@ -86,7 +86,7 @@ def _find(haystack: Sequence[int], needle: Sequence[int], start: int = 0) -> int
 
 @dataclass
 class Example:
-    """One model input: ``doc`` indexes the document it came from (several views may share it)."""
+    """One model input of document ``doc_id`` (several evaluation views may share a document)."""
 
     doc_id: str
     label: int
