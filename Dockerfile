@@ -1,0 +1,66 @@
+# The training image: `python -m trainer.task` on a CUDA PyTorch base, for Vertex AI custom jobs
+# (bin/submit-vertex.sh) and any Docker host with NVIDIA GPUs. Built and pushed by
+# bin/register-image.sh; bin/run_local.sh runs the same entry point without Docker.
+#
+# TORCH_IMAGE is pinned by tag and must carry exactly the torch that requirements.txt pins
+# (torch==2.13.0; the pytorch/pytorch tags read <torch>-cuda<X.Y>-cudnn<N>-runtime). The build
+# checks this and fails on a mismatch. Change both together; tests/test_cloud_scripts.py checks
+# that they agree. CUDA 12.x rather than 13.x asks less of the machines' GPU drivers. The tag
+# could not be looked up from where this file was written: confirm that it exists
+# (docker manifest inspect IMAGE) before the first build, or pass another with
+# bin/register-image.sh --base_image.
+ARG TORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+FROM ${TORCH_IMAGE}
+
+# hadolint ignore=DL3064
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    TOKENIZERS_PARALLELISM=false
+
+WORKDIR /opt/spanwise
+
+# Dependencies first (their layer is reused while only the code changes), from the same pinned
+# files as bin/setup-env.sh. The base image's CUDA torch already satisfies requirements.txt's
+# torch==2.13.0 (a pin without a local label, such as +cu128, matches any build of 2.13.0), and a
+# second constraint pins torch to the exact build found in the image, so pip can neither fetch
+# the CPU wheel that constraints.txt was frozen with nor any other build. constraints.txt pins no
+# CUDA-specific package (nvidia-*, triton), so it does not fight the image's CUDA libraries; the
+# tests check that too. The last line fails the build if torch was replaced anyway.
+COPY requirements.txt constraints.txt ./
+RUN set -eux; \
+    python -c "import re, torch; want = re.search(r'^torch==(\S+)', open('requirements.txt').read(), re.M).group(1); have = torch.__version__.split('+')[0]; assert have == want, f'TORCH_IMAGE has torch {have}, requirements.txt pins {want}'; assert torch.version.cuda, 'TORCH_IMAGE has a CPU-only torch'"; \
+    python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-from-image.txt; \
+    pip install -r requirements.txt -c constraints.txt -c /tmp/torch-from-image.txt; \
+    rm /tmp/torch-from-image.txt; \
+    python -c "import torch, transformers, apache_beam, pyarrow, gcsfs, tensorboard; assert torch.version.cuda, 'pip replaced the CUDA torch'"
+
+# The project itself: only its packages and setup.py (no tests, data or outputs); dependencies
+# are all installed above, hence --no-deps. The import check runs with -I so that it imports the
+# installed package, not the sources in this directory.
+COPY setup.py ./
+COPY tokenization/ tokenization/
+COPY schemas/ schemas/
+COPY spanwise_io/ spanwise_io/
+COPY beam_pipelines/ beam_pipelines/
+COPY trainer/ trainer/
+RUN set -eux; \
+    pip install --no-deps --no-build-isolation .; \
+    rm -rf build ./*.egg-info; \
+    python -I -c "import trainer.task, trainer.predict, beam_pipelines.preprocess"
+
+# Run as an unprivileged user with a writable home (Hugging Face cache, relative output paths).
+# uid 10001 rather than 1000: newer Ubuntu bases already have a user 1000 ("ubuntu").
+RUN useradd --create-home --uid 10001 --user-group --shell /bin/bash spanwise
+ENV HOME=/home/spanwise \
+    HF_HOME=/home/spanwise/.cache/huggingface
+USER 10001:10001
+WORKDIR /home/spanwise
+
+# Vertex AI passes the trainer's flags as the container's args; AIP_MODEL_DIR,
+# AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR (from the job's baseOutputDirectory) are the
+# trainer's defaults. Multi-GPU and multi-node jobs override the command with a torchrun launcher
+# (see bin/submit-vertex.sh).
+ENTRYPOINT ["python", "-m", "trainer.task"]
