@@ -13,8 +13,8 @@
 #
 # Cluster shapes:
 # - one machine, at most one GPU: the image's entry point, `python -m trainer.task FLAGS`;
-# - several GPUs and/or several machines: the container command is replaced by a short launcher
-#   that runs torchrun (as `python -m torch.distributed.run`, the module behind the torchrun
+# - several GPUs and/or several machines: the container command is `python -m trainer.vertex_launch N`,
+#   which runs torchrun (as `python -m torch.distributed.run`, the module behind the torchrun
 #   script) with one process per GPU. For several machines, replica 0 is the only replica of
 #   worker pool 0 and the others are the identical replicas of worker pool 1; every machine reads
 #   its node rank, the node count and the master's address from CLUSTER_SPEC, which Vertex AI
@@ -101,26 +101,8 @@ need_value() { # an option's value: present, not empty and not the next option
   (($# >= 2)) && [[ -n "$2" && "$2" != --* ]] || die "$1 needs a value"
 }
 
-# The container command of multi-GPU / multi-node jobs: argv[1] is the number of processes per
-# machine, the rest are the trainer's flags (the job's args).
-LAUNCHER='# spanwise launcher: one torchrun per machine; node rank and master from Vertex AI.
-import os, sys
-from trainer.distributed import env_from_cluster_spec
-nproc, flags = sys.argv[1], sys.argv[2:]
-if os.environ.get("CLUSTER_SPEC"):
-    node = env_from_cluster_spec(os.environ["CLUSTER_SPEC"])
-else:
-    node = {key: os.environ.get(key, default) for key, default in
-            (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "2222"), ("WORLD_SIZE", "1"), ("RANK", "0"))}
-if int(node["WORLD_SIZE"]) > 1:
-    topology = ["--nnodes=" + node["WORLD_SIZE"], "--node_rank=" + node["RANK"],
-                "--master_addr=" + node["MASTER_ADDR"], "--master_port=" + node["MASTER_PORT"]]
-else:
-    topology = ["--standalone", "--nnodes=1"]
-cmd = [sys.executable, "-m", "torch.distributed.run", *topology, "--nproc_per_node=" + nproc,
-       "-m", "trainer.task", *flags]
-print("spanwise launcher: torchrun " + " ".join(cmd[3:]), flush=True)
-os.execv(sys.executable, cmd)'
+# Multi-GPU / multi-node jobs run trainer.vertex_launch (one torchrun per machine) as the container
+# command: its first argument is the number of processes per machine, the job's args are the trainer's flags.
 
 project="" region="us-central1" image_uri="" repository="spanwise" image="spanwise-trainer" tag=""
 display_name="" machine_type="n1-standard-8" accelerator_type="" accelerator_count=""
@@ -270,11 +252,8 @@ worker_pools() {
   if ((use_torchrun)); then
     echo "    command:"
     echo "    - \"python\""
-    echo "    - \"-c\""
-    echo "    - |"
-    while IFS= read -r line; do
-      echo "${line:+      }$line"
-    done <<<"$LAUNCHER"
+    echo "    - \"-m\""
+    echo "    - \"trainer.vertex_launch\""
     echo "    - $(yaml_str "$nproc_per_node")"
   fi
   echo "    args:"

@@ -412,11 +412,10 @@ def test_submit_single_gpu_job(tmp_path):
     assert commands[1].endswith(' "$JOB"')
 
 
-def _launcher(pool: dict[str, Any]) -> tuple[str, str]:
+def _launcher(pool: dict[str, Any]) -> tuple[list[str], str]:
     command = pool["containerSpec"]["command"]
-    assert command[:2] == ["python", "-c"] and len(command) == 4
-    assert "torch.distributed.run" in command[2] and "env_from_cluster_spec" in command[2]
-    return command[2], command[3]
+    assert command[:3] == ["python", "-m", "trainer.vertex_launch"] and len(command) == 4
+    return command[:3], command[3]
 
 
 def test_submit_two_node_spot_job(tmp_path):
@@ -550,9 +549,9 @@ def _cluster_spec(port: int, pool: str, index: int) -> str:
     })
 
 
-def _run_machines(script: str, nproc: str, flags: list[str], envs: list[dict[str, str]], timeout: float = 300):
+def _run_machines(command: list[str], nproc: str, flags: list[str], envs: list[dict[str, str]], timeout: float = 300):
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, nproc, *flags], cwd=REPO_ROOT, env=subprocess_env(**env),
+        subprocess.Popen([sys.executable, *command[1:], nproc, *flags], cwd=REPO_ROOT, env=subprocess_env(**env),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for env in envs
     ]

@@ -29,6 +29,7 @@ class TrainConfig:
     max_seq_length: int = 512
     seq_len_func: str = "head"
     seq_func_params: list[int] = field(default_factory=list)
+    fixed_spans: bool = False
     do_train: bool = True
     do_eval: bool = True
     train_split: str = "train"
@@ -92,6 +93,7 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.task",
+        allow_abbrev=False,  # a typo such as --learning_rat must fail, not silently match a flag
         description="Fine-tune a Hugging Face sequence classifier on shards made by beam_pipelines.preprocess.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--max_seq_length", type=int, default=512, help="model input length, special tokens included")
     seq.add_argument("--seq_len_func", choices=list(SEQ_LEN_FUNCS), default="head")
     seq.add_argument("--seq_func_params", type=int, nargs="*", default=[], help="e.g. ht: 128 382; rs/rso/rsd: span length")
+    seq.add_argument("--fixed_spans", action="store_true",
+                     help="draw random spans once (epoch 0) and reuse them every epoch, as the 2020 tool did")
     seq.add_argument("--eval_views", default="1",
                      help="views per long document at evaluation: 1, K random draws, or 'chunks' (windows covering it)")
 
