@@ -10,14 +10,20 @@ want_dev=0
 
 PYTHON=${PYTHON:-python3}
 VENV=${SPANWISE_VENV:-.venv}
-files=(requirements.txt requirements-assets.txt constraints.txt)
-((want_dev)) && files+=(requirements-dev.txt)
-stamp="$VENV/.spanwise-stamp-$want_dev"
-digest=$(cat "${files[@]}" setup.py | sha256sum | cut -c1-16)
+# The stamp of an install: the hash of the files that decide it (with or without the dev extras).
+stamp_of() {
+  local files=(requirements.txt requirements-assets.txt constraints.txt setup.py)
+  (($1)) && files+=(requirements-dev.txt)
+  cat "${files[@]}" | sha256sum | cut -c1-16
+}
+up_to_date() { [[ -f "$VENV/.spanwise-stamp-$1" && "$(cat "$VENV/.spanwise-stamp-$1")" == "$(stamp_of "$1")" ]]; }
 
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
+# A current dev install also satisfies a plain one.
+if up_to_date "$want_dev" || { ((!want_dev)) && up_to_date 1; }; then
   exit 0
 fi
+stamp="$VENV/.spanwise-stamp-$want_dev"
+digest=$(stamp_of "$want_dev")
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "setup-env: creating $VENV" >&2
