@@ -97,21 +97,24 @@ class Example:
 class FeatureBuilder:
     """Turns a stored document into one or several model inputs.
 
-    Training draws with ``epoch`` (new spans each epoch for rs/rso/rsd); evaluation and
-    prediction use ``EVAL_EPOCH`` and, with views, one rng stream per view.
+    Training draws with ``epoch`` (new spans each epoch for rs/rso/rsd), or always with epoch 0
+    when ``fixed_spans`` (the 2020 tool drew spans once); evaluation and prediction use
+    ``EVAL_EPOCH`` and, with views, one rng stream per view.
     """
 
-    def __init__(self, config: SeqLenConfig, template: SpecialTokenTemplate, seed: int) -> None:
+    def __init__(self, config: SeqLenConfig, template: SpecialTokenTemplate, seed: int, fixed_spans: bool = False) -> None:
         self.config = config
         self.template = template
         self.seed = int(seed)
+        self.fixed_spans = bool(fixed_spans)
 
     def _too_long(self, ids_a: Sequence[int], ids_b: Sequence[int]) -> bool:
         budget = self.config.budget_pair if len(ids_b) else self.config.budget_single
         return len(ids_a) + len(ids_b) > budget
 
     def train_example(self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int) -> Example:
-        rng = doc_rng(self.seed, epoch, doc_id) if self.config.is_random and self._too_long(ids_a, ids_b) else None
+        draw_epoch = 0 if self.fixed_spans else epoch
+        rng = doc_rng(self.seed, draw_epoch, doc_id) if self.config.is_random and self._too_long(ids_a, ids_b) else None
         a, b = apply_seq_len(ids_a, ids_b, self.config, rng)
         ids, types = self.template.build(_to_list(a), _to_list(b))
         return Example(doc_id, int(label), ids, types)

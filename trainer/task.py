@@ -98,7 +98,9 @@ class Trainer:
         self.views = parse_views(c.eval_views)
         label_map = self.manifest["label_map"]
         self.label_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
-        self.features = FeatureBuilder(self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed)
+        self.features = FeatureBuilder(
+            self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed, fixed_spans=c.fixed_spans
+        )
         self.pad_token_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.train_units = list_units(c.data_dir, self.manifest, c.train_split) if c.do_train else []
         self.eval_units = list_units(c.data_dir, self.manifest, c.eval_split) if c.do_eval else []
@@ -204,6 +206,7 @@ class Trainer:
             "gradient_accumulation_steps": c.gradient_accumulation_steps,
             "shuffle_buffer": c.shuffle_buffer,
             "seed": c.seed,
+            "fixed_spans": int(c.fixed_spans),
         }
 
     def save_checkpoint(self) -> None:
@@ -284,7 +287,6 @@ class Trainer:
         model.train()
         fail_after = int(os.environ.get(FAIL_AFTER_STEP_ENV, "0") or 0)
         accum = c.gradient_accumulation_steps
-        samples_per_batch_all = c.per_device_train_batch_size * self.ctx.world_size
         progress = None
         if self.ctx.is_main and not c.disable_tqdm:
             from tqdm.auto import tqdm
