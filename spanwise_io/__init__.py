@@ -3,16 +3,45 @@
 Every path argument of spanwise may be local or ``gs://``. Code calls these helpers instead of
 ``open``/``os`` so the two behave the same. Writes are atomic: local files are written to a
 temporary name and renamed; a GCS object only becomes visible when its upload completes.
+
+Retries, and which layer does what (remote paths only; local I/O errors are not retried):
+
+* gcsfs retries every single HTTP request (``GCSFileSystem._request``): 6 tries in all, sleeping
+  ``min(2**n + U(0, 1), 32)`` s (1-2, 2-3, 4-5, 8-9, 16-17 s), on HTTP 408, 429, 500-504 (502
+  arrives as requests' ``ProxyError``), refused/reset/dropped connections and bodies cut short
+  (``aiohttp.ClientError``), and checksum mismatches; never on 404 (``FileNotFoundError``),
+  403 (``OSError``) or other 4xx.
+* What that leaves open, and this module covers by retrying whole operations (``_retry``:
+  ``RETRY_ATTEMPTS`` tries, exponential backoff with jitter, only on ``is_transient`` errors):
+  a request that is still failing after gcsfs's 6 tries; steps between requests, such as
+  reopening a file at an offset (``open_read`` returns a reader that does that); operations of
+  several requests whose state gcsfs cannot resume: a resumable upload whose session was lost
+  (404/410) is redone from the start, which is safe because nothing is visible before the
+  upload completes; and requests that are not idempotent when a reply is lost after the change
+  was made: a move retried after it succeeded finds no source (``rename`` then checks that the
+  target is there), a delete retried likewise finds nothing (``remove`` treats that as done).
+* Plain gcsfs calls hide some failures: its ``isdir`` answers False on any ``OSError``
+  (connection resets included), so ``isdir`` here asks ``info`` and treats only
+  ``FileNotFoundError`` as "no".
+
+``write_bytes`` and ``upload_dir`` (gcsfs's resumable upload, 2+ requests) are redone whole on
+failure. ``atomic_write`` streams through gcsfs, so only gcsfs's per-request retries apply to it:
+its caller holds the data, which cannot be replayed here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
+import logging
 import os
 import posixpath
+import random
+import time
 import uuid
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, TypeVar
 
 import fsspec
 
@@ -34,7 +63,113 @@ __all__ = [
     "size",
     "copy_dir_to_local",
     "upload_dir",
+    "is_transient",
 ]
+
+_LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Whole-operation retries, on top of gcsfs's per-request ones (module docstring). Tests lower them.
+RETRY_ATTEMPTS = 4
+RETRY_INITIAL_DELAY = 1.0  # seconds before the 2nd try; doubled for each further try
+RETRY_MAX_DELAY = 16.0
+
+_TRANSIENT_STATUS = frozenset({408, 429, *range(500, 600)})
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.EPIPE, errno.ETIMEDOUT}
+)
+_PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status an error carries: aiohttp ``ClientResponseError.status``, gcsfs
+    ``HttpError.code``, google.api_core ``.code``, requests ``HTTPError.response.status_code``."""
+    for get in (
+        lambda: getattr(error, "status", None),
+        lambda: getattr(error, "code", None),
+        lambda: getattr(getattr(error, "response", None), "status_code", None),
+    ):
+        value = get()
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for errors that a later try may not meet: HTTP 408/429/5xx, dropped or reset
+    connections, timeouts, bodies cut short. False for 404, 403, other 4xx and local errors."""
+    if isinstance(error, _PERMANENT):
+        return False
+    status = _http_status(error)
+    if status is not None:
+        return status in _TRANSIENT_STATUS
+    if isinstance(error, (ConnectionError, TimeoutError)):  # resets, refusals, broken pipes; asyncio.TimeoutError
+        return True
+    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+        return True
+    return _is_transient_client_error(error)
+
+
+def _is_transient_client_error(error: BaseException) -> bool:
+    """HTTP client errors without a status: aiohttp's and requests' connection errors, gcsfs's
+    checksum mismatch (a body that arrived damaged)."""
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        if isinstance(error, aiohttp.ClientError) and not isinstance(error, ValueError):  # not InvalidURL
+            return True
+    with contextlib.suppress(ImportError):
+        import requests.exceptions
+
+        if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                              requests.exceptions.ChunkedEncodingError)):
+            return True
+    with contextlib.suppress(ImportError):
+        from gcsfs.retry import ChecksumError
+
+        if isinstance(error, ChecksumError):
+            return True
+    return False
+
+
+def _is_lost_upload_session(error: BaseException) -> bool:
+    """A resumable upload session that GCS no longer knows (404/410 on its URI): start anew."""
+    return (isinstance(error, FileNotFoundError) or _http_status(error) == 410) and "upload_id=" in str(error)
+
+
+def _retry(
+    operation: Callable[[], _T],
+    what: str,
+    transient: Callable[[BaseException], bool] = is_transient,
+    before_retry: Callable[[], None] | None = None,
+) -> _T:
+    """``operation()``, tried again on transient errors: ``RETRY_ATTEMPTS`` tries in all, waiting
+    ``RETRY_INITIAL_DELAY * 2**n`` s (at most ``RETRY_MAX_DELAY``) times a jitter in [0.5, 1]."""
+    attempt = 1
+    while True:
+        try:
+            return operation()
+        except Exception as error:
+            if attempt >= RETRY_ATTEMPTS or not transient(error):
+                raise
+            delay = min(RETRY_MAX_DELAY, RETRY_INITIAL_DELAY * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            _LOG.warning(
+                "%s failed (%s: %s); try %d of %d in %.2f s",
+                what, type(error).__name__, str(error)[:200], attempt + 1, RETRY_ATTEMPTS, delay,
+            )
+            if before_retry is not None:
+                before_retry()
+            time.sleep(delay)
+            attempt += 1
+
+
+def _forget_listings(fs: fsspec.AbstractFileSystem) -> None:
+    """Drop gcsfs's cached listings: a failed call may have changed the bucket (its reply was
+    lost) without gcsfs updating its cache."""
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache()
 
 
 def is_remote(path: str) -> bool:
@@ -55,18 +190,34 @@ def filesystem(path: str) -> fsspec.AbstractFileSystem:
     return fsspec.filesystem(protocol)
 
 
+def _call(path: str, what: str, operation: Callable[[], _T]) -> _T:
+    """``operation()``; for a remote ``path``, retried on transient errors."""
+    return _retry(operation, f"{what} {path}") if is_remote(path) else operation()
+
+
 def exists(path: str) -> bool:
-    return filesystem(path).exists(path)
+    fs = filesystem(path)
+    return _call(path, "exists", lambda: fs.exists(path))  # gcsfs: only a 404 means False
 
 
 def isdir(path: str) -> bool:
-    return filesystem(path).isdir(path)
+    fs = filesystem(path)
+    if not is_remote(path):
+        return fs.isdir(path)
+
+    def remote_isdir() -> bool:
+        try:
+            return fs.info(path)["type"] == "directory"
+        except FileNotFoundError:
+            return False
+
+    return _call(path, "isdir", remote_isdir)
 
 
 def listdir(path: str) -> list[str]:
     """Names (not full paths) of the entries directly under ``path``, sorted."""
     fs = filesystem(path)
-    entries = fs.ls(path, detail=False)
+    entries = _call(path, "list", lambda: fs.ls(path, detail=False))
     return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
 
@@ -76,19 +227,99 @@ def makedirs(path: str) -> None:
 
 
 def size(path: str) -> int:
-    return int(filesystem(path).size(path))
+    fs = filesystem(path)
+    return int(_call(path, "size", lambda: fs.size(path)))
 
 
 def open_read(path: str) -> IO[bytes]:
-    """Open for binary reading; remote files use read-ahead (fast sequential reads)."""
+    """Open for binary reading (seekable). Remote files use read-ahead (fast sequential reads)
+    and survive transient errors: a failed read reopens the object at the same offset."""
     if is_remote(path):
-        return filesystem(path).open(path, "rb", cache_type="readahead")
+        return io.BufferedReader(_RetryingReader(path), buffer_size=1 << 16)
     return open(path, "rb")
 
 
 def read_bytes(path: str) -> bytes:
     with open_read(path) as handle:
         return handle.read()
+
+
+class _RetryingReader(io.RawIOBase):
+    """A remote object opened for reading whose reads are retried by ``_retry``.
+
+    gcsfs retries each range request on its own; when it gives up, or the error comes from
+    outside a request, the gcsfs file is dropped and reopened at the same offset. A reopened
+    object must be the same generation: one replaced meanwhile is an error, never mixed bytes.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.name = path
+        self._fs = filesystem(path)
+        self._file: IO[bytes] | None = None
+        self._generation: object = None
+        self._size = 0
+        self._pos = 0
+        self._file = _retry(self._open, f"open {path}")
+        self._generation = self._file.details.get("generation")  # type: ignore[attr-defined]
+        self._size = int(self._file.size)  # type: ignore[attr-defined]
+
+    def _open(self) -> IO[bytes]:
+        handle = self._fs.open(self.name, "rb", cache_type="readahead")
+        generation = handle.details.get("generation")
+        if self._generation is not None and generation != self._generation:
+            handle.close()
+            raise OSError(f"{self.name} was replaced while being read (generation {self._generation} -> {generation})")
+        return handle
+
+    def _drop(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self._size - self._pos, 0)
+
+        def attempt() -> bytes:
+            if self._file is None:
+                self._file = self._open()
+            self._file.seek(self._pos)
+            return self._file.read(size)
+
+        data = _retry(attempt, f"read {self.name}", before_retry=self._drop)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
 
 
 @contextlib.contextmanager
@@ -101,7 +332,11 @@ def atomic_write(path: str) -> Iterator[IO[bytes]]:
         except BaseException:
             _abort_remote_write(handle)
             raise
-        handle.close()  # the upload completes, and the object appears, only here
+        try:
+            handle.close()  # the upload completes, and the object appears, only here
+        except BaseException:
+            _abort_remote_write(handle)  # nor may a later close() (``__del__``) try again
+            raise
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -129,29 +364,80 @@ def _abort_remote_write(handle: IO[bytes]) -> None:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    with atomic_write(path) as handle:
-        handle.write(data)
+    def write() -> None:
+        with atomic_write(path) as handle:
+            handle.write(data)
+
+    _upload(path, write)
+
+
+def _upload(path: str, write: Callable[[], None]) -> None:
+    """Run ``write()`` (a whole ``atomic_write``); for a remote path, redo it from the start on a
+    transient error or a lost upload session.
+
+    Redoing is safe: the object appears only when an upload completes, and a repeated upload of
+    the same bytes leaves the same object. (Uploads go through gcsfs's resumable upload, raw
+    bytes; its one-request multipart upload, ``pipe_file``/``put_file`` below 50 MiB, is not
+    used: the emulator drops a final ``\\r`` of the data there, as gcsfs ends the part with a bare LF.)
+    """
+    if not is_remote(path):
+        write()
+        return
+    fs = filesystem(path)
+    _retry(
+        write,
+        f"upload {path}",
+        transient=lambda error: is_transient(error) or _is_lost_upload_session(error),
+        before_retry=lambda: _forget_listings(fs),
+    )
 
 
 def rename(src: str, dst: str) -> None:
-    """Move ``src`` to ``dst`` (a copy and delete on GCS, ``os.replace`` locally)."""
-    if is_remote(src):
-        filesystem(src).mv(src, dst)
-    else:
+    """Move ``src`` to ``dst`` (the move API or a copy and delete on GCS, ``os.replace`` locally)."""
+    if not is_remote(src):
         os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
         os.replace(src, dst)
+        return
+    fs = filesystem(src)
+    if not exists(src):
+        raise FileNotFoundError(src)
+    try:
+        _retry(lambda: fs.mv(src, dst), f"move {src} to {dst}", before_retry=lambda: _forget_listings(fs))
+    except FileNotFoundError:
+        # ``src`` was there a moment ago: a try whose reply was lost (gcsfs retries requests
+        # too) moved it already.
+        _forget_listings(fs)
+        if exists(dst) and not exists(src):
+            _LOG.info("move %s to %s: already done by an earlier try", src, dst)
+            return
+        raise
 
 
 def remove(path: str) -> None:
-    fs = filesystem(path)
-    if fs.exists(path):
-        fs.rm(path)
+    """Delete a file if it exists (no error if it does not)."""
+    _remove(path, recursive=False)
 
 
 def remove_tree(path: str) -> None:
+    """Delete a directory tree if it exists (no error if it does not)."""
+    _remove(path, recursive=True)
+
+
+def _remove(path: str, recursive: bool) -> None:
     fs = filesystem(path)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if not exists(path):
+        return
+
+    def attempt() -> None:
+        try:
+            fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            pass  # gone already: a try whose reply was lost deleted it
+
+    if is_remote(path):
+        _retry(attempt, f"delete {path}", before_retry=lambda: _forget_listings(fs))
+    else:
+        attempt()
 
 
 def copy_dir_to_local(url: str, cache_root: str | None = None) -> str:
@@ -161,9 +447,10 @@ def copy_dir_to_local(url: str, cache_root: str | None = None) -> str:
     a second call reuses the copy while a re-uploaded file gets a fresh one.
     """
     fs = filesystem(url)
-    if not fs.isdir(url):
+    if not isdir(url):
         raise ValueError(f"{url} is not a directory")
-    entries = sorted((e for e in fs.ls(url, detail=True) if e["type"] == "file"), key=lambda e: e["name"])
+    listing = _call(url, "list", lambda: fs.ls(url, detail=True))
+    entries = sorted((e for e in listing if e["type"] == "file"), key=lambda e: e["name"])
     signature = [
         (e["name"], e.get("size"), str(e.get("generation") or e.get("etag") or e.get("md5Hash") or e.get("mtime") or ""))
         for e in entries
@@ -192,6 +479,10 @@ def upload_dir(local_dir: str, url: str) -> None:
         relative = os.path.relpath(root, local_dir)
         for name in sorted(files):
             parts = [] if relative == "." else relative.split(os.sep)
-            with open(os.path.join(root, name), "rb") as src, atomic_write(join(url, *parts, name)) as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+            _upload(join(url, *parts, name), lambda: _copy_file(os.path.join(root, name), join(url, *parts, name)))
+
+
+def _copy_file(source: str, target: str) -> None:
+    with open(source, "rb") as src, atomic_write(target) as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
