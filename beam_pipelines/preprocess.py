@@ -105,10 +105,6 @@ def _clear_previous_run(output_dir: str) -> None:
     spanwise_io.remove_tree(spanwise_io.join(output_dir, sinks.REJECTED_DIR))
 
 
-def _count_per_split(pcoll: beam.PCollection, label: str) -> beam.PCollection:
-    return pcoll | f"KeyBySplit{label}" >> beam.Map(lambda split: (split, 1)) | f"Count{label}" >> beam.CombinePerKey(sum)
-
-
 def build_pipeline(
     pipeline: beam.Pipeline,
     opts: PreprocessOptions,
@@ -117,60 +113,41 @@ def build_pipeline(
     seq_config: SeqLenConfig | None,
     temp_dir: str,
 ) -> beam.PCollection:
-    """Add the preprocessing graph to ``pipeline``; return the PCollection holding the manifest."""
-    lines = (
+    """Add the preprocessing graph to ``pipeline``; return the PCollection holding the manifest.
+
+    Elements are batches of rows end to end (read -> tokenize -> group by shard -> write); the
+    small side outputs (per-file counts, per-batch length histograms, labels, rejected rows)
+    feed the label map, the shard counts and the single finalize step.
+    """
+    read = (
         pipeline
         | "ListInputs" >> beam.Create(sorted(inputs.items()))
-        | "ReadLines" >> beam.FlatMap(transforms.read_numbered_lines)
+        | "ReadParse" >> beam.ParDo(transforms.ReadParseFn(opts.tokenize_batch_size, opts.decode_errors)).with_outputs(
+            transforms.REJECTED, transforms.COUNTS, main="batches"
+        )
     )
-    parsed = lines | "ParseRows" >> beam.ParDo(transforms.ParseRowFn(opts.decode_errors)).with_outputs(
-        transforms.REJECTED, transforms.HEADER, main="rows"
-    )
-    unique = (
-        parsed.rows
-        | "KeyById" >> beam.Map(lambda row: ((row.split, row.id), row))
-        | "GroupById" >> beam.GroupByKey()
-        | "KeepFirstId" >> beam.ParDo(transforms.KeepFirstIdFn()).with_outputs(transforms.REJECTED, main="rows")
-    )
+    # one file is read by one worker: spread its batches over the workers before tokenizing
+    batches = read.batches | "Spread" >> beam.Reshuffle()
+    counts = read[transforms.COUNTS]
     label_map = (
-        unique.rows
-        | "TrainOnly" >> beam.Filter(lambda row: row.split == "train")
-        | "Labels" >> beam.Map(lambda row: row.label)
+        batches
+        | "TrainLabels" >> beam.FlatMap(lambda batch: sorted({row.label for row in batch if row.split == "train"}))
         | "DistinctLabels" >> beam.Distinct()
         | "AllLabels" >> beam.combiners.ToList()
         | "BuildLabelMap" >> beam.Map(transforms.build_label_map)
     )
-    labelled = unique.rows | "ApplyLabelMap" >> beam.ParDo(
-        transforms.ApplyLabelMapFn(), beam.pvalue.AsSingleton(label_map)
-    ).with_outputs(transforms.REJECTED, main="rows")
-    tokenized = (
-        labelled.rows
-        | "Batch" >> beam.BatchElements(min_batch_size=opts.tokenize_batch_size, max_batch_size=opts.tokenize_batch_size)
-        | "Tokenize" >> beam.ParDo(
-            transforms.TokenizeBatchFn(opts.tokenizer, opts.max_doc_tokens, seq_config)
-        ).with_outputs(transforms.REJECTED, main="records")
-    )
-    records = tokenized.records
-    record_counts = _count_per_split(records | "RecordSplit" >> beam.Map(lambda r: r["split"]), "Records")
+    tokenized = batches | "Tokenize" >> beam.ParDo(
+        transforms.TokenizeBatchFn(opts.tokenizer, opts.max_doc_tokens, seq_config, opts.num_shards, opts.rows_per_shard),
+        beam.pvalue.AsSingleton(label_map),
+        beam.pvalue.AsDict(counts),
+    ).with_outputs(transforms.REJECTED, transforms.STATS, main="shards")
     shards = (
-        records
-        | "AssignShard" >> beam.ParDo(
-            sinks.AssignShardFn(opts.num_shards, opts.rows_per_shard), beam.pvalue.AsDict(record_counts)
-        )
+        tokenized.shards
         | "GroupByShard" >> beam.GroupByKey()
         | "WriteShards" >> beam.ParDo(sinks.WriteShardFn(temp_dir))
     )
-    stats = (
-        records
-        | "Lengths" >> beam.Map(lambda r: (r["split"], (r["num_tokens_a"] + r["num_tokens_b"], r["capped"])))
-        | "LengthStats" >> beam.CombinePerKey(transforms.LengthStatsFn())
-    )
-    rejected = (
-        parsed[transforms.REJECTED],
-        unique[transforms.REJECTED],
-        labelled[transforms.REJECTED],
-        tokenized[transforms.REJECTED],
-    ) | "AllRejected" >> beam.Flatten()
+    stats = tokenized[transforms.STATS] | "LengthStats" >> beam.CombinePerKey(transforms.LengthStatsFn())
+    rejected = (read[transforms.REJECTED], tokenized[transforms.REJECTED]) | "AllRejected" >> beam.Flatten()
     rejected_files = (
         rejected
         | "RejectedBySplit" >> beam.Map(lambda r: (r.split, r))
@@ -182,8 +159,6 @@ def build_pipeline(
         | "ReasonKeys" >> beam.Map(lambda r: ((r.split, r.reason), 1))
         | "CountReasons" >> beam.CombinePerKey(sum)
     )
-    line_counts = _count_per_split(lines | "LineSplit" >> beam.Map(lambda line: line[0]), "Lines")
-    header_counts = _count_per_split(parsed[transforms.HEADER], "Headers")
     return (
         pipeline
         | "FinalizeTrigger" >> beam.Create([None])
@@ -192,8 +167,7 @@ def build_pipeline(
             shards=beam.pvalue.AsList(shards),
             rejected_files=beam.pvalue.AsList(rejected_files),
             label_map=beam.pvalue.AsSingleton(label_map),
-            line_counts=beam.pvalue.AsDict(line_counts),
-            header_counts=beam.pvalue.AsDict(header_counts),
+            counts=beam.pvalue.AsDict(counts),
             rejected_counts=beam.pvalue.AsDict(rejected_counts),
             stats=beam.pvalue.AsDict(stats),
         )

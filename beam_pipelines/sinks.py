@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import math
 from typing import Any, Iterable, Iterator, Mapping
 
 import apache_beam as beam
@@ -20,14 +19,11 @@ import pyarrow.parquet as pq
 
 import spanwise_io
 from schemas.manifest import SCHEMA_VERSION, write_manifest
-from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, SHARD_SCHEMA, records_to_table, shard_name
+from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, SHARD_SCHEMA, shard_name, table_from_ipc
 from schemas.tsv import Rejection
-from tokenization.rng import stable_hash64
 
 __all__ = [
     "REJECTED_DIR",
-    "shard_count",
-    "AssignShardFn",
     "WriteShardFn",
     "WriteRejectedFn",
     "FinalizeFn",
@@ -35,25 +31,6 @@ __all__ = [
 ]
 
 REJECTED_DIR = "rejected"
-
-
-def shard_count(records: int, num_shards: int, rows_per_shard: int) -> int:
-    """``num_shards`` when set, else enough shards of ``rows_per_shard`` rows (at least one)."""
-    if num_shards > 0:
-        return num_shards
-    return max(1, math.ceil(records / rows_per_shard))
-
-
-class AssignShardFn(beam.DoFn):
-    """record -> ``((split, shard_index, shard_count), record)`` by a stable hash of its ID."""
-
-    def __init__(self, num_shards: int, rows_per_shard: int):
-        self._num_shards = num_shards
-        self._rows_per_shard = rows_per_shard
-
-    def process(self, record: dict[str, Any], counts: Mapping[str, int]) -> Iterator[tuple[tuple[str, int, int], dict]]:
-        count = shard_count(counts.get(record["split"], 0), self._num_shards, self._rows_per_shard)
-        yield (record["split"], stable_hash64(record["id"]) % count, count), record
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -74,16 +51,19 @@ class WriteShardFn(beam.DoFn):
     def __init__(self, temp_dir: str):
         self._temp_dir = temp_dir
 
-    def process(self, element: tuple[tuple[str, int, int], Iterable[dict]]) -> Iterator[dict[str, Any]]:
-        (split, index, count), records = element
-        ordered = sorted(records, key=lambda record: record["id"])
+    def process(self, element: tuple[tuple[str, int, int], Iterable[bytes]]) -> Iterator[dict[str, Any]]:
+        """``element``: the shard key and the Arrow IPC tables that batches sent to it."""
+        (split, index, count), tables = element
+        parts = [table_from_ipc(data) for data in tables]
+        table = pa.concat_tables(parts) if parts else SHARD_SCHEMA.empty_table()
+        table = table.sort_by("id")
         name = shard_name(split, index, count)
-        data = parquet_bytes(records_to_table(ordered))
+        data = parquet_bytes(table)
         spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), data)
         yield {
             "split": split,
             "name": name,
-            "rows": len(ordered),
+            "rows": table.num_rows,
             "row_groups": _row_groups(data),
         }
 
@@ -118,8 +98,7 @@ class FinalizeFn(beam.DoFn):
         shards: list[dict],
         rejected_files: list[dict],
         label_map: Mapping[str, int],
-        line_counts: Mapping[str, int],
-        header_counts: Mapping[str, int],
+        counts: Mapping[str, Mapping[str, int]],
         rejected_counts: Mapping[tuple[str, str], int],
         stats: Mapping[str, dict],
     ) -> Iterator[dict[str, Any]]:
@@ -146,13 +125,14 @@ class FinalizeFn(beam.DoFn):
             reasons = {reason: n for (s, reason), n in sorted(rejected_counts.items()) if s == split}
             records = sum(f["rows"] for f in files)
             rejected = sum(reasons.values())
-            read = line_counts.get(split, 0) - header_counts.get(split, 0)
+            lines, headers = counts[split]["lines"], counts[split]["headers"]
+            read = lines - headers
             if read != records + rejected:
                 raise RuntimeError(f"lost rows in {split}: read {read} != written {records} + rejected {rejected}")
             split_infos[split] = {
                 "input": input_path,
                 "read": read,
-                "header_lines": header_counts.get(split, 0),
+                "header_lines": headers,
                 "records": records,
                 "rejected": rejected,
                 "rejected_by_reason": reasons,

@@ -1,5 +1,7 @@
 """The preprocessing steps as Beam DoFns and CombineFns: read, parse, dedupe, label, tokenize, count.
 
+The elements are batches of rows from reading to writing: Beam's per-element work (encoding,
+stage boundaries) then costs per batch, not per document (measured in bench/preprocess.py).
 Each bad row leaves through the ``rejected`` tagged output as a ``schemas.tsv.Rejection``; the
 main outputs carry only good rows.
 """
@@ -20,74 +22,71 @@ from transformers import AutoTokenizer  # noqa: F401
 
 import spanwise_io
 from schemas.tsv import LABELLED_SPLITS, Reason, Rejection, TsvRow, iter_lines, parse_line
+from schemas.shard import records_to_table, table_to_ipc
+from tokenization.rng import stable_hash64
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
 from tokenization.tokenizer import load_tokenizer, tokenize_batch
 
 __all__ = [
     "REJECTED",
-    "HEADER",
+    "COUNTS",
+    "STATS",
     "LENGTH_THRESHOLDS",
-    "read_numbered_lines",
-    "ParseRowFn",
-    "KeepFirstIdFn",
+    "ReadParseFn",
     "build_label_map",
-    "ApplyLabelMapFn",
     "TokenizeBatchFn",
+    "shard_count",
     "LengthStatsFn",
     "cap_tokens",
 ]
 
 REJECTED = "rejected"
-HEADER = "header"
+COUNTS = "counts"
+STATS = "stats"
 # Content-token budgets of max_seq_length 128, 256 and 512 with [CLS] ... [SEP].
 LENGTH_THRESHOLDS = (126, 254, 510)
 _QUANTILES = {"p1": 0.01, "p5": 0.05, "p10": 0.10, "p25": 0.25, "p50": 0.50, "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 
 
-def read_numbered_lines(split_and_path: tuple[str, str]) -> Iterator[tuple[str, str, int, bytes]]:
-    """Yield ``(split, path, line_number, raw_bytes)`` for every line of one input file.
+class ReadParseFn(beam.DoFn):
+    """One input file -> batches of unique, parsed rows; bad rows -> ``rejected``; one count.
 
-    A whole file is read by one worker so that line numbers are exact; the GroupByKey that
-    follows (duplicate IDs) spreads the rows over workers again.
+    A whole file is read by one worker so that line numbers are exact and duplicate IDs are
+    found while reading (only the IDs seen so far are kept, not the rows). The elements that
+    leave are batches of ``batch_size`` rows, not rows: Beam's per-element cost is paid once
+    per batch, and a Reshuffle after this step spreads the batches over workers again.
+    The ``counts`` output is one ``(split, {"lines", "headers", "rows"})`` per file.
     """
-    split, path = split_and_path
-    with spanwise_io.open_read(path) as handle:
-        for number, raw in iter_lines(handle):
-            yield split, path, number, raw
 
-
-class ParseRowFn(beam.DoFn):
-    """Raw line -> ``TsvRow``; bad lines -> ``rejected``; a header line -> ``header``."""
-
-    def __init__(self, decode_errors: str = "strict"):
+    def __init__(self, batch_size: int, decode_errors: str = "strict"):
+        self._batch_size = batch_size
         self._decode_errors = decode_errors
 
-    def process(self, element: tuple[str, str, int, bytes]) -> Iterator[Any]:
-        split, path, number, raw = element
-        parsed = parse_line(split, path, number, raw, self._decode_errors)
-        if parsed is None:
-            yield beam.pvalue.TaggedOutput(HEADER, split)
-        elif isinstance(parsed, Rejection):
-            yield beam.pvalue.TaggedOutput(REJECTED, parsed)
-        else:
-            yield parsed
-
-
-class KeepFirstIdFn(beam.DoFn):
-    """Of rows sharing an ID within a split, keep the first (by file, line); reject the rest."""
-
-    def process(self, element: tuple[tuple[str, str], Iterable[TsvRow]]) -> Iterator[Any]:
-        _, rows = element
-        ordered = sorted(rows, key=lambda row: (row.file, row.line))
-        first = ordered[0]
-        yield first
-        for row in ordered[1:]:
-            yield beam.pvalue.TaggedOutput(
-                REJECTED,
-                Rejection.of_row(
-                    row, Reason.DUPLICATE_ID, f"ID {row.id!r} already used at {first.file}:{first.line}; the first is kept"
-                ),
-            )
+    def process(self, split_and_path: tuple[str, str]) -> Iterator[Any]:
+        split, path = split_and_path
+        first_line: dict[str, int] = {}
+        batch: list[TsvRow] = []
+        lines = headers = 0
+        with spanwise_io.open_read(path) as handle:
+            for number, raw in iter_lines(handle):
+                lines += 1
+                parsed = parse_line(split, path, number, raw, self._decode_errors)
+                if parsed is None:
+                    headers += 1
+                elif isinstance(parsed, Rejection):
+                    yield beam.pvalue.TaggedOutput(REJECTED, parsed)
+                elif parsed.id in first_line:
+                    detail = f"ID {parsed.id!r} already used at {path}:{first_line[parsed.id]}; the first is kept"
+                    yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of_row(parsed, Reason.DUPLICATE_ID, detail))
+                else:
+                    first_line[parsed.id] = number
+                    batch.append(parsed)
+                    if len(batch) == self._batch_size:
+                        yield batch
+                        batch = []
+        if batch:
+            yield batch
+        yield beam.pvalue.TaggedOutput(COUNTS, (split, {"lines": lines, "headers": headers, "rows": len(first_line)}))
 
 
 def build_label_map(labels: Sequence[str]) -> dict[str, int]:
@@ -98,23 +97,6 @@ def build_label_map(labels: Sequence[str]) -> dict[str, int]:
     except ValueError:
         ordered = sorted(distinct)
     return {label: index for index, label in enumerate(ordered)}
-
-
-class ApplyLabelMapFn(beam.DoFn):
-    """``TsvRow`` -> ``(row, label_id)``; a dev/test label unseen in train is rejected."""
-
-    def process(self, row: TsvRow, label_map: Mapping[str, int]) -> Iterator[Any]:
-        if not row.label and row.split not in LABELLED_SPLITS:
-            yield row, -1
-        elif row.label in label_map:
-            yield row, label_map[row.label]
-        else:
-            yield beam.pvalue.TaggedOutput(
-                REJECTED,
-                Rejection.of_row(
-                    row, Reason.UNSEEN_LABEL, f"label {row.label!r} does not occur in train ({len(label_map)} labels)"
-                ),
-            )
 
 
 def cap_tokens(ids: Sequence[int], max_doc_tokens: int) -> Sequence[int]:
@@ -131,26 +113,58 @@ def cap_tokens(ids: Sequence[int], max_doc_tokens: int) -> Sequence[int]:
 
 
 class TokenizeBatchFn(beam.DoFn):
-    """A batch of ``(row, label_id)`` -> shard records, with one batched tokenizer call per side.
+    """A batch of rows -> shard records, grouped by shard: ``((split, index, count), arrow_ipc_bytes)``.
 
-    The tokenizer is loaded once per worker in ``setup``.
+    The records of a batch travel to their shard as one Arrow table in IPC bytes: Beam encodes
+    one opaque value per batch instead of pickling two token arrays per document.
+
+    Labels are mapped first (a dev/test label unseen in train is rejected, and not tokenized),
+    then TEXT_A and TEXT_B are tokenized with one batched call each. The ``stats`` output is one
+    ``(split, (length histogram, capped documents))`` per batch. The tokenizer is loaded once
+    per worker in ``setup``; the shard of a record is ``stable_hash64(id) % count``, with
+    ``count`` from the number of unique rows of its split (the ``counts`` side input).
     """
 
-    def __init__(self, tokenizer: str, max_doc_tokens: int, seq_config: SeqLenConfig | None = None):
+    def __init__(
+        self,
+        tokenizer: str,
+        max_doc_tokens: int,
+        seq_config: SeqLenConfig | None = None,
+        num_shards: int = 0,
+        rows_per_shard: int = 10_000,
+    ):
         self._tokenizer_name = tokenizer
         self._max_doc_tokens = max_doc_tokens
         self._seq_config = seq_config
+        self._num_shards = num_shards
+        self._rows_per_shard = rows_per_shard
         self._tokenizer: Any = None
 
     def setup(self) -> None:
         self._tokenizer = load_tokenizer(self._tokenizer_name)
 
-    def process(self, batch: Sequence[tuple[TsvRow, int]]) -> Iterator[Any]:
-        rows = [row for row, _ in batch]
+    def process(self, batch: Sequence[TsvRow], label_map: Mapping[str, int], counts: Mapping[str, Mapping[str, int]]) -> Iterator[Any]:
+        rows: list[TsvRow] = []
+        labels: list[int] = []
+        for row in batch:
+            if not row.label and row.split not in LABELLED_SPLITS:
+                rows.append(row)
+                labels.append(-1)
+            elif row.label in label_map:
+                rows.append(row)
+                labels.append(label_map[row.label])
+            else:
+                detail = f"label {row.label!r} does not occur in train ({len(label_map)} labels)"
+                yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of_row(row, Reason.UNSEEN_LABEL, detail))
+        if not rows:
+            return
         ids_a = tokenize_batch(self._tokenizer, [row.text_a for row in rows])
         with_b = [i for i, row in enumerate(rows) if row.text_b]
         ids_b: dict[int, list[int]] = dict(zip(with_b, tokenize_batch(self._tokenizer, [rows[i].text_b for i in with_b])))
-        for index, (row, label_id) in enumerate(batch):
+        by_shard: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+        histogram: Counter = Counter()
+        capped_documents = 0
+        for index, (row, label_id) in enumerate(zip(rows, labels)):
             a = ids_a[index]
             b = ids_b.get(index, [])
             if not a:
@@ -158,20 +172,35 @@ class TokenizeBatchFn(beam.DoFn):
                     REJECTED, Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer")
                 )
                 continue
-            capped_a, capped_b = cap_tokens(a, self._max_doc_tokens), cap_tokens(b, self._max_doc_tokens)
+            capped = len(a) > self._max_doc_tokens or len(b) > self._max_doc_tokens
+            kept_a, kept_b = cap_tokens(a, self._max_doc_tokens), cap_tokens(b, self._max_doc_tokens)
             if self._seq_config is not None:
-                capped_a, capped_b = apply_seq_len(capped_a, capped_b, self._seq_config, rng=None)
-            yield {
-                "split": row.split,
-                "id": row.id,
-                "label": label_id,
-                "input_ids_a": np.asarray(capped_a, dtype=np.int32),
-                "input_ids_b": np.asarray(capped_b, dtype=np.int32),
-                "num_tokens_a": len(a),
-                "num_tokens_b": len(b),
-                "alpha": row.alpha,
-                "capped": len(a) > self._max_doc_tokens or len(b) > self._max_doc_tokens,
-            }
+                kept_a, kept_b = apply_seq_len(kept_a, kept_b, self._seq_config, rng=None)
+            count = shard_count(counts[row.split]["rows"], self._num_shards, self._rows_per_shard)
+            key = (row.split, stable_hash64(row.id) % count, count)
+            by_shard.setdefault(key, []).append(
+                {
+                    "id": row.id,
+                    "label": label_id,
+                    "input_ids_a": np.asarray(kept_a, dtype=np.int32),
+                    "input_ids_b": np.asarray(kept_b, dtype=np.int32),
+                    "num_tokens_a": len(a),
+                    "num_tokens_b": len(b),
+                    "alpha": row.alpha,
+                }
+            )
+            histogram[len(a) + len(b)] += 1
+            capped_documents += capped
+        for key, records in by_shard.items():
+            yield key, table_to_ipc(records_to_table(records))
+        yield beam.pvalue.TaggedOutput(STATS, (rows[0].split, (histogram, capped_documents)))
+
+
+def shard_count(records: int, num_shards: int, rows_per_shard: int) -> int:
+    """``num_shards`` when set, else enough shards of ``rows_per_shard`` rows (at least one)."""
+    if num_shards > 0:
+        return num_shards
+    return max(1, math.ceil(records / rows_per_shard))
 
 
 class LengthStatsFn(beam.CombineFn):
@@ -184,11 +213,12 @@ class LengthStatsFn(beam.CombineFn):
     def create_accumulator(self) -> tuple[Counter, int]:
         return Counter(), 0
 
-    def add_input(self, accumulator: tuple[Counter, int], element: tuple[int, bool]) -> tuple[Counter, int]:
+    def add_input(self, accumulator: tuple[Counter, int], element: tuple[Counter, int]) -> tuple[Counter, int]:
+        """``element``: the histogram and capped count of one batch."""
         histogram, capped = accumulator
-        length, was_capped = element
-        histogram[length] += 1
-        return histogram, capped + int(was_capped)
+        batch_histogram, batch_capped = element
+        histogram.update(batch_histogram)
+        return histogram, capped + int(batch_capped)
 
     def merge_accumulators(self, accumulators: Iterable[tuple[Counter, int]]) -> tuple[Counter, int]:
         total: Counter = Counter()

@@ -19,6 +19,8 @@ __all__ = [
     "shard_name",
     "parse_shard_name",
     "records_to_table",
+    "table_to_ipc",
+    "table_from_ipc",
 ]
 
 SHARD_SCHEMA = pa.schema(
@@ -59,3 +61,16 @@ def records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
         for name, values in columns.items():
             values.append(record[name])
     return pa.table(columns, schema=SHARD_SCHEMA)
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    """A shard table as Arrow IPC stream bytes (how batches of records travel between workers)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes) -> pa.Table:
+    """Inverse of ``table_to_ipc``."""
+    return pa.ipc.open_stream(data).read_all()
