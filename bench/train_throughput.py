@@ -1,0 +1,290 @@
+"""Training throughput: steady-state samples/s of our loop against a Hugging Face ``Trainer``.
+
+    python bench/train_throughput.py [--models tiny,minilm] [--steps_tiny 150] [--steps_minilm 20] \\
+        [--warmup_steps 5] [--repeats 3] [--batch_size 8] [--max_seq_length 128] [--threads 1] \\
+        [--corpus 20newsgroups|bbc] [--work_dir DIR] [--json FILE]
+
+Both sides train the same model on the same documents, batch by batch identical:
+
+ours
+    ``trainer.task.Trainer`` (``setup()`` + ``train()``), as ``python -m trainer.task --do_train
+    --use_cpu --max_seq_length 128 --seq_len_func head --per_device_train_batch_size 8
+    --max_steps N`` runs it: streaming the shards, head at 128 per sample, dynamic padding, fused
+    AdamW, linear schedule, gradient clipping at 1.0, TensorBoard every 10 steps.
+Hugging Face
+    ``transformers.Trainer`` with ``DataCollatorWithPadding`` (pad to the longest in the batch),
+    its default fused AdamW and linear schedule, ``max_grad_norm`` 1.0, TensorBoard every 10
+    steps, no saving. Its dataset holds the very examples our loader builds for epoch 0
+    (``FeatureBuilder.train_example`` on the rows of our ``EpochPlan``), in our batch order, read
+    with a ``SequentialSampler`` (the one change to HF's defaults: a ``_get_train_sampler``
+    override), so every step of both sides sees the same tensors. Its data are therefore ready
+    in memory; ours are read, cut and padded inside the timed loop.
+
+Same batch size, same thread count (``OMP_NUM_THREADS`` and ``torch.set_num_threads``), same
+number of steps, ``dataloader_num_workers`` 0 on both, CPU. Start-up is excluded: a global torch
+optimizer post-hook timestamps every optimizer step on both sides, and the rate is taken from the
+end of step ``--warmup_steps`` to the end of the last step, in wall time and in CPU time of the
+process (all threads: on a shared machine a neighbour's burst stretches wall time, not CPU
+time). Each (model, side) run is a fresh
+process; runs are interleaved, their order rotated each round; medians are reported. Target
+(design.md section 8): ours / Hugging Face >= 1.0.
+
+``tiny`` is a random BERT of hidden size 32 (steps of milliseconds: shows the per-step overhead
+of each loop, data path included); ``minilm`` is the bundled all-MiniLM-L6-v2 (22.7M parameters:
+compute-bound, the realistic case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (puts the repo on sys.path)
+
+__all__ = ["main"]
+
+
+def _step_clock() -> list[float]:
+    """perf_counter() at the return of every optimizer step of this process."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import torch
+
+    stamps: list[float] = []
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        stamps.append(time.perf_counter())
+        _CPU_STAMPS.append(time.process_time())
+        if len(stamps) == 1:
+            _THREADS.append(torch.get_num_threads())
+
+    register_optimizer_step_post_hook(hook)
+    return stamps
+
+
+_THREADS: list[int] = []  # torch threads seen at the first step (a library may change them)
+_CPU_STAMPS: list[float] = []  # process CPU time (all threads) at the return of every optimizer step
+
+
+def _shape_log(model: Any) -> list[list[int]]:
+    """Shapes of ``input_ids`` of every forward call of ``model`` (checks both sides saw the same batches)."""
+    shapes: list[list[int]] = []
+
+    def hook(module: Any, args: Any, kwargs: Any) -> None:
+        ids = kwargs.get("input_ids") if kwargs else None
+        if ids is None and args:
+            ids = args[0]
+        shapes.append(list(ids.shape) if ids is not None else [])
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return shapes
+
+
+def _ours_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
+    return [
+        "--data_dir", args.data, "--model_name", args.model, "--task_name", "throughput", "--output_dir", output_dir,
+        "--do_train", "--use_cpu", "--disable_tqdm", "--max_seq_length", str(args.max_seq_length),
+        "--seq_len_func", "head", "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.steps),
+        "--learning_rate", "5e-5", "--logging_steps", "10", "--resume_from_checkpoint", "no", "--seed", "42",
+    ]
+
+
+def _child_ours(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from trainer.args import parse_args
+    from trainer.task import Trainer
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = Trainer(parse_args(_ours_argv(args, output_dir)))
+        trainer.setup()
+        shapes = _shape_log(trainer.model)
+        stamps = _step_clock()
+        trainer.train()
+        trainer.close()
+    return {"stamps": stamps, "threads_at_step": _THREADS[:1], "shapes": shapes, "cpu_stamps": _CPU_STAMPS}
+
+
+def _our_examples(args: argparse.Namespace, trainer: Any) -> list[dict[str, Any]]:
+    """The examples our loader builds for the first ``steps`` batches of epoch 0, in batch order."""
+    from trainer.data import _RowGroupReader, read_rows
+
+    stream = trainer.dataset
+    stream.set_epoch(0)
+    plan = stream.plan()
+    reader = _RowGroupReader()
+    examples: list[dict[str, Any]] = []
+    windows: dict[int, Any] = {}
+    for batch_index in range(min(args.steps, plan.num_batches)):
+        for doc_id, label, a, b in read_rows(plan, plan.batch_positions(batch_index, windows), reader):
+            example = trainer.features.train_example(doc_id, label, a, b, 0)
+            examples.append({"input_ids": example.input_ids, "token_type_ids": example.token_type_ids,
+                             "attention_mask": [1] * len(example.input_ids), "labels": example.label})
+    return examples
+
+
+def _child_hf(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import Dataset, SequentialSampler
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from trainer.args import parse_args
+    from trainer.task import Trainer as OurTrainer
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as output_dir:
+        # our set-up gives the same model (same seed for the new head), tokenizer and examples
+        ours = OurTrainer(parse_args(_ours_argv(args, os.path.join(output_dir, "ours"))))
+        ours.setup()
+        examples = _our_examples(args, ours)
+        model, tokenizer = ours.model, ours.tokenizer
+        ours.close()
+        del ours
+
+        class Examples(Dataset):
+            def __len__(self) -> int:
+                return len(examples)
+
+            def __getitem__(self, index: int) -> dict[str, Any]:
+                return examples[index]
+
+        class InOrderTrainer(Trainer):
+            def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+                return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+        training_args = TrainingArguments(
+            output_dir=os.path.join(output_dir, "hf"), per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps, learning_rate=5e-5, logging_steps=10, save_strategy="no", eval_strategy="no",
+            report_to=["tensorboard"], use_cpu=True,
+            dataloader_num_workers=0, seed=42, disable_tqdm=True, max_grad_norm=1.0,
+        )
+        hf = InOrderTrainer(model=model, args=training_args, train_dataset=Examples(),
+                            data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+        shapes = _shape_log(model)
+        stamps = _step_clock()
+        hf.train()
+        optim = training_args.optim
+    return {"stamps": stamps, "optim": str(optim), "threads_at_step": _THREADS[:1], "shapes": shapes, "cpu_stamps": _CPU_STAMPS}
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python bench/train_throughput.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="tiny,minilm", help="tiny and/or minilm, or model dirs (default tiny,minilm)")
+    parser.add_argument("--steps_tiny", type=int, default=150, help="optimizer steps per run of the tiny model")
+    parser.add_argument("--steps_minilm", type=int, default=20, help="optimizer steps per run of MiniLM (or other dirs)")
+    parser.add_argument("--warmup_steps", type=int, default=5, help="steps not timed at the start of each run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch / OMP threads of both sides (default 1)")
+    parser.add_argument("--corpus", default="20newsgroups", choices=["20newsgroups", "bbc"])
+    parser.add_argument("--work_dir", default=_common.DEFAULT_WORK_DIR)
+    parser.add_argument("--json", default=None)
+    # internal: one run in a fresh process
+    parser.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup_steps < 1:
+        parser.error("--repeats and --warmup_steps must be >= 1")
+    return args
+
+
+def _rate(stamps: list[float], warmup: int, batch_size: int) -> float:
+    if len(stamps) <= warmup:
+        raise RuntimeError(f"only {len(stamps)} optimizer steps recorded; need more than --warmup_steps {warmup}")
+    return (len(stamps) - warmup) * batch_size / (stamps[-1] - stamps[warmup - 1])
+
+
+def _median_step_rate(stamps: list[float], warmup: int, batch_size: int) -> float:
+    """batch / the median step duration over the timed steps: robust to a neighbour's burst."""
+    durations = [b - a for a, b in zip(stamps[warmup - 1 :], stamps[warmup:])]
+    return batch_size / _common.median(durations)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.child:
+        result = (_child_ours if args.child == "ours" else _child_hf)(args)
+        print(json.dumps(result))
+        return 0
+    _, prep_dir = _common.ensure_corpus(args.work_dir, args.corpus)
+    models: dict[str, tuple[str, int]] = {}
+    for name in args.models.split(","):
+        if name == "tiny":
+            models[name] = (_common.ensure_tiny_model(args.work_dir), args.steps_tiny)
+        elif name == "minilm":
+            models[name] = (_common.minilm_dir(), args.steps_minilm)
+        else:
+            models[Path(name).name] = (name, args.steps_minilm)
+    for name, (_, steps) in models.items():
+        if steps <= args.warmup_steps + 1:
+            raise SystemExit(f"{name}: steps {steps} must exceed --warmup_steps {args.warmup_steps} + 1")
+    cases = [(model, side) for model in models for side in ("ours", "hf")]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {case: [] for case in cases}
+    for repeat in range(args.repeats):
+        shift = repeat % len(cases)
+        for model, side in cases[shift:] + cases[:shift]:
+            path, steps = models[model]
+            command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--data", str(prep_dir),
+                       "--model", path, "--steps", str(steps), "--batch_size", str(args.batch_size),
+                       "--max_seq_length", str(args.max_seq_length), "--threads", str(args.threads)]
+            out = _common.run_json_child(command, _common.child_env(args.threads))
+            out["samples_per_s"] = _rate(out["stamps"], args.warmup_steps, args.batch_size)
+            out["median_step_samples_per_s"] = _median_step_rate(out["stamps"], args.warmup_steps, args.batch_size)
+            out["samples_per_cpu_s"] = _rate(out["cpu_stamps"], args.warmup_steps, args.batch_size)
+            out["steps"] = len(out["stamps"])
+            results[(model, side)].append(out)
+            _common.log(f"round {repeat + 1}/{args.repeats} {model:>7} {side:>4}: {out['samples_per_s']:8.1f} samples/s "
+                        f"({out['steps']} steps; by median step {out['median_step_samples_per_s']:.1f}; "
+                        f"per CPU-second {out['samples_per_cpu_s']:.1f}; "
+                        f"torch threads {out.get('threads_at_step')})")
+
+    print(f"\nTraining throughput, {args.corpus} shards, head at max_seq_length {args.max_seq_length}, batch "
+          f"{args.batch_size}, dynamic padding, CPU, {args.threads} thread(s), steps {args.warmup_steps + 1}..N timed, "
+          f"{args.repeats} interleaved rounds, {os.cpu_count()} cores")
+    print(f"{'model':>8} | {'steps':>5} | {'ours samples/s':>24} | {'HF Trainer samples/s':>24} | {'ours / HF':>9} | "
+          f"{'ours per CPU-s':>14} | {'HF per CPU-s':>12} | {'ours / HF (CPU)':>15}")
+    summary: dict[str, Any] = {}
+    for model in models:
+        ours = [r["samples_per_s"] for r in results[(model, "ours")]]
+        hf = [r["samples_per_s"] for r in results[(model, "hf")]]
+        ours_cpu = [r["samples_per_cpu_s"] for r in results[(model, "ours")]]
+        hf_cpu = [r["samples_per_cpu_s"] for r in results[(model, "hf")]]
+        ratio = _common.median(ours) / _common.median(hf)
+        cpu_ratio = _common.median(ours_cpu) / _common.median(hf_cpu)
+        # the median of the per-round ratios (the two sides of a round ran one after the other)
+        paired = _common.median(o / h for o, h in zip(ours, hf))
+        by_step = _common.median(r["median_step_samples_per_s"] for r in results[(model, "ours")]) / _common.median(
+            r["median_step_samples_per_s"] for r in results[(model, "hf")])
+        same = all(r["shapes"] == results[(model, "ours")][0]["shapes"] for side in ("ours", "hf") for r in results[(model, side)])
+        summary[model] = {"ours": ours, "hf": hf, "ours_cpu": ours_cpu, "hf_cpu": hf_cpu, "ratio": ratio,
+                          "cpu_ratio": cpu_ratio, "paired_ratio": paired, "median_step_ratio": by_step,
+                          "same_batch_shapes": same, "hf_optim": results[(model, "hf")][0].get("optim")}
+        print(f"{model:>8} | {models[model][1]:>5} | {_common.spread_float(ours):>24} | {_common.spread_float(hf):>24} | "
+              f"{ratio:8.2f}x | {_common.median(ours_cpu):14.1f} | {_common.median(hf_cpu):12.1f} | {cpu_ratio:14.2f}x")
+        print(f"{'':>8}   (per-round ratio {paired:.2f}x, by median step {by_step:.2f}x; identical batch shapes "
+              f"on both sides: {'yes' if same else 'NO'})")
+    met = all(s["ratio"] >= 1.0 for s in summary.values())
+    met_cpu = all(s["cpu_ratio"] >= 1.0 for s in summary.values())
+    figures = ", ".join(f"{model} {s['ratio']:.2f}x wall / {s['cpu_ratio']:.2f}x CPU" for model, s in summary.items())
+    hf_optim = next(iter(summary.values()))["hf_optim"]
+    print(f"target ours / HF >= 1.0: wall {'MET' if met else 'NOT MET'}, CPU {'MET' if met_cpu else 'NOT MET'} "
+          f"({figures}); HF optimizer: {hf_optim}")
+    _common.write_json(args.json, {"machine": _common.machine(), "args": vars(args), "summary": summary,
+                                   "results": {f"{m}|{s}": v for (m, s), v in results.items()}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
