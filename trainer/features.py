@@ -162,24 +162,28 @@ def _to_list(ids: Sequence[int] | np.ndarray) -> list[int]:
 
 
 def collate(examples: Sequence[Example], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict[str, Any]:
-    """Dynamic padding: pad to the longest input of the batch (optionally to a multiple of 8)."""
+    """Dynamic padding: pad to the longest input of the batch (optionally to a multiple of 8).
+
+    Rows are copied into preallocated numpy arrays and shared with torch: per-row
+    ``torch.as_tensor(list)`` was most of the loader's time (bench/loader.py).
+    """
     if not examples:
         raise ValueError("cannot collate an empty batch")
     length = max(len(example.input_ids) for example in examples)
     if pad_to_multiple_of:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((len(examples), length), int(pad_token_id), dtype=torch.long)
-    token_type_ids = torch.zeros((len(examples), length), dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    input_ids = np.full((len(examples), length), int(pad_token_id), dtype=np.int64)
+    token_type_ids = np.zeros((len(examples), length), dtype=np.int64)
+    attention_mask = np.zeros((len(examples), length), dtype=np.int64)
     for row, example in enumerate(examples):
         n = len(example.input_ids)
-        input_ids[row, :n] = torch.as_tensor(example.input_ids, dtype=torch.long)
-        token_type_ids[row, :n] = torch.as_tensor(example.token_type_ids, dtype=torch.long)
+        input_ids[row, :n] = example.input_ids
+        token_type_ids[row, :n] = example.token_type_ids
         attention_mask[row, :n] = 1
     return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "token_type_ids": torch.from_numpy(token_type_ids),
         "labels": torch.as_tensor([example.label for example in examples], dtype=torch.long),
         "doc_ids": [example.doc_id for example in examples],
     }
