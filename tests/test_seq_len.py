@@ -625,3 +625,22 @@ def test_stable_hash64():
 def test_doc_rng_rejects_negative_keys(args):
     with pytest.raises(ValueError, match="must be >= 0"):
         doc_rng(*args)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=12_000),
+    budget=st.integers(min_value=1, max_value=510),
+    span=st.integers(min_value=1, max_value=64),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_rsd_long_document_path_makes_the_same_draws_as_the_direct_one(n, budget, span, seed):
+    """rsd switches to tracking deleted positions for long documents: same output, other cost."""
+    from tokenization.seq_len import _rsd_positions_long, _rsd_positions_short
+
+    budget = min(budget, n - 1) or 1
+    span = min(span, budget)
+    short = _rsd_positions_short(n, budget, span, np.random.default_rng(seed))
+    long = _rsd_positions_long(n, budget, span, np.random.default_rng(seed))
+    assert np.array_equal(short, long)
+    assert len(set(long.tolist())) == budget  # no position used twice

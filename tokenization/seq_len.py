@@ -126,7 +126,17 @@ def rsd(ids: Ids, budget: int, params: Sequence[int], rng: np.random.Generator) 
     if n <= budget:
         return ids
     span = int(params[0])
-    arr = _as_array(ids)
+    positions = _rsd_positions_short(n, budget, span, rng) if n <= _RSD_LONG else _rsd_positions_long(n, budget, span, rng)
+    return _as_array(ids)[positions]
+
+
+# Above this length rsd tracks the deleted positions instead of rebuilding the remaining ones
+# (the cost of a draw then depends on the budget, not the document length); below it, the
+# direct version is faster. Both make the same draws and give the same output.
+_RSD_LONG = 8192
+
+
+def _rsd_positions_short(n: int, budget: int, span: int, rng: np.random.Generator) -> np.ndarray:
     remaining = np.arange(n)
     pieces: list[np.ndarray] = []
     need = budget
@@ -136,7 +146,25 @@ def rsd(ids: Ids, budget: int, params: Sequence[int], rng: np.random.Generator) 
         pieces.append(remaining[start : start + take])
         remaining = np.concatenate([remaining[:start], remaining[start + take :]])
         need -= take
-    return arr[np.concatenate(pieces)]
+    return np.concatenate(pieces)
+
+
+def _rsd_positions_long(n: int, budget: int, span: int, rng: np.random.Generator) -> np.ndarray:
+    deleted = np.empty(0, dtype=np.int64)  # original positions taken so far, sorted
+    pieces: list[np.ndarray] = []
+    need = budget
+    while need > 0:
+        take = min(span, need)
+        start = int(rng.integers(0, n - len(deleted) - take + 1))
+        wanted = np.arange(start, start + take)  # indices into the remaining sequence
+        # remaining index r is original position r + (number of deleted positions before it);
+        # with deleted sorted, that number is searchsorted(deleted - arange, r, "right")
+        shift = np.searchsorted(deleted - np.arange(len(deleted)), wanted, side="right")
+        taken = wanted + shift
+        pieces.append(taken)
+        deleted = np.union1d(deleted, taken)
+        need -= take
+    return np.concatenate(pieces)
 
 
 SEQ_LEN_FUNCS: Mapping[str, SeqLenFunc] = {
