@@ -1,0 +1,173 @@
+"""Property (fuzz) tests of the TSV row reader: ``schemas.tsv.parse_line`` and ``iter_lines``.
+
+Arbitrary bytes (NUL, CR, tabs, a BOM, invalid UTF-8, very long lines) must never make the
+parser raise: every line is a ``TsvRow``, a ``Rejection`` with a known reason and a bounded raw
+text, or ``None`` (a header on line 1).
+
+The number of examples comes from a Hypothesis profile chosen by ``SPANWISE_FUZZ_PROFILE``:
+``ci`` (default, fast) or ``long``::
+
+    SPANWISE_FUZZ_PROFILE=long .venv/bin/python -m pytest -q tests/test_fuzz_tsv.py tests/test_fuzz_pipeline.py
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.tsv import (
+    LABELLED_SPLITS,
+    MAX_RAW_CHARS,
+    SPLITS,
+    Reason,
+    Rejection,
+    TsvRow,
+    is_header,
+    iter_lines,
+    parse_line,
+)
+
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("SPANWISE_FUZZ_PROFILE", "ci"))
+
+REASONS = {value for name, value in vars(Reason).items() if name.isupper()}
+# the longest raw text a Rejection may carry: MAX_RAW_CHARS and the "...[N chars]" suffix
+RAW_LIMIT = MAX_RAW_CHARS + 40
+
+# Bytes that matter to the format, mixed with arbitrary ones.
+_SPECIAL = [b"\t", b"\r", b"\x00", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\xc3\xa9", b"\xed\xa0\x80",
+            b" ", b"id", b"label", b"a", b"\xe2\x80\xa8", b"\x85", b"\xf0\x9f\x99\x82"]
+line_bytes = st.one_of(
+    st.binary(max_size=200),
+    st.lists(st.one_of(st.sampled_from(_SPECIAL), st.binary(max_size=8)), max_size=40).map(b"".join),
+)
+# Lines as the reader gives them: no LF inside.
+raw_lines = line_bytes.map(lambda b: b.replace(b"\n", b""))
+
+
+def check_result(result, split: str, line: int, raw: bytes) -> None:
+    """The invariants of one parse_line result."""
+    assert result is None or isinstance(result, (TsvRow, Rejection)), type(result)
+    if result is None:
+        assert line == 1, "only line 1 may be a header"
+        return
+    assert result.split == split and result.line == line
+    if isinstance(result, Rejection):
+        assert result.reason in REASONS
+        assert result.detail
+        assert isinstance(result.raw, str) and len(result.raw) <= RAW_LIMIT
+        result.to_json()  # serializable, whatever the bytes were
+        return
+    # a row: fields come from a decodable line with 4 or 5 fields and the required values
+    assert len(raw.split(b"\t")) in (4, 5)
+    assert result.id and result.id == result.id.strip()
+    assert result.text_a.strip()
+    assert "\t" not in result.id + result.alpha + result.label + result.text_a + result.text_b
+    if split in LABELLED_SPLITS:
+        assert result.label
+
+
+@given(raw=raw_lines, split=st.sampled_from(SPLITS), line=st.integers(1, 3), decode=st.sampled_from(["strict", "replace"]))
+def test_parse_line_never_raises(raw, split, line, decode):
+    result = parse_line(split, "f.tsv", line, raw, decode)
+    check_result(result, split, line, raw)
+    if decode == "replace" and isinstance(result, Rejection):
+        assert result.reason != Reason.INVALID_UTF8
+
+
+@given(raw=raw_lines)
+def test_invalid_utf8_is_the_reason_exactly_when_undecodable(raw):
+    try:
+        raw.decode("utf-8")
+        decodable = True
+    except UnicodeDecodeError:
+        decodable = False
+    result = parse_line("train", "f.tsv", 2, raw)
+    assert (isinstance(result, Rejection) and result.reason == Reason.INVALID_UTF8) == (not decodable)
+
+
+fields = st.text(alphabet=st.characters(blacklist_characters="\t\n", blacklist_categories=("Cs",)), max_size=20)
+
+
+@given(values=st.lists(fields, min_size=0, max_size=7), split=st.sampled_from(SPLITS))
+def test_field_count_decides(values, split):
+    raw = "\t".join(values).encode("utf-8")
+    result = parse_line(split, "f.tsv", 2, raw)
+    count = len(raw.decode("utf-8").split("\t"))
+    if count not in (4, 5):
+        assert isinstance(result, Rejection) and result.reason == Reason.WRONG_FIELD_COUNT
+    else:
+        check_result(result, split, 2, raw)
+        if isinstance(result, TsvRow):
+            assert result.id == values[0].strip() and result.label == values[2].strip()
+            assert result.text_a == values[3] and result.text_b == (values[4] if count == 5 else "")
+
+
+@given(label=st.text(alphabet="ab c", min_size=1, max_size=10).filter(lambda s: s.strip()))
+def test_labels_with_spaces_are_kept_inner(label):
+    row = parse_line("train", "f.tsv", 2, f"id1\tx\t{label}\tsome text".encode())
+    assert isinstance(row, TsvRow) and row.label == label.strip()
+
+
+@given(lines=st.lists(raw_lines, max_size=20), bom=st.booleans(), crlf=st.lists(st.booleans(), max_size=20),
+       final_newline=st.booleans())
+def test_iter_lines_numbers_every_line_and_strips_endings(lines, bom, crlf, final_newline):
+    endings = [b"\r\n" if (crlf[i] if i < len(crlf) else False) else b"\n" for i in range(len(lines))]
+    data = (b"\xef\xbb\xbf" if bom else b"") + b"".join(line + end for line, end in zip(lines, endings))
+    truncated = bool(lines and lines[-1] and not final_newline)  # last line without its ending
+    if truncated:
+        data = data[: -len(endings[-1])]
+    got = list(iter_lines(io.BytesIO(data)))
+    expected_count = len(lines) if lines else int(bom)  # a BOM alone is one empty line
+    assert [n for n, _ in got] == list(range(1, expected_count + 1))
+    for (number, raw), original in zip(got, lines):
+        assert b"\n" not in raw
+        expected = original
+        if number == 1 and bom is False and original.startswith(b"\xef\xbb\xbf"):
+            expected = original[3:]  # a BOM at the very start of the file is always dropped
+        if expected.endswith(b"\r") and (endings[number - 1] == b"\n" or (number == len(lines) and truncated)):
+            # a line ending in CR before LF reads like a CRLF line
+            expected = expected[:-1]
+        assert raw == expected
+        check_result(parse_line("dev", "f.tsv", number, raw), "dev", number, raw)
+
+
+def test_bom_then_header_is_a_header():
+    (number, raw), = list(iter_lines(io.BytesIO(b"\xef\xbb\xbfid\talpha\tlabel\ttext_a\r\n")))
+    assert parse_line("train", "f.tsv", number, raw) is None
+    assert is_header(raw.decode().split("\t"))
+
+
+def test_header_after_line_1_is_a_row_or_rejected():
+    result = parse_line("train", "f.tsv", 2, b"id\talpha\tlabel\ttext_a")
+    assert isinstance(result, TsvRow)  # an ordinary row whose ID is "id": never silently dropped
+
+
+@pytest.mark.parametrize("shape", ["good_row", "no_tabs", "many_tabs", "invalid_utf8_at_end", "nul"])
+def test_ten_megabyte_line(shape):
+    big = 10 * 1024 * 1024
+    raw = {
+        "good_row": b"id1\tx\tpos\t" + b"word " * (big // 5),
+        "no_tabs": b"a" * big,
+        "many_tabs": b"\t" * big,
+        "invalid_utf8_at_end": b"id1\tx\tpos\t" + b"a" * big + b"\xff",
+        "nul": b"id1\tx\tpos\t" + b"\x00" * big,
+    }[shape]
+    start = time.perf_counter()
+    result = parse_line("train", "f.tsv", 2, raw)
+    elapsed = time.perf_counter() - start
+    check_result(result, "train", 2, raw)
+    assert elapsed < 5, elapsed
+    if shape in ("good_row", "nul"):
+        assert isinstance(result, TsvRow) and len(result.text_a) >= big
+    else:
+        assert isinstance(result, Rejection)
+        assert len(result.raw) <= RAW_LIMIT and result.raw.endswith(" chars]")
