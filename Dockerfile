@@ -1,6 +1,11 @@
-# The training image: `python -m trainer.task` on a CUDA PyTorch base, for Vertex AI custom jobs
-# (bin/submit-vertex.sh) and any Docker host with NVIDIA GPUs. Built and pushed by
-# bin/register-image.sh; bin/run_local.sh runs the same entry point without Docker.
+# Two images from one file (docker build --target NAME; bin/register-image.sh --target NAME):
+#
+# * trainer (the last stage, so also what a plain `docker build .` makes): `python -m
+#   trainer.task` on a CUDA PyTorch base, for Vertex AI custom jobs (bin/submit-vertex.sh) and any
+#   Docker host with NVIDIA GPUs. bin/run_local.sh runs the same entry point without Docker.
+# * dataflow-worker: a custom Beam SDK container for the preprocessing job on Dataflow
+#   (bin/submit-dataflow.sh --sdk_container_image URI), our packages and their pinned
+#   dependencies preinstalled, so workers start without pip-installing anything.
 #
 # TORCH_IMAGE is pinned by tag and must carry exactly the torch that requirements.txt pins
 # (torch==2.13.0; the pytorch/pytorch tags read <torch>-cuda<X.Y>-cudnn<N>-runtime). The build
@@ -10,7 +15,41 @@
 # (docker manifest inspect IMAGE) before the first build, or pass another with
 # bin/register-image.sh --base_image.
 ARG TORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
-FROM ${TORCH_IMAGE}
+# BEAM_SDK_IMAGE is Beam's own SDK image for the apache-beam that requirements.txt pins, for the
+# Python the job is submitted with (3.11 here): Dataflow requires the same Beam version and
+# Python minor version on the submitting machine and the workers. The tests check both.
+ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.77.0
+
+# --------------------------------------------------------------------------- dataflow-worker
+FROM ${BEAM_SDK_IMAGE} AS dataflow-worker
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    TOKENIZERS_PARALLELISM=false
+
+WORKDIR /opt/spanwise
+# setup.py's install_requires are what the workers need (no torch), held to the same frozen
+# versions as everywhere else by constraints.txt; the last line checks that the Beam the image
+# came with is still the one requirements.txt pins.
+COPY requirements.txt constraints.txt setup.py ./
+COPY tokenization/ tokenization/
+COPY schemas/ schemas/
+COPY spanwise_io/ spanwise_io/
+COPY beam_pipelines/ beam_pipelines/
+COPY trainer/ trainer/
+RUN set -eux; \
+    pip install --no-build-isolation -c constraints.txt .; \
+    rm -rf build ./*.egg-info; \
+    python -I -c "import re, apache_beam, beam_pipelines.preprocess; want = re.search(r'^apache-beam\[gcp\]==(\S+)', open('requirements.txt').read(), re.M).group(1); assert apache_beam.__version__ == want, (apache_beam.__version__, want)"
+
+# Beam's worker boot program is the entry point of an SDK container. It runs as root, as in
+# Beam's own images: the Dataflow worker VM, not this container, is the isolation boundary.
+ENTRYPOINT ["/opt/apache/beam/boot"]
+
+# --------------------------------------------------------------------------- trainer
+FROM ${TORCH_IMAGE} AS trainer
 
 # hadolint ignore=DL3064
 ENV PYTHONUNBUFFERED=1 \

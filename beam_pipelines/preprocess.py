@@ -7,7 +7,9 @@
 
 Runs on the DirectRunner by default and on Dataflow with Beam's usual options. Writes
 ``<output_dir>/manifest.json``, ``<split>-SSSSS-of-NNNNN.parquet`` and ``rejected/<split>-*.jsonl``
-(design.md section 4), then prints the corpus statistics.
+(design.md section 4), then prints the corpus statistics. With Beam's ``--no_wait_until_finish``
+a Dataflow job is submitted and the command returns at once, printing the job id and where the
+manifest will appear.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import argparse
 import logging
 import sys
 import uuid
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult, PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
@@ -28,7 +32,7 @@ from schemas.tsv import REQUIRED_SPLITS, SPLITS
 from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 
-__all__ = ["PreprocessOptions", "build_pipeline", "run", "main"]
+__all__ = ["PreprocessOptions", "PreprocessJob", "JobFailedError", "build_pipeline", "submit", "run", "main"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -184,11 +188,48 @@ def _help_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the preprocessing job; return the manifest it wrote.
+class JobFailedError(RuntimeError):
+    """A remote preprocessing job ended in another state than DONE."""
+
+
+@dataclass
+class PreprocessJob:
+    """A started preprocessing job: on Dataflow it runs on, on the DirectRunner it has finished."""
+
+    result: PipelineResult
+    output_dir: str
+    runner: str
+    job_id: str | None = None
+    console_url: str | None = None
+
+    @property
+    def state(self) -> str:
+        return str(self.result.state)
+
+    def wait(self) -> dict[str, Any]:
+        """Block until the job ends; return the manifest it wrote.
+
+        Raises:
+            JobFailedError: the job ended in another state than DONE (failed, cancelled, drained).
+        """
+        try:
+            state = self.result.wait_until_finish()
+        except Exception as error:
+            if type(error).__name__ != "DataflowRuntimeException":  # (Beam's class; its module needs the gcp extra)
+                raise
+            where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
+            raise JobFailedError(f"preprocessing job failed{where}: {error}") from error
+        if state != PipelineState.DONE:
+            where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
+            raise JobFailedError(f"preprocessing job ended in state {state}{where}; see its logs")
+        return read_manifest(self.output_dir)
+
+
+def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
+    """Check the options, build the pipeline and start it; do not wait for a remote job.
 
     Raises:
-        ValueError: an option is missing or invalid, or the corpus has no valid train rows.
+        ValueError: an option is missing or invalid.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
@@ -205,6 +246,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if opts.overwrite:
         _clear_previous_run(opts.output_dir)
     spanwise_io.makedirs(opts.output_dir)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
     manifest_base = {
         "options": {
             "data_dir": opts.data_dir,
@@ -214,7 +256,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "num_shards": opts.num_shards,
             "rows_per_shard": opts.rows_per_shard,
             "decode_errors": opts.decode_errors,
-            "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+            "runner": runner,
         },
         "tokenizer": tokenizer_identity(tokenizer, opts.tokenizer),
         "max_doc_tokens": opts.max_doc_tokens,
@@ -222,9 +264,27 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     temp_dir = spanwise_io.join(opts.output_dir, f".spanwise-tmp-{uuid.uuid4().hex}")
     _LOG.info("preprocessing %s -> %s", ", ".join(inputs.values()), opts.output_dir)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, opts, inputs, manifest_base, seq_config, temp_dir)
-    return read_manifest(opts.output_dir)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, opts, inputs, manifest_base, seq_config, temp_dir)
+    result = pipeline.run()
+    job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    console_url = None
+    if job_id:
+        cloud = options.view_as(GoogleCloudOptions)
+        console_url = f"https://console.cloud.google.com/dataflow/jobs/{cloud.region}/{job_id}?project={cloud.project}"
+    return PreprocessJob(result, opts.output_dir, runner, job_id, console_url)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the preprocessing job to its end; return the manifest it wrote.
+
+    Waits for a Dataflow job whatever ``--no_wait_until_finish`` says (``main`` honours that flag).
+
+    Raises:
+        ValueError: an option is missing or invalid, or the corpus has no valid train rows.
+        JobFailedError: a remote job ended in another state than DONE.
+    """
+    return submit(argv).wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,10 +295,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
-        manifest = run(argv)
+        job = submit(argv)
+        if PipelineOptions(argv).view_as(StandardOptions).no_wait_until_finish and not PipelineState.is_terminal(
+            job.result.state
+        ):
+            print(f"\nsubmitted {job.runner} job {job.job_id or ''} (state {job.state}); not waiting for it.")
+            if job.console_url:
+                print(f"follow it at {job.console_url}")
+            print(f"when it is done, its manifest is {spanwise_io.join(job.output_dir, MANIFEST_NAME)}")
+            return 0
+        manifest = job.wait()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except JobFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"\nwrote {spanwise_io.join(manifest['options']['output_dir'], MANIFEST_NAME)}")
     print(format_stats(manifest))
     return 0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the training image (Dockerfile) and pushes it to Artifact Registry as
+# Builds an image of the Dockerfile (--target trainer, the default, or dataflow-worker) and pushes
+# it to Artifact Registry as
 #   REGION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE:TAG
 # creating the Docker repository first if it does not exist. Prints the image URI last, on
 # stdout, so that IMAGE_URI=$(bin/register-image.sh --project P | tail -n1) works.
@@ -15,11 +16,15 @@ Usage: bin/register-image.sh --project PROJECT [options]
   --project PROJECT        Google Cloud project (required)
   --region REGION          Artifact Registry location (default: us-central1)
   --repository NAME        Docker repository in Artifact Registry (default: spanwise)
-  --image NAME             image name (default: spanwise-trainer)
+  --target STAGE           trainer (Vertex AI training, the default) or dataflow-worker (the
+                           custom SDK container for bin/submit-dataflow.sh --sdk_container_image)
+  --image NAME             image name (default: spanwise-STAGE, e.g. spanwise-trainer)
   --tag TAG                image tag (default: the git commit, short, plus -dirty when the
                            work tree has uncommitted changes)
-  --base_image IMAGE       build on another CUDA PyTorch image (the Dockerfile's TORCH_IMAGE);
-                           its torch must be requirements.txt's
+  --base_image IMAGE       build on another base image: for trainer a CUDA PyTorch image (the
+                           Dockerfile's TORCH_IMAGE; its torch must be requirements.txt's), for
+                           dataflow-worker a Beam SDK image (BEAM_SDK_IMAGE; its Beam must be
+                           requirements.txt's)
   --dry-run                print the commands, run nothing
   -h, --help               this text
 
@@ -64,7 +69,7 @@ need_value() { # an option's value: present, not empty and not the next option
   (($# >= 2)) && [[ -n "$2" && "$2" != --* ]] || die "$1 needs a value"
 }
 
-project="" region="us-central1" repository="spanwise" image="spanwise-trainer" tag="" base_image=""
+project="" region="us-central1" repository="spanwise" target="trainer" image="" tag="" base_image=""
 while (($#)); do
   if [[ "$1" == --*=* ]]; then # --flag=value -> --flag value
     set -- "${1%%=*}" "${1#*=}" "${@:2}"
@@ -74,6 +79,7 @@ while (($#)); do
     --project) need_value "$@"; project=$2; shift 2 ;;
     --region) need_value "$@"; region=$2; shift 2 ;;
     --repository) need_value "$@"; repository=$2; shift 2 ;;
+    --target) need_value "$@"; target=$2; shift 2 ;;
     --image) need_value "$@"; image=$2; shift 2 ;;
     --tag) need_value "$@"; tag=$2; shift 2 ;;
     --base-image) need_value "$@"; base_image=$2; shift 2 ;;
@@ -87,6 +93,12 @@ done
 [[ "$project" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "invalid project id: $project"
 [[ "$region" =~ ^[a-z]+(-[a-z]+)+[0-9]+$ ]] || die "invalid region: $region (e.g. us-central1)"
 [[ "$repository" =~ ^[a-z]([a-z0-9-]*[a-z0-9])?$ ]] || die "invalid repository name: $repository"
+case "$target" in
+  trainer) base_arg=TORCH_IMAGE ;;
+  dataflow-worker) base_arg=BEAM_SDK_IMAGE ;;
+  *) die "--target is trainer or dataflow-worker, got $target" ;;
+esac
+image=${image:-spanwise-$target}
 [[ "$image" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "invalid image name: $image"
 if [[ -z "$tag" ]]; then
   tag=$(git rev-parse --short=12 HEAD 2>/dev/null) || die "not a git checkout: pass --tag"
@@ -107,7 +119,7 @@ fi
 # 1. The Docker repository, created once per project and region.
 describe=(gcloud artifacts repositories describe "$repository" --project="$project" --location="$region")
 create=(gcloud artifacts repositories create "$repository" --project="$project" --location="$region"
-  --repository-format=docker --description="spanwise training images")
+  --repository-format=docker --description="spanwise images (training, Dataflow workers)")
 if ((dry_run)); then
   echo "$(quote_cmd "${describe[@]}") >/dev/null 2>&1 || $(quote_cmd "${create[@]}")"
 elif ! "${describe[@]}" >/dev/null 2>&1; then
@@ -118,8 +130,8 @@ fi
 run gcloud auth configure-docker "$host" --quiet
 
 # 3. Build (amd64: what Vertex AI runs, also when built on an ARM laptop) and push.
-build=(docker build --platform=linux/amd64 --tag="$uri")
-[[ -z "$base_image" ]] || build+=(--build-arg="TORCH_IMAGE=$base_image")
+build=(docker build --platform=linux/amd64 --target="$target" --tag="$uri")
+[[ -z "$base_image" ]] || build+=(--build-arg="$base_arg=$base_image")
 run "${build[@]}" .
 run docker push "$uri"
 

@@ -13,8 +13,9 @@
 #
 # The command runs from the repository root with ${PYTHON:-.venv/bin/python} (bin/setup-env.sh
 # makes .venv), authenticated as Application Default Credentials (gcloud auth application-default
-# login). It submits the job, then waits for it as the pipeline's run() does. --dry-run prints the
-# exact command, one flag per line, shell-quoted, and runs nothing.
+# login). It submits the job and waits for it, then prints the corpus statistics; with --no_wait it
+# returns once the job is submitted, printing its id and console URL. --dry-run prints the exact
+# command, one flag per line, shell-quoted, and runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,8 @@ Dataflow:
   --service_account EMAIL      the workers' service account
   --network NAME               VPC network for the workers
   --subnetwork NAME            subnetwork, e.g. regions/us-central1/subnetworks/NAME or its URL
+  --no_wait                    return once the job is submitted (prints its id and console
+                               URL) instead of waiting for it to finish
   --dry-run                    print the exact command, run nothing
   -h, --help                   this text
 
@@ -75,7 +78,7 @@ need_value() { # an option's value: present, not empty and not the next option
 
 project=${GOOGLE_CLOUD_PROJECT:-} region="us-central1" data_dir="" output_dir="" tokenizer=""
 bucket="" temp_location="" staging_location="" machine_type="n1-standard-4" max_workers=10
-job_name="" sdk_container_image="" service_account="" network="" subnetwork="" dry_run=0
+job_name="" sdk_container_image="" service_account="" network="" subnetwork="" dry_run=0 no_wait=0
 pipeline_flags=()
 while (($#)); do
   if [[ "$1" == --*=* ]]; then # --flag=value -> --flag value
@@ -99,6 +102,7 @@ while (($#)); do
     --network) need_value "$@"; network=$2; shift 2 ;;
     --subnetwork) need_value "$@"; subnetwork=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
+    --no-wait) no_wait=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; pipeline_flags=("$@"); break ;;
     *) die "unknown argument: $1 (pipeline flags go after --; see --help)" ;;
@@ -196,6 +200,7 @@ fi
 [[ -z "$service_account" ]] || cmd+=(--service_account_email "$service_account")
 [[ -z "$network" ]] || cmd+=(--network "$network")
 [[ -z "$subnetwork" ]] || cmd+=(--subnetwork "$subnetwork")
+((!no_wait)) || cmd+=(--no_wait_until_finish)
 cmd+=(${pipeline_flags[@]+"${pipeline_flags[@]}"})
 
 # The command, one flag (with its values) per line, as a shell would take it back.

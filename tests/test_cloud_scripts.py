@@ -1,9 +1,10 @@
 """The cloud side that can be tested without Docker or Google Cloud (design.md section 6).
 
-* ``Dockerfile`` / ``.dockerignore``: parsed; the pinned CUDA PyTorch base agrees with
-  requirements.txt, the pinned requirements are installed, every package is copied, the user is
-  not root, the entry point is ``python -m trainer.task``, and the build context holds what the
-  COPYs need and none of .git, .venv, outputs or caches.
+* ``Dockerfile`` / ``.dockerignore``: parsed; in the trainer stage the pinned CUDA PyTorch base
+  agrees with requirements.txt, the pinned requirements are installed, every package is copied,
+  the user is not root, the entry point is ``python -m trainer.task``; the dataflow-worker stage
+  is Beam's SDK image of the pinned Beam and our Python with Beam's boot entry point; the build
+  context holds what the COPYs need and none of .git, .venv, outputs or caches.
 * ``bin/register-image.sh`` and ``bin/submit-vertex.sh``: ``--dry-run`` output (the exact commands
   and the job spec), the real code path against stand-ins for ``gcloud`` and ``docker`` that record
   their argv, and the refusals.
@@ -59,9 +60,37 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     return instructions
 
 
+def dockerfile_stages(instructions: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """``{stage name: its instructions}``, the global ARGs before the first FROM under ``""``."""
+    stages: dict[str, list[tuple[str, str]]] = {"": []}
+    current = ""
+    for keyword, rest in instructions:
+        if keyword == "FROM":
+            match = re.fullmatch(r"(\S+)\s+AS\s+([a-z][a-z0-9-]*)", rest, re.I)
+            assert match, f"unnamed stage: FROM {rest}"
+            current = match.group(2)
+            assert current not in stages, f"stage {current} twice"
+            stages[current] = []
+        stages[current].append((keyword, rest))
+    return stages
+
+
 @pytest.fixture(scope="module")
-def dockerfile() -> list[tuple[str, str]]:
+def dockerfile_all() -> list[tuple[str, str]]:
     return dockerfile_instructions((REPO_ROOT / "Dockerfile").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def dockerfile(dockerfile_all) -> list[tuple[str, str]]:
+    """The trainer stage (global ARGs first): the image a plain ``docker build .`` makes."""
+    stages = dockerfile_stages(dockerfile_all)
+    assert list(stages)[-1] == "trainer", "the trainer must be the last stage (docker build's default target)"
+    return stages[""] + stages["trainer"]
+
+
+@pytest.fixture(scope="module")
+def worker_stage(dockerfile_all) -> list[tuple[str, str]]:
+    return dockerfile_stages(dockerfile_all)["dataflow-worker"]
 
 
 def _args(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
@@ -79,7 +108,7 @@ def test_base_image_is_a_pinned_cuda_pytorch_that_matches_requirements(dockerfil
     args = dict(rest.split("=", 1) for rest in _args(dockerfile, "ARG") if "=" in rest)
     base = args["TORCH_IMAGE"]
     froms = _args(dockerfile, "FROM")
-    assert froms == ["${TORCH_IMAGE}"], "one stage, on the pinned TORCH_IMAGE"
+    assert froms == ["${TORCH_IMAGE} AS trainer"], "the trainer stage, on the pinned TORCH_IMAGE"
     assert dockerfile[0] == ("ARG", f"TORCH_IMAGE={base}")
     match = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda(\d+\.\d+)-cudnn(\d+)-runtime", base)
     assert match, f"not a pinned pytorch/pytorch CUDA runtime tag: {base}"
@@ -141,6 +170,25 @@ def test_copies_every_package_and_nothing_else(dockerfile):
     # setup.py installs the same packages
     included = re.search(r"find_packages\(include=\[([^\]]*)\]", (REPO_ROOT / "setup.py").read_text()).group(1)
     assert {name.strip().strip('"').rstrip("*") for name in included.split(",")} == set(PACKAGES)
+
+
+def test_dataflow_worker_stage_is_beams_sdk_image_with_our_packages(dockerfile_all, worker_stage):
+    """Dataflow runs a custom SDK container only with the submitting side's Beam and Python minor."""
+    args = dict(rest.split("=", 1) for rest in _args(dockerfile_all, "ARG") if "=" in rest)
+    match = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:(\S+)", args["BEAM_SDK_IMAGE"])
+    assert match, args["BEAM_SDK_IMAGE"]
+    assert match.group(3) == _requirement_pin("apache-beam[gcp]")
+    assert (int(match.group(1)), int(match.group(2))) == sys.version_info[:2], "the Python jobs are submitted with"
+    assert worker_stage[0] == ("FROM", "${BEAM_SDK_IMAGE} AS dataflow-worker")
+    (entrypoint,) = _args(worker_stage, "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["/opt/apache/beam/boot"]
+    copied = {source.rstrip("/") for rest in _args(worker_stage, "COPY") for source in rest.split()[:-1]}
+    assert copied == {*PACKAGES, "setup.py", "requirements.txt", "constraints.txt"}
+    (install,) = [r for r in _args(worker_stage, "RUN") if "pip install" in r]
+    words = shlex.split(next(part for part in install.split(";") if "pip install" in part))
+    assert words[-1] == "." and words[words.index("-c") + 1] == "constraints.txt"
+    assert "-r" not in words, "the workers need setup.py's install_requires only (no torch)"
+    assert "apache_beam.__version__" in install
 
 
 def test_the_pins_hold_nothing_that_fights_the_cuda_image():
@@ -214,8 +262,8 @@ def test_dockerignore_leaves_out(dockerignore, path):
     assert dockerignore_excludes(dockerignore, path)
 
 
-def test_dockerignore_keeps_what_the_dockerfile_copies(dockerignore, dockerfile):
-    sources = [s.rstrip("/") for rest in _args(dockerfile, "COPY") for s in rest.split()[:-1]]
+def test_dockerignore_keeps_what_the_dockerfile_copies(dockerignore, dockerfile_all):
+    sources = [s.rstrip("/") for rest in _args(dockerfile_all, "COPY") for s in rest.split()[:-1]]
     kept = 0
     for source in sources:
         path = REPO_ROOT / source
@@ -304,11 +352,11 @@ def test_register_image_dry_run_prints_the_exact_commands(fake_tools):
     ]
     assert shlex.split(create) == [
         "gcloud", "artifacts", "repositories", "create", "spanwise", "--project=my-proj", "--location=us-central1",
-        "--repository-format=docker", "--description=spanwise training images",
+        "--repository-format=docker", "--description=spanwise images (training, Dataflow workers)",
     ]
     assert [shlex.split(line) for line in lines[1:4]] == [
         ["gcloud", "auth", "configure-docker", "us-central1-docker.pkg.dev", "--quiet"],
-        ["docker", "build", "--platform=linux/amd64", f"--tag={uri}", "."],
+        ["docker", "build", "--platform=linux/amd64", "--target=trainer", f"--tag={uri}", "."],
         ["docker", "push", uri],
     ]
     assert lines[4:] == [uri]  # the image URI, last
@@ -324,10 +372,32 @@ def test_register_image_options_and_quoting():
     uri = "europe-west4-docker.pkg.dev/my-proj/ml/trainer:exp-3"
     assert shlex.split(lines[1]) == ["gcloud", "auth", "configure-docker", "europe-west4-docker.pkg.dev", "--quiet"]
     assert shlex.split(lines[2]) == [
-        "docker", "build", "--platform=linux/amd64", f"--tag={uri}",
+        "docker", "build", "--platform=linux/amd64", "--target=trainer", f"--tag={uri}",
         "--build-arg=TORCH_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime", ".",
     ]
     assert lines[-1] == uri
+
+
+def test_register_image_builds_the_dataflow_worker_target():
+    proc = run_script("register-image.sh", "--project", "my-proj", "--tag", "v1", "--target", "dataflow-worker",
+                      "--base-image", "apache/beam_python3.11_sdk:2.77.0", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = command_lines(proc.stdout)
+    uri = "us-central1-docker.pkg.dev/my-proj/spanwise/spanwise-dataflow-worker:v1"
+    assert shlex.split(lines[2]) == [
+        "docker", "build", "--platform=linux/amd64", "--target=dataflow-worker", f"--tag={uri}",
+        "--build-arg=BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.77.0", ".",
+    ]
+    assert lines[-1] == uri
+    # what bin/submit-dataflow.sh then takes
+    submit = subprocess.run(
+        ["bash", str(BIN / "submit-dataflow.sh"), "--project", "my-proj", "--bucket", "b-1", "--data_dir", "gs://b-1/c",
+         "--output_dir", "gs://b-1/p", "--tokenizer", "bert-base-uncased", "--sdk_container_image", uri, "--dry-run"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )
+    assert submit.returncode == 0, submit.stderr
+    words = shlex.split("\n".join(line for line in submit.stdout.splitlines() if not line.startswith("#")).replace("\\\n", " "))
+    assert words[words.index("--sdk_container_image") + 1] == uri and "--setup_file" not in words
 
 
 def test_register_image_runs_the_commands(fake_tools):
@@ -338,9 +408,9 @@ def test_register_image_runs_the_commands(fake_tools):
     assert fake_tools["calls"]() == [
         ["gcloud", "artifacts", "repositories", "describe", "spanwise", "--project=my-proj", "--location=us-central1"],
         ["gcloud", "artifacts", "repositories", "create", "spanwise", "--project=my-proj", "--location=us-central1",
-         "--repository-format=docker", "--description=spanwise training images"],
+         "--repository-format=docker", "--description=spanwise images (training, Dataflow workers)"],
         ["gcloud", "auth", "configure-docker", "us-central1-docker.pkg.dev", "--quiet"],
-        ["docker", "build", "--platform=linux/amd64", f"--tag={uri}", "."],
+        ["docker", "build", "--platform=linux/amd64", "--target=trainer", f"--tag={uri}", "."],
         ["docker", "push", uri],
     ]
 
@@ -361,6 +431,7 @@ def test_register_image_tags_with_the_git_commit_by_default():
     (["--project", "My Project"], "invalid project id"),
     (["--project", "my-proj", "--tag", "latest"], "refusing the tag 'latest'"),
     (["--project", "my-proj", "--regoin", "us-east1"], "unknown argument: --regoin"),
+    (["--project", "my-proj", "--target", "worker"], "--target is trainer or dataflow-worker"),
 ])
 def test_register_image_refuses_clearly(args, message, fake_tools):
     proc = run_script("register-image.sh", *args, "--dry-run", env=fake_tools["env"])

@@ -10,9 +10,11 @@
   which the tests read back: job name, worker pool (container image, packages, machine type,
   autoscaling), pipeline options, and our transforms in the staged pipeline.
 
-``preprocess.run`` waits for the job (``with beam.Pipeline(...)``) and then reads the manifest the
-job wrote. The fake therefore plays the part of the service and its workers: the job goes
-PENDING -> RUNNING -> DONE, and when it is created a manifest appears in ``--output_dir``.
+``preprocess.run`` waits for the job and then reads the manifest the job wrote. The fake therefore
+plays the part of the service and its workers: the job goes PENDING -> RUNNING -> DONE, and when
+it is created a manifest appears in ``--output_dir``. With ``--no_wait_until_finish`` the command
+returns once the job is created (job id and console URL printed); a job that fails is an error
+naming the job.
 """
 
 from __future__ import annotations
@@ -161,6 +163,14 @@ def test_dry_run_options_defaults_and_spellings():
     assert flags["--network"] == ["vpc-1"] and flags["--subnetwork"] == ["regions/us-central1/subnetworks/sub-1"]
     assert re.fullmatch(r"spanwise-preprocess-\d{8}-\d{6}", flags["--job_name"][0])
     assert flags["--setup_file"] == ["./setup.py"]
+
+
+def test_dry_run_no_wait_adds_beams_flag():
+    result = script(*TYPICAL, "--no-wait", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    words = dry_run_words(result.stdout)
+    assert words[-1] == "--no_wait_until_finish" and words.count("--no_wait_until_finish") == 1
+    assert "--no_wait_until_finish" not in dry_run_words(script(*TYPICAL, "--dry-run").stdout)
 
 
 def test_dry_run_with_a_custom_sdk_container_stages_no_setup_file():
@@ -425,6 +435,46 @@ def test_script_submits_to_dataflow(gcs, corpus, no_build_leftovers):
     assert options["staging_location"].startswith(f"gs://{BUCKET}/dataflow/staging/spanwise-script-test.")
     assert options["temp_location"].startswith(f"gs://{BUCKET}/dataflow/tmp/spanwise-script-test.")
     assert spanwise_io.exists(options["pipelineUrl"])
+
+
+def _submission_argv(corpus: dict[str, str], gcs: GcsEmulator, endpoint: str) -> list[str]:
+    return [
+        "--data_dir", corpus["data_dir"], "--output_dir", corpus["output_dir"], "--tokenizer", corpus["tokenizer"],
+        "--runner", "DataflowRunner", "--project", "test-project", "--region", "europe-west4",
+        "--temp_location", gcs.url("tmp"), "--dataflow_endpoint", endpoint, "--no_auth",
+        "--job_name", "spanwise-nowait", "--sdk_container_image", CUSTOM_IMAGE,
+    ]
+
+
+def test_no_wait_returns_once_the_job_is_submitted(gcs, corpus, fast_polling, capsys):
+    """A job that runs for hours: the command returns at once with its id, and reads no manifest."""
+    from beam_pipelines import preprocess
+
+    with FakeDataflow(create_state="JOB_STATE_PENDING", states=["JOB_STATE_RUNNING"]) as fake:
+        started = time.monotonic()
+        code = preprocess.main(_submission_argv(corpus, gcs, fake.url) + ["--no_wait_until_finish"])
+        elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 0 and elapsed < 30
+    (job,) = fake.jobs.values()
+    assert job["currentState"] in ("JOB_STATE_PENDING", "JOB_STATE_RUNNING")  # never driven to an end
+    assert f"submitted DataflowRunner job {job['id']} (state " in out
+    assert f"https://console.cloud.google.com/dataflow/jobs/europe-west4/{job['id']}?project=test-project" in out
+    assert f"its manifest is {corpus['output_dir']}/manifest.json" in out
+    assert not spanwise_io.exists(spanwise_io.join(corpus["output_dir"], "manifest.json"))
+    assert fake.unhandled == [] and "GET _list_messages" not in fake.calls()  # no polling for the end
+
+
+def test_a_failed_job_is_an_error_naming_it(gcs, corpus, fast_polling, capsys):
+    from beam_pipelines import preprocess
+
+    with FakeDataflow(create_state="JOB_STATE_PENDING", states=["JOB_STATE_RUNNING", "JOB_STATE_FAILED"]) as fake:
+        with pytest.raises(preprocess.JobFailedError, match=r"job .*console\.cloud\.google\.com/dataflow/jobs/europe-west4/"):
+            preprocess.run(_submission_argv(corpus, gcs, fake.url))
+        assert preprocess.main(_submission_argv(corpus, gcs, fake.url)) == 1
+    (first, second) = fake.jobs.values()
+    assert first["currentState"] == second["currentState"] == "JOB_STATE_FAILED"
+    assert f"error: preprocessing job failed (job {second['id']}:" in capsys.readouterr().err
 
 
 def test_fake_dataflow_answers_the_rest_of_beams_client():
