@@ -222,6 +222,9 @@ if [[ -z "$image_uri" ]]; then
       tag+="-dirty"
     fi
   fi
+  [[ "$image" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "invalid --image name: $image (a whole image URI goes to --image_uri)"
+  [[ "$repository" =~ ^[a-z]([a-z0-9-]*[a-z0-9])?$ ]] || die "invalid --repository name: $repository"
+  [[ "$tag" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "invalid --tag: $tag"
   image_uri="${region}-docker.pkg.dev/${project}/${repository}/${image}:${tag}"
 fi
 [[ "$image_uri" != *:latest ]] || die "refusing an image tagged latest: name an immutable tag"

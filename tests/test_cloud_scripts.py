@@ -590,6 +590,8 @@ def test_submit_runs_create_then_streams_the_logs(fake_tools):
     (["--project", "my-proj", "--base_output_dir", "gs://my-bucket/r", "--env", "AIP_MODEL_DIR=x", "--", *TRAINER_FLAGS], "Vertex AI sets it"),
     (["--project", "my-proj", "--image_uri", "r/p:latest", "--base_output_dir", "gs://my-bucket/r", "--", *TRAINER_FLAGS], "latest"),
     (["--project", "my-proj", "--data_dir", "gs://b/p"], "trainer flags go after --"),
+    (["--project", "my-proj", "--image", "us-central1-docker.pkg.dev/my-proj/spanwise/spanwise-trainer:v1",
+      "--base_output_dir", "gs://my-bucket/r", "--", *TRAINER_FLAGS], "a whole image URI goes to --image_uri"),
     (["--project", "my-proj", "--base_output_dir", "gs://my-bucket/r", "--", *TRAINER_FLAGS, "--task_name", "a\x01b"],
      "a control character in an argument"),
 ])
