@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = aggregate(cells, args.funcs, args.eval_views)
     results_md = args.results_md.resolve()
     image_rel = f"results/{args.corpus}-dev-accuracy.png"
-    title = f"{CORPUS_TITLES.get(args.corpus, args.corpus)}: max_seq_length {args.max_seq_length}, {Path(args.model).name}"
+    title = f"{CORPUS_TITLES.get(args.corpus, args.corpus)}: max_seq_length {args.max_seq_length}, model {model_tag(args.model)}"
     plot_study(rows, cells, results_md.parent / image_rel, title)
     section = render_section(args, rows, cells, image_rel, corpus_stats(prep_dir, budget), data_commands, budget)
     update_markdown(results_md, args.corpus, section)
