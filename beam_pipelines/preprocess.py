@@ -1,7 +1,7 @@
 """Tokenize a TSV corpus once into sharded Parquet records, a manifest and a dead-letter output.
 
     python -m beam_pipelines.preprocess --data_dir DIR_OR_GS --output_dir DIR_OR_GS \\
-        --tokenizer NAME_OR_PATH [--max_doc_tokens N] [--num_shards N] \\
+        --tokenizer NAME_OR_PATH [--max_doc_tokens N] [--max_doc_chars N] [--max_labels N] [--num_shards N] \\
         [--seq_len_func head|tail|ht --seq_func_params ... --max_seq_length N] \\
         [Beam options: --runner DataflowRunner --project P --region R --temp_location gs://...]
 
@@ -10,12 +10,17 @@ Runs on the DirectRunner by default and on Dataflow with Beam's usual options. W
 (design.md section 4), then prints the corpus statistics. With Beam's ``--no_wait_until_finish``
 a Dataflow job is submitted and the command returns at once, printing the job id and where the
 manifest will appear.
+
+Resource guards: a text longer than ``--max_doc_chars`` characters is cut to its head and tail
+before tokenizing (counted in the manifest), and a train split with more distinct labels than
+``--max_labels`` stops the job with a ``CorpusError`` (a ValueError) before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import uuid
 from dataclasses import dataclass
@@ -32,9 +37,35 @@ from schemas.tsv import REQUIRED_SPLITS, SPLITS
 from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 
-__all__ = ["PreprocessOptions", "PreprocessJob", "JobFailedError", "build_pipeline", "submit", "run", "main"]
+__all__ = [
+    "PreprocessOptions",
+    "PreprocessJob",
+    "JobFailedError",
+    "CorpusError",
+    "DEFAULT_MAX_DOC_CHARS",
+    "MIN_MAX_DOC_CHARS",
+    "DEFAULT_MAX_LABELS",
+    "build_pipeline",
+    "submit",
+    "run",
+    "main",
+]
 
 _LOG = logging.getLogger(__name__)
+
+CorpusError = transforms.CorpusError
+# 1M characters: ~200-250k tokens of English text (4-5 characters a token), at most ~1M
+# WordPiece tokens of any text, so --max_doc_tokens (32768) still decides for any ordinary text;
+# the fast tokenizer needs ~0.7 GB per million tokens of one text (measured with MiniLM's), so
+# a text costs ~0.2 GB (English) to ~0.7 GB (CJK) at most, where a 10M-token text needs ~7 GB.
+DEFAULT_MAX_DOC_CHARS = 1_000_000
+# Below this, the guard would cut ordinary paragraphs: it is a guard against pathological
+# texts, not a way to shorten documents (--max_doc_tokens and --seq_len_func are).
+MIN_MAX_DOC_CHARS = 1000
+DEFAULT_MAX_LABELS = 10_000
+# How a CorpusError appears in a worker's traceback passed on as text (Dataflow, multi_processing).
+_CORPUS_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?CorpusError: (.+)$", re.MULTILINE)
+_STEP_ANNOTATION = re.compile(r" \[while running '[^']*'\]$")
 
 
 class PreprocessOptions(PipelineOptions):
@@ -49,6 +80,24 @@ class PreprocessOptions(PipelineOptions):
         group.add_argument(
             "--max_doc_tokens", type=int, default=32768,
             help="cap per text; longer texts keep their first and last halves of the cap (default 32768)",
+        )
+        group.add_argument(
+            "--max_doc_chars", type=int, default=DEFAULT_MAX_DOC_CHARS,
+            help=(
+                "guard per text, applied BEFORE tokenizing: a TEXT_A or TEXT_B longer than this many characters "
+                "keeps its first and last halves (cut at whitespace) and is counted in the manifest "
+                "(stats.capped_at_max_doc_chars); its token length is then that of the cut text. "
+                f"The default {DEFAULT_MAX_DOC_CHARS:,} characters is ~200k English tokens, far above "
+                "--max_doc_tokens, which still decides for ordinary text; it bounds the tokenizer's memory "
+                f"(~0.2 GB per English text at the default). 0 = no guard; else at least {MIN_MAX_DOC_CHARS}"
+            ),
+        )
+        group.add_argument(
+            "--max_labels", type=int, default=DEFAULT_MAX_LABELS,
+            help=(
+                "most distinct labels in train.tsv; more stop the job before anything is written, "
+                f"naming some of them (often a shifted LABEL column) (default {DEFAULT_MAX_LABELS})"
+            ),
         )
         group.add_argument(
             "--num_shards", type=int, default=0,
@@ -79,6 +128,13 @@ def _check_options(opts: PreprocessOptions) -> dict[str, str]:
             raise ValueError(f"--{name} is required")
     if opts.max_doc_tokens < 1:
         raise ValueError(f"--max_doc_tokens must be >= 1, got {opts.max_doc_tokens}")
+    if opts.max_doc_chars != 0 and opts.max_doc_chars < MIN_MAX_DOC_CHARS:
+        raise ValueError(
+            f"--max_doc_chars must be 0 (no cap) or >= {MIN_MAX_DOC_CHARS}, got {opts.max_doc_chars}; "
+            "to shorten documents use --max_doc_tokens or --seq_len_func"
+        )
+    if opts.max_labels < 1:
+        raise ValueError(f"--max_labels must be >= 1, got {opts.max_labels}")
     if opts.num_shards < 0 or opts.rows_per_shard < 1:
         raise ValueError("--num_shards must be >= 0 and --rows_per_shard >= 1")
     if opts.tokenize_batch_size < 1:
@@ -126,19 +182,29 @@ def build_pipeline(
     read = (
         pipeline
         | "ListInputs" >> beam.Create(sorted(inputs.items()))
-        | "ReadParse" >> beam.ParDo(transforms.ReadParseFn(opts.tokenize_batch_size, opts.decode_errors)).with_outputs(
+        | "ReadParse" >> beam.ParDo(
+            transforms.ReadParseFn(opts.tokenize_batch_size, opts.decode_errors, opts.max_doc_chars)
+        ).with_outputs(
             transforms.REJECTED, transforms.COUNTS, main="batches"
         )
     )
     # one file is read by one worker: spread its batches over the workers before tokenizing
     batches = read.batches | "Spread" >> beam.Reshuffle()
     counts = read[transforms.COUNTS]
-    label_map = (
+    # The label map never holds more than --max_labels + 1 labels: a shifted LABEL column
+    # (texts as labels) fails in BuildLabelMap with a count and examples, not in memory.
+    distinct_labels = (
         batches
         | "TrainLabels" >> beam.FlatMap(lambda batch: sorted({row.label for row in batch if row.split == "train"}))
         | "DistinctLabels" >> beam.Distinct()
-        | "AllLabels" >> beam.combiners.ToList()
-        | "BuildLabelMap" >> beam.Map(transforms.build_label_map)
+    )
+    label_count = distinct_labels | "CountLabels" >> beam.combiners.Count.Globally()
+    label_map = (
+        distinct_labels
+        | "AllLabels" >> beam.combiners.Top.Smallest(opts.max_labels + 1)
+        | "BuildLabelMap" >> beam.Map(
+            transforms.build_label_map, max_labels=opts.max_labels, found=beam.pvalue.AsSingleton(label_count)
+        )
     )
     tokenized = batches | "Tokenize" >> beam.ParDo(
         transforms.TokenizeBatchFn(opts.tokenizer, opts.max_doc_tokens, seq_config, opts.num_shards, opts.rows_per_shard),
@@ -192,6 +258,31 @@ class JobFailedError(RuntimeError):
     """A remote preprocessing job ended in another state than DONE."""
 
 
+def _corpus_error_in(error: BaseException, where: str = "") -> CorpusError | None:
+    """The ``CorpusError`` behind a failed run, with the user's message only; None if there is none.
+
+    On the DirectRunner (in_memory) the error is raised as it was. A runner that passes on the
+    worker's traceback as text (Dataflow, multi_processing) gives an exception whose message
+    holds a ``...CorpusError: <message>`` line: that message is taken (the last one, the
+    original) and any " [while running 'step']" that Beam added is dropped.
+    """
+    if isinstance(error, CorpusError):
+        message = _STEP_ANNOTATION.sub("", str(error))
+        return error if message == str(error) and not where else CorpusError(message + where)
+    found = _CORPUS_ERROR_LINE.findall(str(error).replace("\\n", "\n"))
+    if not found:
+        return None
+    return CorpusError(_STEP_ANNOTATION.sub("", found[-1].strip()) + where)
+
+
+def _remove_temp_dir(temp_dir: str) -> None:
+    """Best effort: a failed DirectRunner job leaves no temp folder in --output_dir."""
+    try:
+        spanwise_io.remove_tree(temp_dir)
+    except Exception as error:  # noqa: BLE001 (the job's own error matters more)
+        _LOG.warning("could not remove %s: %s", temp_dir, error)
+
+
 @dataclass
 class PreprocessJob:
     """A started preprocessing job: on Dataflow it runs on, on the DirectRunner it has finished."""
@@ -210,14 +301,18 @@ class PreprocessJob:
         """Block until the job ends; return the manifest it wrote.
 
         Raises:
+            CorpusError: the job failed on the corpus (e.g. more labels than --max_labels).
             JobFailedError: the job ended in another state than DONE (failed, cancelled, drained).
         """
         try:
             state = self.result.wait_until_finish()
         except Exception as error:
+            where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
+            corpus_error = _corpus_error_in(error, where)
+            if corpus_error is not None:
+                raise corpus_error from error
             if type(error).__name__ != "DataflowRuntimeException":  # (Beam's class; its module needs the gcp extra)
                 raise
-            where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
             raise JobFailedError(f"preprocessing job failed{where}: {error}") from error
         if state != PipelineState.DONE:
             where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
@@ -230,6 +325,8 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
 
     Raises:
         ValueError: an option is missing or invalid.
+        CorpusError: (DirectRunner, which runs the job here) the corpus cannot be preprocessed
+            (no valid train rows, more labels than --max_labels); nothing is published.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
@@ -253,6 +350,8 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
             "output_dir": opts.output_dir,
             "tokenizer": opts.tokenizer,
             "max_doc_tokens": opts.max_doc_tokens,
+            "max_doc_chars": opts.max_doc_chars,
+            "max_labels": opts.max_labels,
             "num_shards": opts.num_shards,
             "rows_per_shard": opts.rows_per_shard,
             "decode_errors": opts.decode_errors,
@@ -260,13 +359,22 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
         },
         "tokenizer": tokenizer_identity(tokenizer, opts.tokenizer),
         "max_doc_tokens": opts.max_doc_tokens,
+        "max_doc_chars": opts.max_doc_chars,
         "preprocess_seq_len": seq_config.to_dict() if seq_config else None,
     }
     temp_dir = spanwise_io.join(opts.output_dir, f".spanwise-tmp-{uuid.uuid4().hex}")
     _LOG.info("preprocessing %s -> %s", ", ".join(inputs.values()), opts.output_dir)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, opts, inputs, manifest_base, seq_config, temp_dir)
-    result = pipeline.run()
+    try:
+        result = pipeline.run()  # the DirectRunner runs the whole job here
+    except Exception as error:
+        if "dataflow" not in runner.lower():  # (a Dataflow submission that fails wrote nothing)
+            _remove_temp_dir(temp_dir)
+        corpus_error = _corpus_error_in(error)
+        if corpus_error is not None and corpus_error is not error:
+            raise corpus_error from error
+        raise
     job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
     console_url = None
     if job_id:
@@ -281,7 +389,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Waits for a Dataflow job whatever ``--no_wait_until_finish`` says (``main`` honours that flag).
 
     Raises:
-        ValueError: an option is missing or invalid, or the corpus has no valid train rows.
+        ValueError: an option is missing or invalid.
+        CorpusError: (a ValueError) the corpus has no valid train rows, or more distinct train
+            labels than --max_labels; nothing is published.
         JobFailedError: a remote job ended in another state than DONE.
     """
     return submit(argv).wait()

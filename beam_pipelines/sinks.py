@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import spanwise_io
+from beam_pipelines.transforms import CorpusError
 from schemas.manifest import SCHEMA_VERSION, write_manifest
 from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, SHARD_SCHEMA, shard_name, table_from_ipc
 from schemas.tsv import Rejection
@@ -92,6 +93,15 @@ class FinalizeFn(beam.DoFn):
         self._manifest_base = dict(manifest_base)
         self._splits = dict(splits)
 
+    def _fail_no_train_rows(self, rejected_files: Sequence[dict]) -> None:
+        """Publish only the rejected rows (where the message points, so the user can see why), then raise."""
+        for rejected_file in rejected_files:
+            self._move(rejected_file["name"])
+        spanwise_io.remove_tree(self._temp_dir)
+        raise CorpusError(
+            f"no valid rows in {self._splits['train']}: nothing to train on (see {REJECTED_DIR}/train-*.jsonl)"
+        )
+
     def process(
         self,
         _: Any,
@@ -102,14 +112,14 @@ class FinalizeFn(beam.DoFn):
         rejected_counts: Mapping[tuple[str, str], int],
         stats: Mapping[str, dict],
     ) -> Iterator[dict[str, Any]]:
+        """Publish the job's output, or raise.
+
+        Raises:
+            CorpusError: train has no valid rows (its rejected rows are published, to say why).
+            RuntimeError: rows or shards were lost on the way (a bug, not a corpus problem).
+        """
         if not label_map:
-            # Put the rejected rows where the message points, so the user can see why.
-            for rejected_file in rejected_files:
-                self._move(rejected_file["name"])
-            spanwise_io.remove_tree(self._temp_dir)
-            raise ValueError(
-                f"no valid rows in {self._splits['train']}: nothing to train on (see {REJECTED_DIR}/train-*.jsonl)"
-            )
+            self._fail_no_train_rows(rejected_files)
         split_infos: dict[str, dict[str, Any]] = {}
         for split, input_path in self._splits.items():
             files = sorted((s for s in shards if s["split"] == split), key=lambda s: s["name"])
@@ -140,6 +150,8 @@ class FinalizeFn(beam.DoFn):
                 "files": [{"name": f["name"], "rows": f["rows"], "row_groups": f["row_groups"]} for f in files],
                 "stats": stats.get(split, {"documents": 0}),
             }
+        if split_infos["train"]["records"] == 0:  # every labelled train row gave no tokens
+            self._fail_no_train_rows(rejected_files)
         for info in split_infos.values():
             for f in info["files"]:
                 self._move(f["name"])

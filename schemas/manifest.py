@@ -121,5 +121,15 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
         if info.get("rejected_by_reason"):
             reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(info["rejected_by_reason"].items()))
             lines.append(f"       rejected: {reasons}")
-    lines.append("token lengths are content tokens (TEXT_A + TEXT_B, no special tokens)")
+        capped = [
+            f"{stats[key]} at --{flag}"
+            for key, flag in (("capped_at_max_doc_chars", "max_doc_chars"), ("capped_at_max_doc_tokens", "max_doc_tokens"))
+            if stats.get(key)
+        ]
+        if capped:
+            lines.append(f"       capped: {', '.join(capped)}")
+    lines.append(
+        "token lengths are content tokens (TEXT_A + TEXT_B, no special tokens); "
+        "a text cut at --max_doc_chars counts the tokens of its cut text"
+    )
     return "\n".join(lines)
