@@ -8,7 +8,7 @@ that read = written + rejected always holds.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO, Iterator
 
 __all__ = [
@@ -32,6 +32,9 @@ MAX_RAW_CHARS = 1000
 _UTF8_BOM = b"\xef\xbb\xbf"
 _HEADER_ID = {"id", "guid", "index", "idx", "doc_id", "#id"}
 _HEADER_LABEL = {"label", "labels", "class", "category", "target", "y"}
+# Not escaped by json.dumps(ensure_ascii=False) (it escapes only the C0 controls), yet line
+# breaks to str.splitlines and to JavaScript before ES2019; they can only occur inside strings.
+_JSON_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class Reason:
@@ -49,7 +52,13 @@ class Reason:
 
 @dataclass(frozen=True)
 class TsvRow:
-    """One well-formed input row, with where it came from."""
+    """One well-formed input row, with where it came from.
+
+    ``raw`` is the line as read, cut like a rejection's raw text, for a rejection decided later
+    (duplicate ID, unseen label, no tokens). It is kept only where the fields cannot give it
+    back: spaces around ID or LABEL, an empty 5th field, or a line longer than
+    ``MAX_RAW_CHARS`` (whose text a later step may cut). It takes no part in comparisons.
+    """
 
     split: str
     file: str
@@ -59,6 +68,7 @@ class TsvRow:
     label: str
     text_a: str
     text_b: str
+    raw: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -73,10 +83,20 @@ class Rejection:
     raw: str
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        """One JSON object on one line, for a ``.jsonl`` file; text is written as UTF-8.
+
+        The three non-ASCII characters that line-splitting readers (Python's
+        ``str.splitlines``, older JavaScript) take for line breaks are escaped, so that any
+        reader sees exactly one object per line; JSON readers decode them to the same text.
+        """
+        text = json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        return text.translate(_JSON_LINE_BREAK_ESCAPES)
 
     @staticmethod
     def of_row(row: TsvRow, reason: str, detail: str) -> "Rejection":
+        """The rejection of a parsed row, carrying the line as read (``row.raw``, else rebuilt)."""
+        if row.raw:
+            return Rejection(row.split, row.file, row.line, reason, detail, row.raw)
         fields = [row.id, row.alpha, row.label, row.text_a] + ([row.text_b] if row.text_b else [])
         return Rejection(row.split, row.file, row.line, reason, detail, _cut("\t".join(fields)))
 
@@ -89,11 +109,17 @@ def iter_lines(handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     """Yield ``(line_number, raw_bytes)`` from 1, without the line ending (LF or CRLF).
 
     Only ``\\n`` ends a line (not the other characters ``str.splitlines`` treats as breaks), and
-    a UTF-8 byte-order mark at the start of the file is dropped.
+    a UTF-8 byte-order mark at the start of the file is dropped before the file is cut into
+    lines: it is an encoding mark, not content. A file holding only a BOM is therefore an empty
+    file (no lines), and a BOM followed by a line ending is one blank line, exactly as the same
+    file without its BOM (blank lines are lines: ``parse_line`` rejects them as
+    ``wrong_field_count``, so that every line is accounted for).
     """
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(_UTF8_BOM):
             raw = raw[len(_UTF8_BOM) :]
+            if not raw:  # the BOM was the whole file: no line at all
+                return
         if raw.endswith(b"\n"):
             raw = raw[:-1]
         if raw.endswith(b"\r"):
@@ -142,15 +168,22 @@ def parse_line(
             f"expected 4 or 5 tab-separated fields (ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]), got {len(fields)}",
             _cut(text),
         )
+    row_id, label = fields[0].strip(), fields[2].strip()
+    # Rebuilt from the fields, the line would lose outer spaces and an empty 5th field.
+    rebuilds = (
+        row_id == fields[0] and label == fields[2] and (len(fields) == 4 or fields[4] != "")
+        and len(text) <= MAX_RAW_CHARS
+    )
     row = TsvRow(
         split=split,
         file=file,
         line=line,
-        id=fields[0].strip(),
+        id=row_id,
         alpha=fields[1],
-        label=fields[2].strip(),
+        label=label,
         text_a=fields[3],
         text_b=fields[4] if len(fields) == 5 else "",
+        raw="" if rebuilds else _cut(text),
     )
     # Rejections here carry the line as read, not one rebuilt from the stripped fields.
     if not row.id:

@@ -144,7 +144,7 @@ def read_rejected(output_dir: str, split: str) -> list[dict[str, Any]]:
     for name in spanwise_io.listdir(directory):
         if name.startswith(f"{split}-") and name.endswith(".jsonl"):
             text = spanwise_io.read_bytes(spanwise_io.join(directory, name)).decode("utf-8")
-            out.extend(json.loads(line) for line in text.splitlines() if line)
+            out.extend(json.loads(line) for line in text.split("\n") if line)  # (not splitlines: JSON may hold U+2028)
     return out
 
 

@@ -12,9 +12,15 @@ The number of examples comes from a Hypothesis profile chosen by ``SPANWISE_FUZZ
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
 import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +42,8 @@ settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("SPANWISE_FUZZ_PROFILE", "ci"))
+PROFILE = os.environ.get("SPANWISE_FUZZ_PROFILE", "ci")
+settings.load_profile(PROFILE)
 
 REASONS = {value for name, value in vars(Reason).items() if name.isupper()}
 # the longest raw text a Rejection may carry: MAX_RAW_CHARS and the "...[N chars]" suffix
@@ -111,6 +118,33 @@ def test_field_count_decides(values, split):
             assert result.text_a == values[3] and result.text_b == (values[4] if count == 5 else "")
 
 
+def cut(text: str) -> str:
+    return text if len(text) <= MAX_RAW_CHARS else f"{text[:MAX_RAW_CHARS]}...[{len(text)} chars]"
+
+
+@given(values=st.lists(fields, min_size=4, max_size=5), pad=st.sampled_from(["", " ", "  \u3000"]),
+       long_text=st.sampled_from([0, MAX_RAW_CHARS, 3 * MAX_RAW_CHARS]))
+def test_later_rejection_carries_the_line_as_read(values, pad, long_text):
+    """Rejection.of_row (duplicate ID, unseen label, no tokens) keeps spaces, an empty 5th field, the length."""
+    empty_fifth = [""] if len(values) == 5 else []
+    values = [pad + values[0] + "x" + pad, values[1], pad + values[2] + "y" + pad, values[3] + "t" + "z" * long_text]
+    line = "\t".join(values + empty_fifth)
+    row = parse_line("dev", "f.tsv", 2, line.encode("utf-8"))
+    assert isinstance(row, TsvRow)
+    rejection = Rejection.of_row(row, Reason.DUPLICATE_ID, "ID already used")
+    assert rejection.raw == cut(line) and rejection.line == 2 and rejection.reason == Reason.DUPLICATE_ID
+
+
+def test_later_rejection_raw_for_plain_rows_costs_nothing():
+    """A row that its fields give back keeps no copy of its line (rows travel through Beam)."""
+    row = parse_line("dev", "f.tsv", 2, b"d1\ta\tpos\ttext\tpair")
+    assert isinstance(row, TsvRow) and row.raw == ""
+    assert Rejection.of_row(row, Reason.UNSEEN_LABEL, "x").raw == "d1\ta\tpos\ttext\tpair"
+    padded = parse_line("dev", "f.tsv", 2, b" d1 \ta\t pos\ttext\t")
+    assert padded == TsvRow("dev", "f.tsv", 2, "d1", "a", "pos", "text", "")  # raw takes no part in ==
+    assert Rejection.of_row(padded, Reason.UNSEEN_LABEL, "x").raw == " d1 \ta\t pos\ttext\t"
+
+
 @given(label=st.text(alphabet="ab c", min_size=1, max_size=10).filter(lambda s: s.strip()))
 def test_labels_with_spaces_are_kept_inner(label):
     row = parse_line("train", "f.tsv", 2, f"id1\tx\t{label}\tsome text".encode())
@@ -126,7 +160,8 @@ def test_iter_lines_numbers_every_line_and_strips_endings(lines, bom, crlf, fina
     if truncated:
         data = data[: -len(endings[-1])]
     got = list(iter_lines(io.BytesIO(data)))
-    expected_count = len(lines) if lines else int(bom)  # a BOM alone is one empty line
+    # a BOM is not content: a file that is only a BOM has no line, like an empty file
+    expected_count = 0 if data in (b"", b"\xef\xbb\xbf") else len(lines)
     assert [n for n, _ in got] == list(range(1, expected_count + 1))
     for (number, raw), original in zip(got, lines):
         assert b"\n" not in raw
@@ -171,3 +206,67 @@ def test_ten_megabyte_line(shape):
     else:
         assert isinstance(result, Rejection)
         assert len(result.raw) <= RAW_LIMIT and result.raw.endswith(" chars]")
+
+
+# --- a BOM alone, blank lines ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, lines",
+    [
+        (b"", []),
+        (b"\xef\xbb\xbf", []),  # a BOM alone: an empty file, not one blank line
+        (b"\n", [(1, b"")]),
+        (b"\xef\xbb\xbf\n", [(1, b"")]),  # as the same file without its BOM: one blank line
+        (b"\xef\xbb\xbf\r\n", [(1, b"")]),
+        (b"\xef\xbb\xbf\xef\xbb\xbf", [(1, b"\xef\xbb\xbf")]),  # only the first BOM is dropped
+        (b"\xef\xbb\xbfd1\ta\tpos\tx", [(1, b"d1\ta\tpos\tx")]),
+        (b"\xef\xbb\xbf\nd1\ta\tpos\tx\n\n", [(1, b""), (2, b"d1\ta\tpos\tx"), (3, b"")]),
+    ],
+    ids=["empty", "bom", "newline", "bom_newline", "bom_crlf", "two_boms", "bom_row_no_newline", "bom_blank_lines"],
+)
+def test_bom_only_file_has_no_lines_and_blank_lines_count(data, lines):
+    assert list(iter_lines(io.BytesIO(data))) == lines
+    for number, raw in lines:
+        result = parse_line("train", "f.tsv", number, raw)
+        if raw in (b"", b"\xef\xbb\xbf"):  # a blank line (or a stray BOM) is read and rejected
+            assert isinstance(result, Rejection) and result.reason == Reason.WRONG_FIELD_COUNT
+            assert result.detail.endswith("got 1")
+        else:
+            assert isinstance(result, TsvRow)
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85", "\x1c", "\x0b", "\r"])
+def test_rejection_json_is_one_line_for_every_line_splitter(char):
+    """str.splitlines() must see one JSON object per line of rejected/*.jsonl."""
+    rejection = parse_line("train", "f.tsv", 2, f"d1{char}\tx\tpos".encode())
+    assert isinstance(rejection, Rejection) and rejection.reason == Reason.WRONG_FIELD_COUNT
+    text = rejection.to_json()
+    assert text.splitlines() == [text] and char not in text
+    assert json.loads(text)["raw"] == f"d1{char}\tx\tpos"
+    assert "\u03b1" in parse_line("train", "f.tsv", 2, "\u03b1".encode()).to_json()  # other text stays UTF-8
+
+
+# --- the atheris harness, bounded ---------------------------------------------------------------
+
+ATHERIS_HARNESS = Path(__file__).with_name("fuzz_atheris_tsv.py")
+ATHERIS_RUNS = 20_000 if PROFILE == "ci" else 200_000  # ~2,000 runs/s here
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None,
+    reason="atheris is not installed (requirements-dev.txt: a wheel for Linux x86_64, Python >= 3.11)",
+)
+def test_atheris_harness_bounded_run(tmp_path):
+    """The coverage-guided harness runs ATHERIS_RUNS inputs without a finding."""
+    repo_root = ATHERIS_HARNESS.parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    command = [
+        sys.executable, str(ATHERIS_HARNESS), f"-runs={ATHERIS_RUNS}", "-seed=1", "-max_len=4096",
+        f"-artifact_prefix={tmp_path}/",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, timeout=1800)
+    log = done.stderr.decode("utf-8", errors="replace")
+    assert done.returncode == 0, log[-4000:]
+    assert re.search(rf"^Done {ATHERIS_RUNS} runs in \d+ second", log, re.MULTILINE), log[-2000:]
+    assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("timeout-*"))
