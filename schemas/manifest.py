@@ -53,9 +53,21 @@ def read_manifest(prep_dir: str) -> dict[str, Any]:
 
 
 def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> None:
-    """Check the manifest's structure and internal consistency."""
+    """Check the manifest's structure, types and internal consistency.
+
+    A manifest edited by hand is refused here, before any shard is opened, with a message
+    that names the field (e.g. ``splits.train.files[2].rows``) and what is wrong with it.
+
+    Args:
+        manifest: the parsed ``manifest.json``.
+        source: where it came from (its path), the prefix of every message.
+
+    Raises:
+        ValueError: a required key is missing, a value has the wrong type, the label map is not
+            ``label -> 0..N-1``, or the counts of a split do not add up.
+    """
     if not isinstance(manifest, Mapping):
-        raise ValueError(f"{source}: manifest must be a JSON object")
+        raise ValueError(f"{source}: manifest must be a JSON object, got {_json_type(manifest)}")
     missing = [key for key in _REQUIRED_KEYS if key not in manifest]
     if missing:
         raise ValueError(f"{source}: manifest lacks {', '.join(missing)}")
@@ -64,19 +76,86 @@ def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> 
             f"{source}: schema_version {manifest['schema_version']} is not the supported {SCHEMA_VERSION}; "
             "re-run beam_pipelines.preprocess with this version of spanwise"
         )
+    if not isinstance(manifest["tokenizer"], Mapping):
+        raise ValueError(f"{source}: tokenizer must be a JSON object, got {_json_type(manifest['tokenizer'])}")
+    _require_count(manifest["max_doc_tokens"], "max_doc_tokens", source)
     label_map = manifest["label_map"]
-    if not isinstance(label_map, Mapping) or sorted(label_map.values()) != list(range(len(label_map))):
-        raise ValueError(f"{source}: label_map must map each label to a distinct index 0..N-1")
-    for split, info in manifest["splits"].items():
+    if (
+        not isinstance(label_map, Mapping)
+        or not label_map
+        or not all(_is_count(index) for index in label_map.values())
+        or sorted(label_map.values()) != list(range(len(label_map)))
+    ):
+        raise ValueError(
+            f"{source}: label_map must map each label to a distinct index 0..N-1, got {json.dumps(label_map)[:200]}"
+        )
+    splits = manifest["splits"]
+    if not isinstance(splits, Mapping):
+        raise ValueError(f"{source}: splits must be a JSON object (split name -> files and counts), got {_json_type(splits)}")
+    for split, info in splits.items():
+        if not isinstance(info, Mapping):
+            raise ValueError(f"{source}: split {split!r} must be a JSON object, got {_json_type(info)}")
         for key in ("read", "records", "rejected", "files"):
             if key not in info:
                 raise ValueError(f"{source}: split {split!r} lacks {key!r}")
+        for key in ("read", "records", "rejected"):
+            _require_count(info[key], f"splits.{split}.{key}", source)
+        _validate_files(info["files"], split, source)
         if info["read"] != info["records"] + info["rejected"]:
             raise ValueError(
                 f"{source}: split {split!r} has read {info['read']} != records {info['records']} + rejected {info['rejected']}"
             )
-        if sum(f["rows"] for f in info["files"]) != info["records"]:
-            raise ValueError(f"{source}: split {split!r} file row counts do not add up to records {info['records']}")
+        file_rows = sum(f["rows"] for f in info["files"])
+        if file_rows != info["records"]:
+            raise ValueError(
+                f"{source}: split {split!r} file row counts do not add up to records {info['records']} (they add up to {file_rows})"
+            )
+
+
+def _validate_files(files: Any, split: str, source: str) -> None:
+    """``splits.<split>.files``: a list of ``{"name": plain file name, "rows": int >= 0, ...}``, names unique."""
+    if not isinstance(files, list):
+        raise ValueError(f"{source}: splits.{split}.files must be a list of {{name, rows}} objects, got {_json_type(files)}")
+    seen: set[str] = set()
+    for index, entry in enumerate(files):
+        where = f"splits.{split}.files[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{source}: {where} must be a JSON object with name and rows, got {_json_type(entry)}")
+        for key in ("name", "rows"):
+            if key not in entry:
+                raise ValueError(f"{source}: {where} lacks {key!r}")
+        name = entry["name"]
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"{source}: {where}.name must be a file name in the manifest's folder, got {json.dumps(name)}")
+        if name in seen:
+            raise ValueError(f"{source}: {where}.name {name!r} is listed twice")
+        seen.add(name)
+        _require_count(entry["rows"], f"{where}.rows", source)
+        if "row_groups" in entry:
+            _require_count(entry["row_groups"], f"{where}.row_groups", source)
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (``true`` is not one, though Python says bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _require_count(value: Any, field: str, source: str) -> None:
+    if not _is_count(value):
+        raise ValueError(f"{source}: {field} must be an integer >= 0, got {json.dumps(value)[:100]}")
+
+
+def _json_type(value: Any) -> str:
+    """How a JSON value looks to the person who edited the file: ``a list``, ``the string "3"``."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)[:100]}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, Mapping) else type(value).__name__
 
 
 def check_compatible(manifest: Mapping[str, Any], tokenizer_identity: Mapping[str, Any]) -> None:

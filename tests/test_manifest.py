@@ -145,6 +145,35 @@ def test_label_map_must_be_0_to_n_minus_1(manifest, label_map):
         validate_manifest(manifest)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(tokenizer="bert-base-uncased"), 'tokenizer must be a JSON object, got the string "bert-base-uncased"'),
+        (lambda m: m.update(max_doc_tokens="32768"), 'max_doc_tokens must be an integer >= 0, got "32768"'),
+        (lambda m: m.update(label_map={}), "label_map must map each label to a distinct index 0..N-1, got {}"),
+        (lambda m: m.update(label_map={"neg": True, "pos": 1}), "label_map must map each label to a distinct index"),
+        (lambda m: m.update(splits=[]), "splits must be a JSON object (split name -> files and counts), got a list"),
+        (lambda m: m["splits"].update(dev=None), "split 'dev' must be a JSON object, got null"),
+        (lambda m: m["splits"]["dev"].update(read=4.0), "splits.dev.read must be an integer >= 0, got 4.0"),
+        (lambda m: m["splits"]["dev"].update(files={}), "splits.dev.files must be a list of {name, rows} objects, got an object"),
+        (lambda m: m["splits"]["dev"]["files"].append("dev-x.parquet"), "splits.dev.files[1] must be a JSON object with name and rows"),
+        (lambda m: m["splits"]["dev"]["files"][0].pop("rows"), "splits.dev.files[0] lacks 'rows'"),
+        (lambda m: m["splits"]["dev"]["files"][0].update(rows=True), "splits.dev.files[0].rows must be an integer >= 0, got true"),
+        (lambda m: m["splits"]["dev"]["files"][0].update(row_groups=-1), "splits.dev.files[0].row_groups must be an integer >= 0"),
+        (lambda m: m["splits"]["dev"]["files"][0].update(name="/abs/dev.parquet"), "splits.dev.files[0].name must be a file name"),
+        (lambda m: m["splits"]["dev"]["files"][0].update(name=".."), "splits.dev.files[0].name must be a file name"),
+        (lambda m: m["splits"]["train"]["files"][1].update(name=m["splits"]["train"]["files"][0]["name"]),
+         "splits.train.files[1].name 'train-00000-of-00002.parquet' is listed twice"),
+    ],
+)
+def test_hand_edited_types_are_refused_with_the_field_named(manifest, edit, message):
+    edit(manifest)
+    with pytest.raises(ValueError) as info:
+        validate_manifest(manifest, source="/prep/manifest.json")
+    assert str(info.value).startswith("/prep/manifest.json: ")
+    assert message in str(info.value)
+
+
 def test_schema_version_mismatch_is_refused(manifest):
     manifest["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(ValueError) as info:

@@ -66,6 +66,7 @@ class TrainConfig:
     pad_to_multiple_of: int = 0
     disable_tqdm: bool = False
     trust_remote_code: bool = False
+    skip_bad_shards: bool = False
     sample_trace_file: str | None = None
     notify_webhook_env: str | None = None
     hypertune_metric_tag: str | None = None
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--train_split", default="train")
     io.add_argument("--eval_split", default="dev")
     io.add_argument("--trust_remote_code", action="store_true", help="allow custom model code from the hub (off by default)")
+    io.add_argument("--skip_bad_shards", action="store_true",
+                    help="skip (and count) shards that are missing, corrupt or foreign, and row groups found corrupt "
+                         "while reading, instead of stopping; the count and the files go to eval_results.json and "
+                         "run_config.json (off by default: a bad shard stops the run before the first step)")
 
     seq = parser.add_argument_group("sequence length")
     seq.add_argument("--max_seq_length", type=int, default=512, help="model input length, special tokens included")

@@ -18,13 +18,25 @@ The unit of work is a Parquet row group (about 1,000 documents). For each epoch:
 The order is a pure function of (seed, epoch, rank, world size, batch size, buffer), so a
 resumed run restarts at batch ``start`` of its epoch and sees exactly the samples the
 interrupted run would have seen, with no read of the skipped ones.
+
+Bad data is found as early as it can be. ``scan_split`` (before the first step) lists the folder
+and reads every shard's Parquet footer: a missing, empty, non-Parquet, truncated or foreign file,
+row counts that disagree with manifest.json and labels or token ids out of range (from the
+footer's column statistics) are a ValueError naming the file and the problem, or with
+``skip_bad_shards`` a skipped, counted shard. Corruption inside a data page shows only when the
+row group is decoded: ``_RowGroupReader`` raises ``ShardProblem`` naming the file and the row
+group (a DataLoader worker hands it to the main process inside a batch, see
+``raise_batch_error``), or its rows are left out and it is reported with the batch. Skipping
+never changes the plan, so every rank still yields the same number of batches.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -36,9 +48,28 @@ import spanwise_io
 from schemas.shard import SHARD_SCHEMA
 from trainer.features import FeatureBuilder, collate
 
-__all__ = ["Unit", "list_units", "EpochPlan", "ShardStream", "read_rows", "eval_plan", "iter_documents", "worker_init_threads"]
+__all__ = [
+    "Unit",
+    "ShardProblem",
+    "DataLimits",
+    "SplitScan",
+    "scan_split",
+    "list_units",
+    "EpochPlan",
+    "ShardStream",
+    "read_rows",
+    "raise_batch_error",
+    "eval_plan",
+    "iter_documents",
+    "worker_init_threads",
+    "start_loader",
+]
+
+log = logging.getLogger("trainer.data")
 
 _COLUMNS = ["id", "label", "input_ids_a", "input_ids_b"]
+_PARQUET_MAGIC = b"PAR1"
+_REMOTE_CHECK_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -50,39 +81,275 @@ class Unit:
     num_rows: int
 
 
-def list_units(data_dir: str, manifest: Mapping[str, Any], split: str) -> list[Unit]:
-    """The row groups of ``split``, checked against the manifest and the shard schema.
+class ShardProblem(ValueError):
+    """A shard (or one row group of it) that cannot be used, and why, in plain words."""
 
-    Reads only the Parquet footers. Raises ValueError naming the file for a missing shard, a
-    file that is not Parquet, a foreign schema or row counts that disagree with the manifest.
+    def __init__(self, path: str, problem: str, row_group: int | None = None, rows: int | None = None) -> None:
+        self.path, self.problem, self.row_group, self.rows = path, problem, row_group, rows
+        where = path if row_group is None else f"{path}, row group {row_group}"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled with its fields (the default would call __init__ with the message only): it
+        # travels from rank 0 to the others in the shard check's broadcast
+        return (type(self), (self.path, self.problem, self.row_group, self.rows))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problem as JSON for ``eval_results.json`` / ``run_config.json``."""
+        record: dict[str, Any] = {"path": self.path, "problem": self.problem, "rows": self.rows}
+        if self.row_group is not None:
+            record["row_group"] = self.row_group
+        return record
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """What the stored values of a split may be.
+
+    Attributes:
+        num_labels: labels must be < this (the size of the manifest's label map); None: unchecked.
+        allow_unlabelled: whether label -1 (no label) is allowed; a training split has none.
+        vocab_size: token ids must be < this (the tokenizer's vocabulary); None: unchecked.
+    """
+
+    num_labels: int | None = None
+    allow_unlabelled: bool = True
+    vocab_size: int | None = None
+
+    def check_labels(self, low: int, high: int) -> str | None:
+        """The problem with labels ranging over ``low..high``, or None."""
+        if self.num_labels is not None and high >= self.num_labels:
+            return (
+                f"label {high} is out of range for the label_map of manifest.json "
+                f"({self.num_labels} labels, indices 0..{self.num_labels - 1})"
+            )
+        floor = -1 if self.allow_unlabelled else 0
+        if low < floor:
+            if low == -1:
+                return "label -1 (no label) found, which a training split cannot have"
+            return f"label {low} is out of range (labels are 0..N-1, or -1 for no label)"
+        return None
+
+    def check_token_ids(self, column: str, low: int, high: int) -> str | None:
+        """The problem with token ids of ``column`` ranging over ``low..high``, or None."""
+        if low < 0:
+            return f"column {column!r} has a negative token id ({low})"
+        if self.vocab_size is not None and high >= self.vocab_size:
+            return f"column {column!r} has token id {high}, beyond the tokenizer's vocabulary of {self.vocab_size}"
+        return None
+
+
+@dataclass
+class SplitScan:
+    """The result of checking the shards of one split before training.
+
+    Attributes:
+        split: the split's name.
+        units: the row groups of the good shards, in manifest order.
+        skipped: the bad shards that were skipped (only with ``skip_bad_shards``).
+        unlisted: Parquet files of this split in the folder that manifest.json does not list
+            (ignored, with a warning).
+    """
+
+    split: str
+    units: list[Unit]
+    skipped: list[ShardProblem] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
+
+
+def _leaf_stats(metadata: Any, group: int, leaf: str) -> Any:
+    """Statistics of the column chunk whose path starts with ``leaf`` (``input_ids_a.list.element``)."""
+    row_group = metadata.row_group(group)
+    for index in range(row_group.num_columns):
+        column = row_group.column(index)
+        if column.path_in_schema == leaf or column.path_in_schema.startswith(leaf + "."):
+            return column.statistics
+    return None
+
+
+def _check_footer(path: str, metadata: Any, file_size: int, entry: Mapping[str, Any], limits: DataLimits) -> str | None:
+    """The problem found in a shard's Parquet metadata (schema, counts, value ranges), or None."""
+    schema = metadata.schema.to_arrow_schema()
+    missing = [name for name in _COLUMNS if schema.get_field_index(name) < 0]
+    wrong = [
+        f"column {name!r} is {schema.field(name).type}, expected {SHARD_SCHEMA.field(name).type}"
+        for name in _COLUMNS
+        if name not in missing and schema.field(name).type != SHARD_SCHEMA.field(name).type
+    ]
+    if missing or wrong:
+        what = ([f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"] if missing else []) + wrong
+        return f"foreign schema, not a spanwise shard: {'; '.join(what)} (it has columns {', '.join(schema.names)})"
+    if metadata.num_rows != entry["rows"]:
+        return f"holds {metadata.num_rows} rows but manifest.json says {entry['rows']}"
+    if "row_groups" in entry and metadata.num_row_groups != entry["row_groups"]:
+        return f"has {metadata.num_row_groups} row groups but manifest.json says {entry['row_groups']}"
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            column = row_group.column(index)
+            begin = column.dictionary_page_offset or column.data_page_offset
+            if begin + column.total_compressed_size > file_size:
+                return (
+                    f"row group {group}, column {column.path_in_schema!r} ends at byte "
+                    f"{begin + column.total_compressed_size}, past the end of the {file_size}-byte file (truncated or spliced)"
+                )
+        if row_group.num_rows == 0:
+            continue
+        for name in ("id", "label"):
+            stats = _leaf_stats(metadata, group, name)
+            if stats is not None and stats.null_count:
+                return f"row group {group}: column {name!r} has {stats.null_count} empty (null) values"
+        stats = _leaf_stats(metadata, group, "label")
+        if stats is not None and stats.has_min_max:
+            problem = limits.check_labels(int(stats.min), int(stats.max))
+            if problem:
+                return f"row group {group}: {problem}"
+        for name in ("input_ids_a", "input_ids_b"):
+            stats = _leaf_stats(metadata, group, name)
+            if stats is not None and stats.has_min_max:
+                problem = limits.check_token_ids(name, int(stats.min), int(stats.max))
+                if problem:
+                    return f"row group {group}: {problem}"
+    return None
+
+
+def check_shard(path: str, entry: Mapping[str, Any], limits: DataLimits = DataLimits(), listed: bool | None = None) -> list[Unit]:
+    """Check one shard from its Parquet footer (a few KB read, no data page); return its row groups.
+
+    Args:
+        path: the shard's full path or URL.
+        entry: its entry in manifest.json (``name``, ``rows``, optional ``row_groups``).
+        limits: allowed label and token id ranges, checked against the footer's column statistics.
+        listed: whether the folder listing holds the file (None: ask the filesystem).
+
+    Raises:
+        ShardProblem: the file is missing, empty, not Parquet, truncated, of a foreign schema,
+            disagrees with the manifest, or its statistics show out-of-range values.
+    """
+    rows = entry.get("rows")
+    if not (spanwise_io.exists(path) if listed is None else listed):
+        raise ShardProblem(path, "listed in manifest.json but missing", rows=rows)
+    try:
+        with spanwise_io.open_read(path) as handle:
+            handle.seek(0, 2)
+            file_size = handle.tell()
+            if file_size == 0:
+                raise ShardProblem(path, "empty file (0 bytes), not a Parquet shard", rows=rows)
+            handle.seek(0)
+            head = handle.read(16)
+            if not head.startswith(_PARQUET_MAGIC):
+                raise ShardProblem(path, f"not a Parquet file: it starts with {head!r}, not with PAR1", rows=rows)
+            handle.seek(max(file_size - 4, 0))
+            if file_size < 12 or handle.read(4) != _PARQUET_MAGIC:
+                raise ShardProblem(
+                    path,
+                    f"truncated Parquet file: it starts like Parquet but has no footer ({file_size} bytes; "
+                    "an interrupted copy or write?)",
+                    rows=rows,
+                )
+            handle.seek(0)
+            metadata = pq.ParquetFile(handle).metadata
+    except ShardProblem:
+        raise
+    except Exception as error:  # pyarrow and fsspec raise several types for corrupt or unreadable files
+        raise ShardProblem(path, f"unreadable Parquet footer ({_describe(error)})", rows=rows) from error
+    problem = _check_footer(path, metadata, file_size, entry, limits)
+    if problem:
+        raise ShardProblem(path, problem, rows=rows)
+    return [
+        Unit(path, group, metadata.row_group(group).num_rows)
+        for group in range(metadata.num_row_groups)
+        if metadata.row_group(group).num_rows > 0
+    ]
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` on one line of printable text (pyarrow's messages hold newlines and raw bytes)."""
+    text = "".join(char if char.isprintable() else " " for char in str(error))
+    return f"{type(error).__name__}: {' '.join(text.split())[:300]}"
+
+
+def _format_problems(split: str, problems: Sequence[ShardProblem], hint: str) -> str:
+    if len(problems) == 1:
+        return f"{problems[0]}; {hint}"
+    lines = "\n".join(f"  {problem}" for problem in problems)
+    return f"{len(problems)} bad shards in split {split!r}; {hint}:\n{lines}"
+
+
+def scan_split(
+    data_dir: str,
+    manifest: Mapping[str, Any],
+    split: str,
+    *,
+    limits: DataLimits = DataLimits(),
+    skip_bad_shards: bool = False,
+) -> SplitScan:
+    """Check every shard of ``split`` before any training step: one listing plus the Parquet footers.
+
+    The result depends only on the files, so every rank that scans the same folder gets the
+    same units (the trainer still scans on rank 0 only and broadcasts the result).
+
+    Args:
+        data_dir: the folder of manifest.json and the shards (local or gs://).
+        manifest: the validated manifest.
+        split: e.g. ``train``.
+        limits: allowed label and token id ranges.
+        skip_bad_shards: skip bad shards (reported in ``SplitScan.skipped``) instead of failing.
+
+    Raises:
+        ValueError: the split is not in the manifest; a shard is bad (without
+            ``skip_bad_shards``: every bad shard is named with its problem); or every shard of
+            the split is bad (even with ``skip_bad_shards``).
     """
     if split not in manifest["splits"]:
         raise ValueError(f"{data_dir}: the manifest has no split {split!r} (it has {', '.join(manifest['splits'])})")
-    units: list[Unit] = []
-    for entry in manifest["splits"][split]["files"]:
+    entries = manifest["splits"][split]["files"]
+    listed_names = {entry["name"] for entry in entries}
+    try:
+        present: set[str] | None = set(spanwise_io.listdir(data_dir))
+    except Exception as error:  # a folder we cannot list: fall back to one existence check per file
+        log.warning("%s: cannot list the folder (%s: %s); checking each shard on its own", data_dir, type(error).__name__, error)
+        present = None
+    all_listed = {entry["name"] for info in manifest["splits"].values() for entry in info["files"]}
+    unlisted = sorted(
+        spanwise_io.join(data_dir, name)
+        for name in (present or ())
+        if name.startswith(f"{split}-") and name.endswith(".parquet") and name not in all_listed
+    )
+    for path in unlisted:
+        log.warning("%s: not listed in manifest.json; ignored (split %r has %d listed shards)", path, split, len(listed_names))
+
+    def check(entry: Mapping[str, Any]) -> list[Unit] | ShardProblem:
         path = spanwise_io.join(data_dir, entry["name"])
-        if not spanwise_io.exists(path):
-            raise ValueError(f"{path}: shard listed in the manifest is missing")
         try:
-            with spanwise_io.open_read(path) as handle:
-                metadata = pq.ParquetFile(handle).metadata
-                schema = metadata.schema.to_arrow_schema()
-        except Exception as error:  # pyarrow raises several types for corrupt files
-            raise ValueError(f"{path}: not a readable Parquet shard ({type(error).__name__}: {error})") from error
-        missing = [field.name for field in SHARD_SCHEMA if field.name in _COLUMNS and schema.get_field_index(field.name) < 0]
-        wrong = [
-            name for name in _COLUMNS if name not in missing and schema.field(name).type != SHARD_SCHEMA.field(name).type
-        ]
-        if missing or wrong:
-            raise ValueError(f"{path}: not a spanwise shard: missing columns {missing}, wrong types {wrong}")
-        if metadata.num_rows != entry["rows"]:
-            raise ValueError(f"{path}: holds {metadata.num_rows} rows but the manifest says {entry['rows']}")
-        units.extend(
-            Unit(path, group, metadata.row_group(group).num_rows)
-            for group in range(metadata.num_row_groups)
-            if metadata.row_group(group).num_rows > 0
-        )
-    return units
+            return check_shard(path, entry, limits, listed=None if present is None else entry["name"] in present)
+        except ShardProblem as problem:
+            return problem
+
+    if spanwise_io.is_remote(data_dir) and len(entries) > 1:
+        with ThreadPoolExecutor(max_workers=min(_REMOTE_CHECK_THREADS, len(entries))) as pool:
+            results = list(pool.map(check, entries))  # in manifest order
+    else:
+        results = [check(entry) for entry in entries]
+    problems = [result for result in results if isinstance(result, ShardProblem)]
+    units = [unit for result in results if not isinstance(result, ShardProblem) for unit in result]
+    if problems and not skip_bad_shards:
+        them = "them" if len(problems) > 1 else "it"
+        raise ValueError(_format_problems(split, problems, f"re-run beam_pipelines.preprocess, or pass --skip_bad_shards to skip {them}"))
+    if problems and len(problems) == len(entries):
+        raise ValueError(_format_problems(split, problems, f"every shard of split {split!r} is bad, nothing left to read"))
+    return SplitScan(split, units, problems, unlisted)
+
+
+def list_units(data_dir: str, manifest: Mapping[str, Any], split: str, limits: DataLimits = DataLimits()) -> list[Unit]:
+    """The row groups of ``split``, checked against the manifest and the shard schema.
+
+    Reads only the listing and the Parquet footers. Raises ValueError naming the file and the
+    problem for a missing shard, a file that is not Parquet or is truncated, a foreign schema,
+    counts that disagree with the manifest or out-of-range labels or token ids (see
+    ``scan_split``, which can also skip bad shards).
+    """
+    return scan_split(data_dir, manifest, split, limits=limits).units
 
 
 class EpochPlan:
@@ -164,38 +431,73 @@ class _RowGroupReader:
     """Reads row groups and keeps them decoded until ``clear`` (called at each new window).
 
     A window of ``shuffle_buffer`` consecutive stream rows spans few row groups, so memory is
-    about one window plus the two row groups at its edges.
+    about one window plus the two row groups at its edges. A row group that cannot be decoded
+    (corruption the footer check could not see) raises ``ShardProblem`` naming the file and the
+    row group; ``failed`` remembers it, so a skipping caller does not read it again.
     """
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None, limits: DataLimits | None = None) -> None:
         self.capacity = capacity
+        self.limits = limits or DataLimits()
         self.cache: dict[tuple[str, int], dict[str, Any]] = {}
         self.files: dict[str, pq.ParquetFile] = {}
+        self.failed: dict[tuple[str, int], ShardProblem] = {}
 
     def get(self, unit: Unit) -> dict[str, Any]:
         key = (unit.path, unit.row_group)
+        if key in self.failed:
+            raise self.failed[key]
         if key not in self.cache:
             if self.capacity is not None and len(self.cache) >= self.capacity:
                 self.cache.pop(next(iter(self.cache)))
-            self.cache[key] = self._read(unit)
+            try:
+                self.cache[key] = self._read(unit)
+            except ShardProblem as problem:
+                self.failed[key] = problem
+                raise
         return self.cache[key]
 
     def _read(self, unit: Unit) -> dict[str, Any]:
-        parquet = self.files.get(unit.path)
-        if parquet is None:
-            if len(self.files) >= 16:
-                self.files.pop(next(iter(self.files))).close()
-            parquet = pq.ParquetFile(spanwise_io.open_read(unit.path))
-            self.files[unit.path] = parquet
         try:
+            parquet = self.files.get(unit.path)
+            if parquet is None:
+                if len(self.files) >= 16:
+                    self.files.pop(next(iter(self.files))).close()
+                parquet = pq.ParquetFile(spanwise_io.open_read(unit.path))
+                self.files[unit.path] = parquet
             table = parquet.read_row_group(unit.row_group, columns=_COLUMNS)
-        except Exception as error:
-            raise ValueError(f"{unit.path}: cannot read row group {unit.row_group} ({type(error).__name__}: {error})") from error
-        columns: dict[str, Any] = {"id": table.column("id").to_pylist(), "label": table.column("label").to_numpy()}
-        for name in ("input_ids_a", "input_ids_b"):
-            array = table.column(name).combine_chunks()
-            columns[name] = (array.values.to_numpy(zero_copy_only=False), array.offsets.to_numpy())
+            columns: dict[str, Any] = {"id": table.column("id").to_pylist(), "label": table.column("label").to_numpy()}
+            for name in ("input_ids_a", "input_ids_b"):
+                array = table.column(name).combine_chunks()
+                columns[name] = (array.values.to_numpy(zero_copy_only=False), array.offsets.to_numpy())
+        except Exception as error:  # pyarrow raises several types for corrupt pages
+            raise ShardProblem(
+                unit.path, f"cannot be decoded, the file is corrupt ({_describe(error)})", unit.row_group, unit.num_rows
+            ) from error
+        problem = self._check_values(table, columns, unit)
+        if problem:
+            raise ShardProblem(unit.path, problem, unit.row_group, unit.num_rows)
         return columns
+
+    def _check_values(self, table: Any, columns: Mapping[str, Any], unit: Unit) -> str | None:
+        """What is wrong with decoded values (corruption that left the pages decodable), or None."""
+        if table.num_rows != unit.num_rows:
+            return f"decodes to {table.num_rows} rows, the footer says {unit.num_rows}"
+        for name in _COLUMNS:
+            if table.column(name).null_count:
+                return f"column {name!r} has {table.column(name).null_count} empty (null) values"
+        labels = columns["label"]
+        if len(labels):
+            problem = self.limits.check_labels(int(labels.min()), int(labels.max()))
+            if problem:
+                return problem
+        for name in ("input_ids_a", "input_ids_b"):
+            values = columns[name][0]
+            if len(values):
+                problem = self.limits.check_token_ids(name, int(values.min()), int(values.max()))
+                if problem:
+                    return problem
+        return None
 
     def clear(self) -> None:
         self.cache.clear()
@@ -209,10 +511,49 @@ class _RowGroupReader:
         return columns["id"][index], int(columns["label"][index]), out[0], out[1]
 
 
-def read_rows(plan: EpochPlan, positions: np.ndarray, reader: _RowGroupReader | None = None) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
-    """The stored rows at ``positions``: ``(id, label, ids_a, ids_b)``."""
+def read_rows(
+    plan: EpochPlan,
+    positions: np.ndarray,
+    reader: _RowGroupReader | None = None,
+    skipped: list[ShardProblem] | None = None,
+) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+    """The stored rows at ``positions``: ``(id, label, ids_a, ids_b)``.
+
+    Args:
+        plan: the epoch's plan.
+        positions: stream positions to read.
+        reader: a reader whose decoded row groups are reused between calls.
+        skipped: None to raise ``ShardProblem`` on a row group that cannot be read; a list to
+            leave its rows out instead, appending the problem the first time it is met.
+    """
     reader = reader or _RowGroupReader()
-    return [reader.row(unit, index) for unit, index in plan.locate(positions)]
+    rows = []
+    for unit, index in plan.locate(positions):
+        try:
+            rows.append(reader.row(unit, index))
+        except ShardProblem as problem:
+            if skipped is None:
+                raise
+            if all(problem is not known for known in skipped):
+                skipped.append(problem)
+    return rows
+
+
+def raise_batch_error(batch: Mapping[str, Any], hint: str = "") -> None:
+    """Raise, in the main process, the error a DataLoader worker put in a batch.
+
+    ``ShardStream`` does not raise in a worker (torch would wrap the message in a worker
+    traceback): it yields ``{"error": message}`` and stops, and the consumer calls this.
+
+    Args:
+        batch: a batch from ``ShardStream``.
+        hint: appended to the message (e.g. what flag would skip the problem).
+
+    Raises:
+        ValueError: the batch carries an error.
+    """
+    if "error" in batch:
+        raise ValueError(batch["error"] + hint)
 
 
 class ShardStream(IterableDataset):
@@ -234,8 +575,12 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         shuffle_buffer: int = 4096,
         pad_to_multiple_of: int | None = None,
+        limits: DataLimits | None = None,
+        skip_bad_row_groups: bool = False,
     ) -> None:
         super().__init__()
+        self.limits = limits
+        self.skip_bad_row_groups = skip_bad_row_groups
         self.units = list(units)
         self.features = features
         self.batch_size = batch_size
@@ -267,19 +612,30 @@ class ShardStream(IterableDataset):
         return max(self.plan().num_batches - self.start_batch, 0)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Batches with ``batch_index``; a row group that cannot be read ends the stream with a
+        ``{"error": message}`` batch (see ``raise_batch_error``) or, with ``skip_bad_row_groups``,
+        its rows are left out and the batch lists it under ``bad_row_groups`` (a batch can then
+        be empty: ``doc_ids == []`` and no tensors)."""
         plan = self.plan()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        reader = _RowGroupReader()
+        reader = _RowGroupReader(limits=self.limits)
         windows: dict[int, np.ndarray] = {}
         per_window = plan.window // plan.batch_size
         for batch_index in range(self.start_batch + worker, plan.num_batches, workers):
             if batch_index // per_window not in windows:
                 reader.clear()
-            rows = read_rows(plan, plan.batch_positions(batch_index, windows), reader)
+            skipped: list[ShardProblem] | None = [] if self.skip_bad_row_groups else None
+            try:
+                rows = read_rows(plan, plan.batch_positions(batch_index, windows), reader, skipped)
+            except ShardProblem as problem:
+                yield {"batch_index": batch_index, "error": str(problem)}
+                return
             examples = [self.features.train_example(doc_id, label, a, b, self.epoch) for doc_id, label, a, b in rows]
-            batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of)
+            batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of) if examples else {"doc_ids": []}
             batch["batch_index"] = batch_index
+            if skipped:
+                batch["bad_row_groups"] = [problem.to_dict() for problem in skipped]
             yield batch
 
 
@@ -288,12 +644,22 @@ def eval_plan(units: Sequence[Unit], *, batch_size: int, rank: int = 0, world_si
     return EpochPlan(units, batch_size=batch_size, seed=0, epoch=0, rank=rank, world_size=world_size, shuffle=False, pad=False)
 
 
-def iter_documents(plan: EpochPlan, chunk_rows: int = 1024) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-    """The rows of a (non-shuffled) plan in order, reading row groups one at a time."""
-    reader = _RowGroupReader(capacity=2)
+def iter_documents(
+    plan: EpochPlan,
+    chunk_rows: int = 1024,
+    *,
+    limits: DataLimits | None = None,
+    skipped: list[ShardProblem] | None = None,
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    """The rows of a (non-shuffled) plan in order, reading row groups one at a time.
+
+    A row group that cannot be read raises ``ShardProblem`` (a ValueError naming the file and
+    row group) or, when ``skipped`` is a list, is left out and recorded there.
+    """
+    reader = _RowGroupReader(capacity=2, limits=limits)
     for begin in range(plan.start, plan.stop, chunk_rows):
         positions = np.arange(begin, min(begin + chunk_rows, plan.stop), dtype=np.int64)
-        yield from read_rows(plan, positions, reader)
+        yield from read_rows(plan, positions, reader, skipped)
 
 
 def worker_init_threads(_: int) -> None:
@@ -306,4 +672,21 @@ def worker_init_threads(_: int) -> None:
     drops the loader, and a worker whose parent died exits on its own (DataLoader watchdog).
     """
     torch.set_num_threads(1)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (also discards one pending since the fork)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by start_loader
+
+
+def start_loader(loader: Any) -> Iterator[Any]:
+    """``iter(loader)`` with SIGTERM blocked while its worker processes start.
+
+    torch's worker installs a SIGTERM handler of its own (which re-raises the signal) before
+    ``worker_init_threads`` makes it ignore SIGTERM: a preemption signal landing in between
+    killed the worker, and with it the run, without a checkpoint. Blocked, the signal waits in
+    the worker until it is ignored there (and discarded), and in the main process until the mask
+    is restored here, when the trainer's own handler takes it.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return iter(loader)  # forks the workers, which inherit the mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.data import Unit, eval_plan, iter_documents
+from trainer.data import DataLimits, ShardProblem, Unit, eval_plan, iter_documents
 from trainer.features import Example, FeatureBuilder, collate
 from trainer.metrics import classification_metrics, confusion_matrix
 
@@ -54,8 +54,15 @@ def score_documents(
     autocast_dtype: torch.dtype | None = None,
     rank: int = 0,
     world_size: int = 1,
+    limits: DataLimits | None = None,
+    skipped: list[ShardProblem] | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Doc ids, labels and mean-pooled logits of every document of the split (all ranks)."""
+    """Doc ids, labels and mean-pooled logits of every document of the split (all ranks).
+
+    A row group that cannot be read raises ValueError naming the file and row group or, when
+    ``skipped`` is a list, its documents are left out and the problem is appended to it (this
+    rank's problems only). ``limits`` bounds the labels and token ids read.
+    """
     plan = eval_plan(units, batch_size=batch_size, rank=rank, world_size=world_size)
     doc_ids: list[str] = []
     labels: list[int] = []
@@ -63,7 +70,7 @@ def score_documents(
     counts: list[int] = []
 
     def documents() -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-        for doc_id, label, ids_a, ids_b in iter_documents(plan):
+        for doc_id, label, ids_a, ids_b in iter_documents(plan, limits=limits, skipped=skipped):
             doc_ids.append(doc_id)
             labels.append(label)
             yield doc_id, label, ids_a, ids_b

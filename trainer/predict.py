@@ -22,7 +22,7 @@ import spanwise_io
 from schemas.manifest import check_compatible, read_manifest
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
-from trainer.data import list_units
+from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.evaluation import parse_views, score_documents
 from trainer.features import FeatureBuilder, SpecialTokenTemplate
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--use_cpu", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--skip_bad_shards", action="store_true",
+                        help="skip (and count) missing, corrupt or foreign shards and unreadable row groups instead of stopping")
     return parser
 
 
@@ -70,10 +72,16 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
         from transformers import AutoModelForSequenceClassification
 
+        # the same up-front check as training (listing + Parquet footers), before the model is loaded
+        limits = DataLimits(len(label_names), True, manifest["tokenizer"].get("vocab_size"))
+        scan = scan_split(args.data_dir, manifest, args.split, limits=limits, skip_bad_shards=args.skip_bad_shards)
+        for problem in scan.skipped:
+            log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
+        skipped_row_groups: list[ShardProblem] | None = [] if args.skip_bad_shards else None
         model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(ctx.device)
         doc_ids, labels, logits = score_documents(
             model,
-            list_units(args.data_dir, manifest, args.split),
+            scan.units,
             features,
             views=views,
             batch_size=args.batch_size,
@@ -82,13 +90,20 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             autocast_dtype=torch.bfloat16 if args.bf16 else None,
             rank=ctx.rank,
             world_size=ctx.world_size,
+            limits=limits,
+            skipped=skipped_row_groups,
         )
+        for problem in skipped_row_groups or ():
+            log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
         predicted = probabilities.argmax(axis=1) if len(doc_ids) else np.zeros(0, dtype=np.int64)
         if ctx.is_main:
             spanwise_io.write_bytes(args.output, _render(args.output, doc_ids, predicted, probabilities, label_names))
         labelled = labels >= 0
         summary: dict[str, Any] = {"documents": len(doc_ids), "output": args.output, "eval_views": str(views)}
+        if scan.skipped or skipped_row_groups:
+            skipped = [problem.to_dict() for problem in [*scan.skipped, *(skipped_row_groups or ())]]
+            summary["skipped"] = {"files": len(scan.skipped), "row_groups": len(skipped_row_groups or ()), "details": skipped}
         if labelled.any():
             summary["accuracy"] = float((predicted[labelled] == labels[labelled]).mean())
         return summary

@@ -19,7 +19,8 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+import warnings
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -33,10 +34,10 @@ from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
 from trainer.args import TrainConfig, parse_args
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
-from trainer.data import ShardStream, list_units, worker_init_threads
+from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, scan_split, start_loader, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, parse_views
-from trainer.features import FeatureBuilder, SpecialTokenTemplate
+from trainer.features import FeatureBuilder, SpecialTokenTemplate, collate
 from trainer.tensorboard_logs import TensorBoardLogger
 
 __all__ = ["Trainer", "Preempted", "run", "main", "rank_trace_path"]
@@ -80,6 +81,9 @@ class Trainer:
         self.eval_history: list[dict[str, Any]] = []
         self.writer: Any = None
         self.hypertune: HypertuneReporter | None = None
+        self.scans: dict[str, SplitScan] = {}
+        # row groups found corrupt while reading (--skip_bad_shards): (split, path, row group) -> record
+        self.bad_row_groups: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -102,8 +106,9 @@ class Trainer:
             self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed, fixed_spans=c.fixed_spans
         )
         self.pad_token_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        self.train_units = list_units(c.data_dir, self.manifest, c.train_split) if c.do_train else []
-        self.eval_units = list_units(c.data_dir, self.manifest, c.eval_split) if c.do_eval else []
+        self._scan_shards()
+        self.train_units = self.scans[c.train_split].units if c.do_train else []
+        self.eval_units = self.scans[c.eval_split].units if c.do_eval else []
         self.autocast_dtype = torch.bfloat16 if c.bf16 else torch.float16 if c.fp16 else None
 
         torch.manual_seed(c.seed)  # the new classifier head is initialised from this
@@ -129,6 +134,85 @@ class Trainer:
                 self.hypertune = HypertuneReporter(c.hypertune_metric_tag or c.metric_for_best_model)
             self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2) + "\n```")
 
+    def data_limits(self, split: str) -> DataLimits:
+        """Allowed labels and token ids of ``split``: the training split must be labelled."""
+        labelled = self.config.do_train and split == self.config.train_split
+        return DataLimits(len(self.manifest["label_map"]), not labelled, self.manifest["tokenizer"].get("vocab_size"))
+
+    def _scan_shards(self) -> None:
+        """Check every shard of the splits this run reads (listing + Parquet footers), before any step.
+
+        Rank 0 scans and broadcasts the result (or its error), so every rank trains on the same
+        units even if a read would fail on one rank only; a bad shard stops every rank with the
+        same message, or with ``--skip_bad_shards`` is skipped by every rank.
+        """
+        c = self.config
+        splits = list(dict.fromkeys(([c.train_split] if c.do_train else []) + ([c.eval_split] if c.do_eval else [])))
+        outcome: Any = None
+        failure: Exception | None = None
+        if self.ctx.rank == 0:
+            try:
+                outcome = {
+                    split: scan_split(
+                        c.data_dir, self.manifest, split, limits=self.data_limits(split), skip_bad_shards=c.skip_bad_shards
+                    )
+                    for split in splits
+                }
+            except Exception as error:  # every rank must leave the broadcast below, then fail the same way
+                failure = error
+                outcome = (ValueError, str(error)) if isinstance(error, ValueError) else (
+                    RuntimeError, f"rank 0 could not check the shards of {c.data_dir} ({type(error).__name__}: {error})"
+                )
+        if self.ctx.distributed:
+            box = [outcome]
+            dist.broadcast_object_list(box, src=0)
+            outcome = box[0]
+        if failure is not None:
+            raise failure
+        if isinstance(outcome, tuple):
+            error_type, message = outcome
+            raise error_type(message)
+        self.scans = outcome
+        if self.ctx.is_main:
+            for split, scan in self.scans.items():
+                for problem in scan.skipped:
+                    log.warning("--skip_bad_shards: skipping %s (split %r, %s rows)", problem, split, problem.rows)
+
+    def data_problems(self) -> dict[str, Any]:
+        """Skipped shards and row groups and unlisted files, for run_config.json and eval_results.json."""
+        files = [{"split": split, **problem.to_dict()} for split, scan in self.scans.items() for problem in scan.skipped]
+        groups = sorted(self.bad_row_groups.values(), key=lambda r: (r["split"], r["path"], r["row_group"]))
+        return {
+            "skip_bad_shards": self.config.skip_bad_shards,
+            "skipped_files": len(files),
+            "skipped_row_groups": len(groups),
+            "skipped_rows": sum(record["rows"] or 0 for record in files + groups),
+            "files": files,
+            "row_groups": groups,
+            "unlisted_files": [path for scan in self.scans.values() for path in scan.unlisted],
+        }
+
+    def _note_bad_row_groups(self, split: str, records: Sequence[dict[str, Any]]) -> None:
+        """Count row groups skipped while reading (each once), with a warning the first time."""
+        for record in records:
+            key = (split, record["path"], record["row_group"])
+            if key not in self.bad_row_groups:
+                self.bad_row_groups[key] = {"split": split, **record}
+                log.warning(
+                    "--skip_bad_shards: skipping %s, row group %d (split %r, %s rows): %s",
+                    record["path"], record["row_group"], split, record["rows"], record["problem"],
+                )
+
+    def _sync_bad_row_groups(self) -> None:
+        """Every rank learns the row groups the others skipped (before they are written out)."""
+        if not self.ctx.distributed:
+            return
+        gathered: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(gathered, list(self.bad_row_groups.values()))
+        for records in gathered:
+            for record in records:
+                self.bad_row_groups.setdefault((record["split"], record["path"], record["row_group"]), record)
+
     def _setup_optimization(self) -> None:
         c = self.config
         self.dataset = ShardStream(
@@ -141,6 +225,8 @@ class Trainer:
             world_size=self.ctx.world_size,
             shuffle_buffer=c.shuffle_buffer,
             pad_to_multiple_of=c.pad_to_multiple_of or None,
+            limits=self.data_limits(c.train_split),
+            skip_bad_row_groups=c.skip_bad_shards,
         )
         self.batches_per_epoch = self.dataset.plan(0).num_batches
         if self.batches_per_epoch == 0:
@@ -173,6 +259,7 @@ class Trainer:
             "label_names": self.label_names,
             "world_size": self.ctx.world_size,
             "data_manifest_created_at": self.manifest.get("created_at"),
+            "data_problems": self.data_problems(),
             "tokenizer": tokenizer_identity(self.tokenizer, self.config.tokenizer_name or self.config.model_name),
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         }
@@ -195,6 +282,7 @@ class Trainer:
             "best_metric": self.best_metric,
             "best_step": self.best_step,
             "eval_history": json.dumps(self.eval_history),
+            "bad_row_groups": json.dumps(list(self.bad_row_groups.values())),
             "plan": self._plan_signature(),
         }
 
@@ -242,6 +330,8 @@ class Trainer:
         self.global_step, self.epoch, self.next_batch = state["global_step"], state["epoch"], state["next_batch"]
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
         self.eval_history = json.loads(state["eval_history"])
+        for record in json.loads(state.get("bad_row_groups", "[]")):
+            self.bad_row_groups.setdefault((record["split"], record["path"], record["row_group"]), record)
         if self.ctx.is_main:
             log.info("resumed from %s: step %d, epoch %d, batch %d", path, self.global_step, self.epoch, self.next_batch)
 
@@ -258,6 +348,11 @@ class Trainer:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             flag = bool(tensor.item())
         return flag
+
+    def _start_batches(self) -> Iterator[dict[str, Any]]:
+        """This epoch's batches, from the position to resume at (workers started SIGTERM-safe)."""
+        loader = self._loader()
+        return start_loader(loader) if self.config.dataloader_num_workers else iter(loader)
 
     def _loader(self) -> DataLoader:
         c = self.config
@@ -296,7 +391,10 @@ class Trainer:
         done = self.global_step >= self.total_steps
         while not done and self.epoch < self.num_epochs:
             step_loss = 0.0
-            for batch in self._loader():
+            for batch in self._start_batches():
+                # a row group that could not be read (in a DataLoader worker), raised here with its own message
+                raise_batch_error(batch, "; a run with --skip_bad_shards skips it")
+                self._note_bad_row_groups(c.train_split, batch.get("bad_row_groups", ()))
                 batch_index = batch["batch_index"]
                 if batch_index != self.next_batch:
                     raise RuntimeError(f"data order broken: got batch {batch_index}, expected {self.next_batch}")
@@ -305,23 +403,35 @@ class Trainer:
                 last_in_group = batch_index - group_start == group_size - 1
                 if trace is not None:
                     trace.write(json.dumps({"epoch": self.epoch, "batch": batch_index, "ids": batch["doc_ids"]}) + "\n")
-                inputs = {k: batch[k].to(self.ctx.device, non_blocking=True) for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
-                sync = contextlib.nullcontext() if (self.ddp is None or last_in_group) else self.ddp.no_sync()
-                with sync:
-                    with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                        loss = model(**inputs).loss / group_size
-                    self.scaler.scale(loss).backward()
+                empty = not batch["doc_ids"]  # every row of it was in a skipped row group
+                if empty and self.ddp is None:
+                    loss = torch.zeros(())
+                else:
+                    # an empty batch under DDP still runs a backward (of zero) so the gradient all-reduce matches the other ranks
+                    source = self._dummy_batch() if empty else batch
+                    inputs = {k: source[k].to(self.ctx.device, non_blocking=True) for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+                    sync = contextlib.nullcontext() if (self.ddp is None or last_in_group) else self.ddp.no_sync()
+                    with sync:
+                        with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                            loss = model(**inputs).loss
+                            loss = loss * 0.0 if empty else loss / group_size
+                        self.scaler.scale(loss).backward()
                 step_loss += float(loss.detach())
                 self.next_batch = batch_index + 1
                 window_samples += len(batch["doc_ids"]) * self.ctx.world_size
                 if not last_in_group:
                     continue
-                self.scaler.unscale_(self.optimizer)
-                if c.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
+                # no gradient at all when every batch of the group was empty (skipped row groups, one process):
+                # no optimizer step, but the schedule advances with global_step as usual
+                if any(p.grad is not None for p in self.model.parameters()):
+                    self.scaler.unscale_(self.optimizer)
+                    if c.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                    self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
                 window_loss += step_loss
@@ -355,6 +465,10 @@ class Trainer:
         if trace is not None:
             trace.close()
 
+    def _dummy_batch(self) -> dict[str, Any]:
+        """One empty document (special tokens only), for the zero-weight step of an empty batch under DDP."""
+        return collate([self.features.train_example("", 0, [], [], self.epoch)], self.pad_token_id)
+
     def _log_train(self, loss: float, samples_per_second: float, progress: Any) -> None:
         lr = self.scheduler.get_last_lr()[0]
         if progress is not None:
@@ -368,6 +482,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, Any]:
         c = self.config
+        skipped: list[Any] | None = [] if c.skip_bad_shards else None
         metrics = evaluate_split(
             self.model,
             self.eval_units,
@@ -380,7 +495,11 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
+            limits=self.data_limits(c.eval_split),
+            skipped=skipped,
         )
+        self._note_bad_row_groups(c.eval_split, [problem.to_dict() for problem in skipped or ()])
+        self._sync_bad_row_groups()
         metrics.update(step=self.global_step, epoch=self.epoch, split=c.eval_split, eval_views=str(self.views))
         self.eval_history.append(metrics)
         value = metrics[c.metric_for_best_model]
@@ -410,6 +529,7 @@ class Trainer:
             "best_step": self.best_step,
             "final": self.eval_history[-1] if self.eval_history else None,
             "history": self.eval_history,
+            "data_problems": self.data_problems(),
         }
 
     # ------------------------------------------------------------------ output
@@ -435,6 +555,7 @@ class Trainer:
 
     def save(self) -> None:
         c = self.config
+        self._sync_bad_row_groups()
         if self.ctx.is_main:
             best_dir = spanwise_io.join(c.output_dir, "best_model")
             if c.load_best_model_at_end and self.best_step is not None and spanwise_io.exists(best_dir):
