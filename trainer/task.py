@@ -564,6 +564,9 @@ class Trainer:
                 best = AutoModelForSequenceClassification.from_pretrained(local_model_path(best_dir))
                 self.model.load_state_dict(best.state_dict())
             self._save_model(c.output_dir)
+            # a prune that a kill interrupted (after a checkpoint's COMPLETE) is caught up at the
+            # next save, or here when no save followed (the run resumed at its last step)
+            ckpt.prune_checkpoints(c.resolved_checkpoint_dir, c.save_total_limit)
             self._write_json(PREPROCESS_MANIFEST_NAME, self.manifest)
             if self.eval_history:
                 self._write_json(EVAL_RESULTS_NAME, self.eval_results())
