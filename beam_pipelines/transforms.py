@@ -127,7 +127,8 @@ def _cap_row_chars(row: TsvRow, max_doc_chars: int) -> TsvRow:
     if text_a is row.text_a and text_b is row.text_b:
         return row
     fields = {field.name: getattr(row, field.name) for field in dataclasses.fields(TsvRow)}
-    return CharCappedRow(**{**fields, "text_a": text_a, "text_b": text_b})
+    # the line as read, before the cut, for a rejection decided later (duplicate ID, no tokens...)
+    return CharCappedRow(**{**fields, "text_a": text_a, "text_b": text_b, "raw": row.line_as_read()})
 
 
 class ReadParseFn(beam.DoFn):

@@ -56,8 +56,9 @@ class TsvRow:
 
     ``raw`` is the line as read, cut like a rejection's raw text, for a rejection decided later
     (duplicate ID, unseen label, no tokens). It is kept only where the fields cannot give it
-    back: spaces around ID or LABEL, an empty 5th field, or a line longer than
-    ``MAX_RAW_CHARS`` (whose text a later step may cut). It takes no part in comparisons.
+    back: spaces around ID or LABEL, an empty 5th field, or a text that a later step cut
+    (``--max_doc_chars``, which sets it from ``line_as_read`` before cutting). It takes no part
+    in comparisons.
     """
 
     split: str
@@ -69,6 +70,13 @@ class TsvRow:
     text_a: str
     text_b: str
     raw: str = field(default="", compare=False, repr=False)
+
+    def line_as_read(self) -> str:
+        """The line as read (cut at ``MAX_RAW_CHARS``), for the dead-letter output."""
+        if self.raw:
+            return self.raw
+        fields = [self.id, self.alpha, self.label, self.text_a] + ([self.text_b] if self.text_b else [])
+        return _cut("\t".join(fields))
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,7 @@ class Rejection:
     @staticmethod
     def of_row(row: TsvRow, reason: str, detail: str) -> "Rejection":
         """The rejection of a parsed row, carrying the line as read (``row.raw``, else rebuilt)."""
-        if row.raw:
-            return Rejection(row.split, row.file, row.line, reason, detail, row.raw)
-        fields = [row.id, row.alpha, row.label, row.text_a] + ([row.text_b] if row.text_b else [])
-        return Rejection(row.split, row.file, row.line, reason, detail, _cut("\t".join(fields)))
+        return Rejection(row.split, row.file, row.line, reason, detail, row.line_as_read())
 
 
 def _cut(text: str) -> str:
@@ -170,10 +175,7 @@ def parse_line(
         )
     row_id, label = fields[0].strip(), fields[2].strip()
     # Rebuilt from the fields, the line would lose outer spaces and an empty 5th field.
-    rebuilds = (
-        row_id == fields[0] and label == fields[2] and (len(fields) == 4 or fields[4] != "")
-        and len(text) <= MAX_RAW_CHARS
-    )
+    rebuilds = row_id == fields[0] and label == fields[2] and (len(fields) == 4 or fields[4] != "")
     row = TsvRow(
         split=split,
         file=file,

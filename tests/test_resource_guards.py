@@ -260,3 +260,16 @@ def test_guard_option_errors(tmp_path, capsys, flag, value, expected):
     assert preprocess.main(argv) == 2
     assert f"error: {flag}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cut_row_keeps_its_line_as_read_for_a_later_rejection():
+    """A row cut at --max_doc_chars and rejected later (duplicate ID, no tokens, unseen label)
+    shows the line as it was read in the dead-letter output, not the cut text."""
+    from schemas.tsv import Reason, Rejection, parse_line
+
+    line = "t1\ta\tpos\t" + "word " * 1000
+    row = parse_line("train", "train.tsv", 2, line.encode())
+    cut = transforms._cap_row_chars(row, 1000)
+    assert isinstance(cut, transforms.CharCappedRow) and len(cut.text_a) <= 1000
+    expected = line[:1000] + f"...[{len(line)} chars]"
+    assert Rejection.of_row(cut, Reason.DUPLICATE_ID, "d").raw == Rejection.of_row(row, Reason.DUPLICATE_ID, "d").raw == expected
