@@ -26,7 +26,7 @@ from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.evaluation import parse_views, score_documents
 from trainer.features import FeatureBuilder, SpecialTokenTemplate
-from trainer.task import RUN_CONFIG_NAME, local_model_path
+from trainer.task import RUN_CONFIG_NAME, load_classifier, local_model_path
 
 __all__ = ["predict", "main"]
 
@@ -70,7 +70,6 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seq_config = validate_seq_config(seq["name"], seq["params"], seq["max_seq_length"], tokenizer)
         features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"])
         views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
-        from transformers import AutoModelForSequenceClassification
 
         # the same up-front check as training (listing + Parquet footers), before the model is loaded
         limits = DataLimits(len(label_names), True, manifest["tokenizer"].get("vocab_size"))
@@ -78,7 +77,7 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for problem in scan.skipped:
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         skipped_row_groups: list[ShardProblem] | None = [] if args.skip_bad_shards else None
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(ctx.device)
+        model = load_classifier(model_dir).to(ctx.device)
         doc_ids, labels, logits = score_documents(
             model,
             scan.units,

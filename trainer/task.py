@@ -67,6 +67,27 @@ def local_model_path(name_or_path: str) -> str:
     return spanwise_io.copy_dir_to_local(name_or_path) if spanwise_io.is_remote(name_or_path) else name_or_path
 
 
+def load_classifier(name_or_path: str, **kwargs: Any) -> Any:
+    """``AutoModelForSequenceClassification.from_pretrained``, with a clear error for pickled weights.
+
+    transformers reads a ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which
+    refuses a pickle that would build arbitrary objects (or run code); that refusal becomes a
+    ValueError naming the model instead of a traceback.
+    """
+    import pickle
+
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(local_model_path(name_or_path), **kwargs)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{name_or_path}: refusing its pickled weights (pytorch_model.bin), which would build arbitrary "
+            f"objects when loaded; use a copy saved as model.safetensors ({first_line})"
+        ) from error
+
+
 class Trainer:
     """One training run: ``setup()``, then ``train()`` and/or ``evaluate()``, then ``save()``."""
 
@@ -112,10 +133,8 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if c.bf16 else torch.float16 if c.fp16 else None
 
         torch.manual_seed(c.seed)  # the new classifier head is initialised from this
-        from transformers import AutoModelForSequenceClassification
-
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            local_model_path(c.model_name),
+        self.model = load_classifier(
+            c.model_name,
             num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)),
             label2id=dict(label_map),
