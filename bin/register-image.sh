@@ -8,6 +8,9 @@
 # instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROG=register-image
+# shellcheck source=bin/_common.sh
+source bin/_common.sh
 
 usage() {
   cat <<'EOF'
@@ -32,28 +35,6 @@ Flags may be spelled with - or _ (--base-image, --dry_run) and as --flag=value.
 EOF
 }
 
-die() {
-  echo "register-image: $*" >&2
-  exit 2
-}
-
-# Quote one word for a POSIX shell, leaving plain words as they are (like Python's shlex.quote).
-shell_quote() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_cmd() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(shell_quote "$word")"
-  done
-  printf '%s' "$out"
-}
-
 dry_run=0
 run() {
   if ((dry_run)); then
@@ -63,10 +44,6 @@ run() {
     echo "+ $(quote_cmd "$@")" >&2
     "$@"
   fi
-}
-
-need_value() { # an option's value: present, not empty and not the next option
-  (($# >= 2)) && [[ -n "$2" && "$2" != --* ]] || die "$1 needs a value"
 }
 
 project="" region="us-central1" repository="spanwise" target="trainer" image="" tag="" base_image=""

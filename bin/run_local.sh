@@ -9,6 +9,9 @@
 #   bin/run_local.sh -- --help        # the trainer's flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROG=run_local
+# shellcheck source=bin/_common.sh
+source bin/_common.sh
 
 usage() {
   cat <<'EOF'
@@ -25,27 +28,6 @@ Usage: bin/run_local.sh [options] [--] TRAINER_FLAGS...
 Options come first; the first argument that is not one of them, or the one after --, starts
 the trainer's flags. Options may be spelled with - or _ and as --option=value.
 EOF
-}
-
-die() {
-  echo "run_local: $*" >&2
-  exit 2
-}
-
-shell_quote() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_cmd() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(shell_quote "$word")"
-  done
-  printf '%s' "$out"
 }
 
 aip_dir="" nproc=1 setup=1 dry_run=0

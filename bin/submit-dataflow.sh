@@ -18,6 +18,9 @@
 # command, one flag per line, shell-quoted, and runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROG=submit-dataflow
+# shellcheck source=bin/_common.sh
+source bin/_common.sh
 
 usage() {
   cat <<'EOF'
@@ -56,24 +59,6 @@ after -- is passed to the pipeline as is (e.g. --seq_len_func ht --seq_func_para
 --max_seq_length 512 --overwrite, or more Beam options such as --num_workers 2).
 Environment: PYTHON (default .venv/bin/python), GOOGLE_CLOUD_PROJECT.
 EOF
-}
-
-die() {
-  echo "submit-dataflow: $*" >&2
-  exit 2
-}
-
-# Quote one word for a POSIX shell, leaving plain words as they are (like Python's shlex.quote).
-shell_quote() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-need_value() { # an option's value: present, not empty and not the next option
-  (($# >= 2)) && [[ -n "$2" && "$2" != --* ]] || die "$1 needs a value"
 }
 
 project=${GOOGLE_CLOUD_PROJECT:-} region="us-central1" data_dir="" output_dir="" tokenizer=""

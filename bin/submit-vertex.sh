@@ -27,6 +27,9 @@
 # TensorBoard directory; a restarted (e.g. preempted --spot) job resumes from the checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROG=submit-vertex
+# shellcheck source=bin/_common.sh
+source bin/_common.sh
 
 usage() {
   cat <<'EOF'
@@ -64,28 +67,6 @@ flags after -- are checked with the trainer's own parser before anything is subm
 EOF
 }
 
-die() {
-  echo "submit-vertex: $*" >&2
-  exit 2
-}
-
-# Quote one word for a POSIX shell, leaving plain words as they are (like Python's shlex.quote).
-shell_quote() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_cmd() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(shell_quote "$word")"
-  done
-  printf '%s' "$out"
-}
-
 # A YAML double-quoted scalar (JSON string escapes are valid YAML escapes).
 yaml_str() {
   local s=$1
@@ -95,10 +76,6 @@ yaml_str() {
   s=${s//$'\t'/\\t}
   s=${s//$'\r'/\\r}
   printf '"%s"' "$s"
-}
-
-need_value() { # an option's value: present, not empty and not the next option
-  (($# >= 2)) && [[ -n "$2" && "$2" != --* ]] || die "$1 needs a value"
 }
 
 # Multi-GPU / multi-node jobs run trainer.vertex_launch (one torchrun per machine) as the container
