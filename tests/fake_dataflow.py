@@ -42,6 +42,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
+from local_http import LocalHttpService
+
 __all__ = ["FakeDataflow", "RecordedRequest"]
 
 HOST = "127.0.0.1"
@@ -79,7 +81,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class FakeDataflow:
+class FakeDataflow(LocalHttpService):
     """The fake service; start/stop it or use it as a context manager.
 
     Args:
@@ -91,6 +93,9 @@ class FakeDataflow:
         on_create: called with the stored job (a dict) after a job is created, before the reply.
     """
 
+    thread_name = "fake-dataflow"
+    not_running = "the fake Dataflow service is not running"
+
     def __init__(
         self,
         create_state: str = "JOB_STATE_PENDING",
@@ -98,6 +103,7 @@ class FakeDataflow:
         messages: Iterable[dict[str, Any]] = (),
         on_create: Callable[[dict[str, Any]], None] | None = None,
     ):
+        super().__init__()
         self.create_state = create_state
         self.states = list(states) or ["JOB_STATE_DONE"]
         self.messages = list(messages)
@@ -108,50 +114,23 @@ class FakeDataflow:
         self._state_iters: dict[str, Iterable[str]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # ---- lifecycle
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake Dataflow service is not running")
-        return int(self._server.server_address[1])
+    # ---- lifecycle (start, stop, port, ``with``: LocalHttpService)
 
     @property
     def url(self) -> str:
         """The ``--dataflow_endpoint`` for Beam (``localhost``: see the module docstring)."""
         return f"http://localhost:{self.port}"
 
-    def start(self) -> "FakeDataflow":
-        if self._server is not None:
-            return self
+    def _make_server(self) -> ThreadingHTTPServer:
         fake = self
 
         class Handler(_Handler):
             service = fake
 
-        self._server = ThreadingHTTPServer((HOST, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-dataflow", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def __enter__(self) -> "FakeDataflow":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        server = ThreadingHTTPServer((HOST, 0), Handler)
+        server.daemon_threads = True
+        return server
 
     # ---- what was received
 

@@ -51,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
+from local_http import LocalHttpService
+
 __all__ = ["FaultProxy", "FAULT_KINDS", "accept_resent_upload_chunks"]
 
 FAULT_KINDS = ("status_503", "status_429", "reset", "reset_after")
@@ -172,7 +174,7 @@ class _Server(ThreadingHTTPServer):
             super().shutdown_request(request)
 
 
-class FaultProxy:
+class FaultProxy(LocalHttpService):
     """Reverse proxy on 127.0.0.1 in front of ``upstream`` (``http://127.0.0.1:PORT``).
 
     Args:
@@ -184,6 +186,9 @@ class FaultProxy:
             in a row (the next request with them is forwarded untouched).
         should_fault: optional ``(method, path) -> bool``; requests it rejects are never faulted.
     """
+
+    thread_name = "fault-proxy"
+    not_running = "the proxy is not running"
 
     def __init__(
         self,
@@ -197,6 +202,7 @@ class FaultProxy:
         max_consecutive: int | None = None,
         should_fault: Callable[[str, str], bool] | None = None,
     ) -> None:
+        super().__init__()
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"upstream must be http://HOST:PORT, got {upstream!r}")
@@ -213,8 +219,6 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._upstream_lock = threading.Lock()
         self._rules: list[dict[str, Any]] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ---- configuration and counters
 
@@ -308,40 +312,16 @@ class FaultProxy:
             finally:
                 connection.close()
 
-    # ---- lifecycle
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the proxy is not running")
-        return int(self._server.server_address[1])
+    # ---- lifecycle (start, stop, port, ``with``: LocalHttpService)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FaultProxy":
-        if self._server is None:
-            self._server = _Server(("127.0.0.1", 0), _Handler)
-            self._server.proxy = self
-            self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> "FaultProxy":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.proxy = self
+        return server
 
     # ---- pointing clients at it
 
