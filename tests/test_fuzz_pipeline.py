@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from beam_pipelines import preprocess
 from pipeline_helpers import preprocess_argv, read_split
 from schemas.tsv import MAX_RAW_CHARS, Reason
+from tsv_model import BOM, model_lines
 
 PROFILE = os.environ.get("SPANWISE_FUZZ_PROFILE", "ci")
 _COMMON = dict(
@@ -60,7 +61,6 @@ settings.register_profile("pipeline-long", max_examples=350, **_COMMON)  # ~10 m
 PIPELINE_SETTINGS = settings.get_profile(f"pipeline-{PROFILE}")
 
 REASONS = {value for name, value in vars(Reason).items() if name.isupper()}
-BOM = b"\xef\xbb\xbf"
 TEN_MB = 10 * 1024 * 1024
 
 # --------------------------------------------------------------------------- the model
@@ -70,18 +70,6 @@ TEN_MB = 10 * 1024 * 1024
 HEADER_IDS = {"id", "guid", "index", "idx", "doc_id", "#id"}
 HEADER_LABELS = {"label", "labels", "class", "category", "target", "y"}
 HEADER = "header"
-
-
-def model_lines(data: bytes) -> list[bytes]:
-    """A file's lines: a leading BOM is not content, only LF ends a line, one CR before it goes."""
-    if data.startswith(BOM):
-        data = data[len(BOM):]
-    if not data:
-        return []
-    pieces = data.split(b"\n")
-    if pieces[-1] == b"":  # the last line had its ending: no line after it
-        pieces.pop()
-    return [piece[:-1] if piece.endswith(b"\r") else piece for piece in pieces]
 
 
 @dataclass(frozen=True)
