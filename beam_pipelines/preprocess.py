@@ -292,10 +292,16 @@ class PreprocessJob:
     runner: str
     job_id: str | None = None
     console_url: str | None = None
+    no_wait: bool = False  # Beam's --no_wait_until_finish: the caller returns once it is submitted
 
     @property
     def state(self) -> str:
         return str(self.result.state)
+
+    @property
+    def _where(self) -> str:
+        """`` (job ID: console URL)`` for messages about a remote job; empty for a local one."""
+        return f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
 
     def wait(self) -> dict[str, Any]:
         """Block until the job ends; return the manifest it wrote.
@@ -307,16 +313,14 @@ class PreprocessJob:
         try:
             state = self.result.wait_until_finish()
         except Exception as error:
-            where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
-            corpus_error = _corpus_error_in(error, where)
+            corpus_error = _corpus_error_in(error, self._where)
             if corpus_error is not None:
                 raise corpus_error from error
             if type(error).__name__ != "DataflowRuntimeException":  # (Beam's class; its module needs the gcp extra)
                 raise
-            raise JobFailedError(f"preprocessing job failed{where}: {error}") from error
+            raise JobFailedError(f"preprocessing job failed{self._where}: {error}") from error
         if state != PipelineState.DONE:
-            where = f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
-            raise JobFailedError(f"preprocessing job ended in state {state}{where}; see its logs")
+            raise JobFailedError(f"preprocessing job ended in state {state}{self._where}; see its logs")
         return read_manifest(self.output_dir)
 
 
@@ -380,7 +384,8 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
     if job_id:
         cloud = options.view_as(GoogleCloudOptions)
         console_url = f"https://console.cloud.google.com/dataflow/jobs/{cloud.region}/{job_id}?project={cloud.project}"
-    return PreprocessJob(result, opts.output_dir, runner, job_id, console_url)
+    no_wait = options.view_as(StandardOptions).no_wait_until_finish
+    return PreprocessJob(result, opts.output_dir, runner, job_id, console_url, no_wait)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -406,9 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     try:
         job = submit(argv)
-        if PipelineOptions(argv).view_as(StandardOptions).no_wait_until_finish and not PipelineState.is_terminal(
-            job.result.state
-        ):
+        if job.no_wait and not PipelineState.is_terminal(job.result.state):
             print(f"\nsubmitted {job.runner} job {job.job_id or ''} (state {job.state}); not waiting for it.")
             if job.console_url:
                 print(f"follow it at {job.console_url}")
