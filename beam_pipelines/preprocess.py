@@ -1,29 +1,40 @@
-"""Tokenize a TSV corpus once into sharded Parquet records, a manifest and a dead-letter output.
+"""Tokenize a corpus once into sharded Parquet records, a manifest and a dead-letter output.
 
-    python -m beam_pipelines.preprocess --data_dir DIR_OR_GS --output_dir DIR_OR_GS \\
-        --tokenizer NAME_OR_PATH [--max_doc_tokens N] [--max_doc_chars N] [--max_labels N] [--num_shards N] \\
-        [--seq_len_func head|tail|ht --seq_func_params ... --max_seq_length N] \\
+    python -m beam_pipelines.preprocess (--data_dir DIR | --train_files P.. --dev_files P.. [--test_files P..]) \\
+        --output_dir DIR_OR_GS --tokenizer NAME_OR_PATH [--input_format tsv|csv|jsonl|parquet] \\
+        [--id_column C --label_column C --text_column C --text_b_column C] [--num_shards N] \\
+        [--max_doc_tokens N] [--max_doc_chars N] [--max_labels N] \\
+        [--seq_len_func head|tail|ht --seq_func_params ... --max_seq_length N] [--overwrite] \\
         [Beam options: --runner DataflowRunner --project P --region R --temp_location gs://...]
 
-Runs on the DirectRunner by default and on Dataflow with Beam's usual options. Writes
-``<output_dir>/manifest.json``, ``<split>-SSSSS-of-NNNNN.parquet`` and ``rejected/<split>-*.jsonl``
-(design.md section 4), then prints the corpus statistics. With Beam's ``--no_wait_until_finish``
-a Dataflow job is submitted and the command returns at once, printing the job id and where the
-manifest will appear.
+Inputs are files or glob patterns per split, local or ``gs://``, plain or compressed (``.gz``,
+``.bz2``, ``.zst``), in TSV (the GLUE layout, or columns named by a header), CSV, JSON Lines or
+Parquet (``schemas.columns``; ``beam_pipelines.inputs``). Writes ``<output_dir>/manifest.json``
+and, in the run's folder it names, ``<split>-SSSSS-of-NNNNN.parquet`` and
+``rejected/<split>-SSSSS-of-NNNNN.jsonl`` (design.md section 4; ``beam_pipelines.sinks``), then
+prints the corpus statistics. The manifest is the commit point: until a run has written it, the
+previous run's output is untouched.
+
+Without ``--runner`` the job runs here on Beam's FnApiRunner (one process; what the tests run);
+with ``--runner DataflowRunner`` on Dataflow. With Beam's ``--no_wait_until_finish`` a Dataflow
+job is submitted and the command returns at once, printing the job id and where the manifest
+will appear.
 
 Resource guards: a text longer than ``--max_doc_chars`` characters is cut to its head and tail
 before tokenizing (counted in the manifest), and a train split with more distinct labels than
-``--max_labels`` stops the job with a ``CorpusError`` (a ValueError) before anything is written.
+``--max_labels`` stops the job with a ``CorpusError`` (a ValueError) before anything is published.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
+import shutil
 import sys
-import uuid
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import apache_beam as beam
@@ -32,8 +43,12 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
+from beam_pipelines.inputs import InputPlan, plan_inputs, split_patterns
+from beam_pipelines.readers import FORMATS, plan_tasks
+from beam_pipelines.records import REJECTION_SCHEMA, RECORD_SCHEMA
+from beam_pipelines.shuffle import GroupTablesByKey
+from schemas.columns import ColumnSpec
 from schemas.manifest import MANIFEST_NAME, format_stats, read_manifest
-from schemas.tsv import REQUIRED_SPLITS, SPLITS
 from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 
@@ -45,6 +60,8 @@ __all__ = [
     "DEFAULT_MAX_DOC_CHARS",
     "MIN_MAX_DOC_CHARS",
     "DEFAULT_MAX_LABELS",
+    "DEFAULT_RUNNER",
+    "LOCAL_RUNNERS",
     "build_pipeline",
     "submit",
     "run",
@@ -63,6 +80,14 @@ DEFAULT_MAX_DOC_CHARS = 1_000_000
 # texts, not a way to shorten documents (--max_doc_tokens and --seq_len_func are).
 MIN_MAX_DOC_CHARS = 1000
 DEFAULT_MAX_LABELS = 10_000
+# The runner when --runner is not given: Beam's in-process portable runner. (Beam 2.77's
+# DirectRunner tries to download and start the Prism runner first, so what ran would depend on
+# the network.) --direct_running_mode multi_processing --direct_num_workers N runs N processes.
+DEFAULT_RUNNER = "FnApiRunner"
+# Runners that run the job on this machine: their GroupByKey holds all it groups in memory,
+# so records are grouped through spill files on disk (beam_pipelines.shuffle).
+LOCAL_RUNNERS = frozenset({"fnapirunner", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner",
+                           "prismrunner", "testdirectrunner"})
 # How a CorpusError appears in a worker's traceback passed on as text (Dataflow, multi_processing).
 _CORPUS_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?CorpusError: (.+)$", re.MULTILINE)
 _STEP_ANNOTATION = re.compile(r" \[while running '[^']*'\]$")
@@ -74,8 +99,30 @@ class PreprocessOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
         group = parser.add_argument_group("spanwise preprocessing") if hasattr(parser, "add_argument_group") else parser
-        group.add_argument("--data_dir", help="folder (local or gs://) with train.tsv, dev.tsv and optional test.tsv")
-        group.add_argument("--output_dir", help="folder (local or gs://) for manifest.json, shards and rejected/")
+        group.add_argument(
+            "--data_dir",
+            help="folder (local or gs://) with train.tsv, dev.tsv and optional test.tsv (or .csv/.jsonl/.parquet, "
+                 "optionally .gz/.bz2/.zst); or give the files with --train_files/--dev_files/--test_files",
+        )
+        for split, required in (("train", True), ("dev", True), ("test", False)):
+            group.add_argument(
+                f"--{split}_files", nargs="+", default=None, metavar="FILE_OR_PATTERN",
+                help=f"the {split} split{'' if required else ' (optional)'}: files or glob patterns, local or gs://, "
+                     "plain or .gz/.bz2/.zst (quote patterns for the shell)",
+            )
+        group.add_argument(
+            "--input_format", default=None, choices=FORMATS,
+            help="format of every input file (default: from each file's extension: .tsv .csv .jsonl .parquet)",
+        )
+        for role, default in (("id", "id, idx, guid, doc_id; none: IDs are made from file and line"),
+                              ("label", "label, labels, class, category, target"),
+                              ("text", "text, text_a, sentence, sentence1"),
+                              ("text_b", "text_b, sentence2; none: no second text")):
+            group.add_argument(
+                f"--{role}_column", default=None,
+                help=f"name of the {role} column in a header, JSON object or Parquet schema (default: the first of {default})",
+            )
+        group.add_argument("--output_dir", help="folder (local or gs://) for manifest.json and the run's shards and rejected rows")
         group.add_argument("--tokenizer", help="fast tokenizer: local dir, gs:// dir or hub name")
         group.add_argument(
             "--max_doc_tokens", type=int, default=32768,
@@ -95,15 +142,26 @@ class PreprocessOptions(PipelineOptions):
         group.add_argument(
             "--max_labels", type=int, default=DEFAULT_MAX_LABELS,
             help=(
-                "most distinct labels in train.tsv; more stop the job before anything is written, "
-                f"naming some of them (often a shifted LABEL column) (default {DEFAULT_MAX_LABELS})"
+                "most distinct labels in the train split; more stop the job before anything is published, "
+                f"naming some of them (often the wrong label column) (default {DEFAULT_MAX_LABELS})"
             ),
         )
         group.add_argument(
             "--num_shards", type=int, default=0,
-            help="shards per split; 0 = one per --rows_per_shard rows (default 0)",
+            help="shards per split; 0 = one per --shard_size_mb of input (default 0). Fixed before the job "
+                 "starts, so that tokenizing need not wait for a count of the rows",
         )
-        group.add_argument("--rows_per_shard", type=int, default=10000, help="target rows per shard when --num_shards is 0")
+        group.add_argument(
+            "--shard_size_mb", type=int, default=64,
+            help="with --num_shards 0: MiB of input text per shard (compressed files count 4x their size, "
+                 "Parquet its uncompressed size) (default 64)",
+        )
+        group.add_argument("--rows_per_shard", type=int, default=None, help=argparse.SUPPRESS)
+        group.add_argument(
+            "--read_range_mb", type=int, default=64,
+            help="plain TSV/JSONL files larger than this are read in byte ranges of this many MiB by "
+                 "different workers; Parquet row groups are grouped to this size (default 64)",
+        )
         group.add_argument(
             "--seq_len_func", default=None, choices=sorted(DETERMINISTIC_FUNCS),
             help="apply a deterministic sequence-length function now (saves space); random ones belong to the trainer",
@@ -116,16 +174,28 @@ class PreprocessOptions(PipelineOptions):
         )
         group.add_argument("--tokenize_batch_size", type=int, default=64, help="texts per tokenizer call (default 64)")
         group.add_argument(
+            "--shuffle", default="auto", choices=["auto", "disk", "runner"],
+            help="how records meet in their shard: through spill files on this machine's disk (disk) or the "
+                 "runner's GroupByKey (runner; on Dataflow its shuffle service). auto: disk for the local "
+                 "runners, whose GroupByKey keeps everything in memory; runner otherwise (default auto)",
+        )
+        group.add_argument("--spill_dir", default=None, help="folder for --shuffle disk (default: a temporary folder)")
+        group.add_argument(
             "--overwrite", action="store_true", default=False,
-            help="replace an earlier run's manifest, shards and rejected rows in --output_dir",
+            help="replace the earlier run in --output_dir (it stays intact until the new one is complete)",
         )
 
 
-def _check_options(opts: PreprocessOptions) -> dict[str, str]:
-    """Validate our options before any work; return ``{split: input path}``."""
-    for name in ("data_dir", "output_dir", "tokenizer"):
+def _check_options(opts: PreprocessOptions) -> None:
+    """Validate our options before any work."""
+    for name in ("output_dir", "tokenizer"):
         if not getattr(opts, name):
             raise ValueError(f"--{name} is required")
+    if opts.rows_per_shard is not None:
+        raise ValueError(
+            "--rows_per_shard is gone: it needed a count of every row before tokenizing could start. "
+            "Use --num_shards N, or --shard_size_mb (MiB of input per shard, the default sizing)"
+        )
     if opts.max_doc_tokens < 1:
         raise ValueError(f"--max_doc_tokens must be >= 1, got {opts.max_doc_tokens}")
     if opts.max_doc_chars != 0 and opts.max_doc_chars < MIN_MAX_DOC_CHARS:
@@ -135,67 +205,97 @@ def _check_options(opts: PreprocessOptions) -> dict[str, str]:
         )
     if opts.max_labels < 1:
         raise ValueError(f"--max_labels must be >= 1, got {opts.max_labels}")
-    if opts.num_shards < 0 or opts.rows_per_shard < 1:
-        raise ValueError("--num_shards must be >= 0 and --rows_per_shard >= 1")
+    if opts.num_shards < 0 or opts.shard_size_mb < 1 or opts.read_range_mb < 1:
+        raise ValueError("--num_shards must be >= 0, --shard_size_mb and --read_range_mb >= 1")
     if opts.tokenize_batch_size < 1:
         raise ValueError("--tokenize_batch_size must be >= 1")
-    inputs: dict[str, str] = {}
-    for split in SPLITS:
-        path = spanwise_io.join(opts.data_dir, f"{split}.tsv")
-        if spanwise_io.exists(path):
-            inputs[split] = path
-        elif split in REQUIRED_SPLITS:
-            raise ValueError(f"{path} not found: --data_dir needs train.tsv and dev.tsv (test.tsv is optional)")
-    existing = [name for name in spanwise_io.listdir(opts.output_dir) if name == MANIFEST_NAME or name.endswith(".parquet")] \
-        if spanwise_io.exists(opts.output_dir) else []
-    if existing and not opts.overwrite:
-        raise ValueError(
-            f"{opts.output_dir} already holds an earlier run ({', '.join(existing[:3])}...); "
-            "choose another --output_dir or pass --overwrite"
-        )
-    return inputs
 
 
-def _clear_previous_run(output_dir: str) -> None:
+def _shard_counts(opts: PreprocessOptions, plan: InputPlan) -> dict[str, int]:
+    """Shards per split: ``--num_shards``, or one per ``--shard_size_mb`` of (estimated) input."""
+    if opts.num_shards > 0:
+        return {split: opts.num_shards for split in plan.files}
+    per_shard = opts.shard_size_mb << 20
+    return {split: max(1, math.ceil(plan.estimated_bytes(split) / per_shard)) for split in plan.files}
+
+
+@dataclass(frozen=True)
+class _Previous:
+    """What ``output_dir`` holds before the run: whether a run was committed, and what to delete after ours."""
+
+    committed: list[str]
+    stale: list[str]
+
+
+def _previous_run(output_dir: str, overwrite: bool, run_name: str) -> _Previous:
+    """Look at ``output_dir`` before the run: refuse an earlier run without ``--overwrite``.
+
+    Returns the names (relative to ``output_dir``) to delete once this run is committed: the
+    committed run's folder (or, from before run folders, its files), and folders of runs that
+    never committed (killed) and started before this one.
+    """
     if not spanwise_io.exists(output_dir):
-        return
-    for name in spanwise_io.listdir(output_dir):
-        if name == MANIFEST_NAME or name.endswith(".parquet"):
-            spanwise_io.remove(spanwise_io.join(output_dir, name))
-    spanwise_io.remove_tree(spanwise_io.join(output_dir, sinks.REJECTED_DIR))
+        return _Previous([], [])
+    names = spanwise_io.listdir(output_dir)
+    committed: list[str] = []
+    if MANIFEST_NAME in names:
+        try:
+            manifest = read_manifest(output_dir)
+        except ValueError:
+            manifest = {}
+        if manifest.get("run"):
+            committed = [manifest["run"]]
+        else:  # a manifest of spanwise before run folders: its files at the top
+            listed = {f["name"] for info in manifest.get("splits", {}).values() for f in info.get("files", [])}
+            committed = sorted(listed | {n for n in names if n.endswith(".parquet")}) + [sinks.REJECTED_DIR]
+    elif any(name.endswith(".parquet") for name in names):
+        committed = sorted(n for n in names if n.endswith(".parquet")) + [sinks.REJECTED_DIR]
+    if (committed or MANIFEST_NAME in names) and not overwrite:
+        shown = [MANIFEST_NAME] if MANIFEST_NAME in names else committed[:3]
+        raise ValueError(
+            f"{output_dir} already holds an earlier run ({', '.join(shown)}...); choose another --output_dir or pass --overwrite"
+        )
+    stale = [
+        name for name in names
+        if (name.startswith(sinks.RUN_PREFIX) and name < run_name and name not in committed) or name.startswith(".spanwise-tmp-")
+    ]
+    return _Previous(committed, stale)
 
 
 def build_pipeline(
     pipeline: beam.Pipeline,
     opts: PreprocessOptions,
-    inputs: dict[str, str],
+    plan: InputPlan,
     manifest_base: dict[str, Any],
     seq_config: SeqLenConfig | None,
-    temp_dir: str,
+    run_name: str,
+    shard_counts: dict[str, int],
+    spill_dir: str | None,
+    previous: Sequence[str] = (),
 ) -> beam.PCollection:
     """Add the preprocessing graph to ``pipeline``; return the PCollection holding the manifest.
 
-    Elements are batches of rows end to end (read -> tokenize -> group by shard -> write); the
-    small side outputs (per-file counts, per-batch length histograms, labels, rejected rows)
-    feed the label map, the shard counts and the single finalize step.
+    read task -> read and parse -> tokenize (one fused step per task) -> records grouped by
+    shard -> dedupe, label, write each shard; rejected rows grouped by bucket -> written; the
+    small outputs (task counts, labels, length histograms, file lists) -> one commit step.
+    docs/design.md has the table of steps, their keys and what bounds their memory.
     """
+    read_range = opts.read_range_mb << 20
+    tasks = [task for files in plan.files.values() for file in files for task in plan_tasks(file, read_range)]
     read = (
         pipeline
-        | "ListInputs" >> beam.Create(sorted(inputs.items()))
-        | "ReadParse" >> beam.ParDo(
-            transforms.ReadParseFn(opts.tokenize_batch_size, opts.decode_errors, opts.max_doc_chars)
-        ).with_outputs(
+        | "ListTasks" >> beam.Create(tasks, reshuffle=False)
+        | "SpreadTasks" >> beam.Reshuffle()
+        | "Read" >> beam.ParDo(transforms.ReadTaskFn(opts.decode_errors)).with_outputs(
             transforms.REJECTED, transforms.COUNTS, main="batches"
         )
     )
-    # one file is read by one worker: spread its batches over the workers before tokenizing
-    batches = read.batches | "Spread" >> beam.Reshuffle()
     counts = read[transforms.COUNTS]
-    # The label map never holds more than --max_labels + 1 labels: a shifted LABEL column
+    # The label map never holds more than --max_labels + 1 labels: a wrong label column
     # (texts as labels) fails in BuildLabelMap with a count and examples, not in memory.
     distinct_labels = (
-        batches
-        | "TrainLabels" >> beam.FlatMap(lambda batch: sorted({row.label for row in batch if row.split == "train"}))
+        read.batches
+        | "TrainLabels" >> beam.FlatMap(transforms.train_labels)
         | "DistinctLabels" >> beam.Distinct()
     )
     label_count = distinct_labels | "CountLabels" >> beam.combiners.Count.Globally()
@@ -206,39 +306,41 @@ def build_pipeline(
             transforms.build_label_map, max_labels=opts.max_labels, found=beam.pvalue.AsSingleton(label_count)
         )
     )
-    tokenized = batches | "Tokenize" >> beam.ParDo(
-        transforms.TokenizeBatchFn(opts.tokenizer, opts.max_doc_tokens, seq_config, opts.num_shards, opts.rows_per_shard),
-        beam.pvalue.AsSingleton(label_map),
-        beam.pvalue.AsDict(counts),
-    ).with_outputs(transforms.REJECTED, transforms.STATS, main="shards")
+    tokenized = read.batches | "Tokenize" >> beam.ParDo(
+        transforms.TokenizeFn(opts.tokenizer, opts.max_doc_tokens, shard_counts, seq_config, opts.max_doc_chars,
+                              opts.tokenize_batch_size)
+    ).with_outputs(transforms.REJECTED, main="records")
+    files = {(f.split, f.index): (f.path, f.name, f.format) for split_files in plan.files.values() for f in split_files}
     shards = (
-        tokenized.shards
-        | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(sinks.WriteShardFn(temp_dir))
+        tokenized.records
+        | "GroupByShard" >> GroupTablesByKey(RECORD_SCHEMA, spill_dir and spanwise_io.join(spill_dir, "records"))
+        | "WriteShards" >> beam.ParDo(
+            sinks.WriteShardFn(opts.output_dir, run_name, files, opts.max_doc_tokens),
+            beam.pvalue.AsSingleton(label_map),
+            beam.pvalue.AsDict(counts),
+        ).with_outputs(transforms.REJECTED, sinks.STATS, main="shards")
     )
-    stats = tokenized[transforms.STATS] | "LengthStats" >> beam.CombinePerKey(transforms.LengthStatsFn())
-    rejected = (read[transforms.REJECTED], tokenized[transforms.REJECTED]) | "AllRejected" >> beam.Flatten()
+    stats = shards[sinks.STATS] | "LengthStats" >> beam.CombinePerKey(transforms.LengthStatsFn())
     rejected_files = (
-        rejected
-        | "RejectedBySplit" >> beam.Map(lambda r: (r.split, r))
-        | "GroupRejected" >> beam.GroupByKey()
-        | "WriteRejected" >> beam.ParDo(sinks.WriteRejectedFn(temp_dir))
+        (read[transforms.REJECTED], tokenized[transforms.REJECTED], shards[transforms.REJECTED])
+        | "AllRejected" >> beam.Flatten()
+        | "BatchRejected" >> beam.ParDo(sinks.BatchRejectionsFn(shard_counts))
+        | "GroupRejected" >> GroupTablesByKey(REJECTION_SCHEMA, spill_dir and spanwise_io.join(spill_dir, "rejected"))
+        | "WriteRejected" >> beam.ParDo(sinks.WriteRejectedFn(opts.output_dir, run_name), beam.pvalue.AsDict(counts))
     )
-    rejected_counts = (
-        rejected
-        | "ReasonKeys" >> beam.Map(lambda r: ((r.split, r.reason), 1))
-        | "CountReasons" >> beam.CombinePerKey(sum)
-    )
+    split_inputs = {
+        split: {"input": list(plan.patterns[split]), "derived_ids": plan.derived_ids(split)} for split in plan.files
+    }
     return (
         pipeline
         | "FinalizeTrigger" >> beam.Create([None])
         | "Finalize" >> beam.ParDo(
-            sinks.FinalizeFn(opts.output_dir, temp_dir, manifest_base, inputs),
-            shards=beam.pvalue.AsList(shards),
+            sinks.FinalizeFn(opts.output_dir, run_name, manifest_base, shard_counts,
+                             [f.path for f in plan.files["train"]], split_inputs, previous),
+            shards=beam.pvalue.AsList(shards.shards),
             rejected_files=beam.pvalue.AsList(rejected_files),
             label_map=beam.pvalue.AsSingleton(label_map),
             counts=beam.pvalue.AsDict(counts),
-            rejected_counts=beam.pvalue.AsDict(rejected_counts),
             stats=beam.pvalue.AsDict(stats),
         )
     )
@@ -248,7 +350,8 @@ def _help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m beam_pipelines.preprocess",
         description=__doc__.split("\n\n")[0],
-        epilog="Any other flag is a Beam pipeline option (--runner, --project, --region, --temp_location, ...).",
+        epilog="Any other flag is a Beam pipeline option (--runner, --project, --region, --temp_location, ...). "
+               f"Without --runner the job runs here on Beam's {DEFAULT_RUNNER}.",
     )
     PreprocessOptions._add_argparse_args(parser)
     return parser
@@ -261,10 +364,10 @@ class JobFailedError(RuntimeError):
 def _corpus_error_in(error: BaseException, where: str = "") -> CorpusError | None:
     """The ``CorpusError`` behind a failed run, with the user's message only; None if there is none.
 
-    On the DirectRunner (in_memory) the error is raised as it was. A runner that passes on the
-    worker's traceback as text (Dataflow, multi_processing) gives an exception whose message
-    holds a ``...CorpusError: <message>`` line: that message is taken (the last one, the
-    original) and any " [while running 'step']" that Beam added is dropped.
+    On the local runner the error is raised as it was. A runner that passes on the worker's
+    traceback as text (Dataflow, multi_processing) gives an exception whose message holds a
+    ``...CorpusError: <message>`` line: that message is taken (the last one, the original) and
+    any " [while running 'step']" that Beam added is dropped.
     """
     if isinstance(error, CorpusError):
         message = _STEP_ANNOTATION.sub("", str(error))
@@ -275,24 +378,38 @@ def _corpus_error_in(error: BaseException, where: str = "") -> CorpusError | Non
     return CorpusError(_STEP_ANNOTATION.sub("", found[-1].strip()) + where)
 
 
-def _remove_temp_dir(temp_dir: str) -> None:
-    """Best effort: a failed DirectRunner job leaves no temp folder in --output_dir."""
+def _runner_name(runner: Any) -> str:
+    """``DataflowRunner`` from a name, a dotted path or a runner object."""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1]
+
+
+def _discard(path: str | None, what: str) -> None:
+    """Best effort: delete a failed run's folder or the spill files (the job's own error matters more)."""
+    if not path:
+        return
     try:
-        spanwise_io.remove_tree(temp_dir)
-    except Exception as error:  # noqa: BLE001 (the job's own error matters more)
-        _LOG.warning("could not remove %s: %s", temp_dir, error)
+        if spanwise_io.is_remote(path):
+            spanwise_io.remove_tree(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    except Exception as error:  # noqa: BLE001
+        _LOG.warning("could not delete %s %s: %s", what, path, error)
 
 
 @dataclass
 class PreprocessJob:
-    """A started preprocessing job: on Dataflow it runs on, on the DirectRunner it has finished."""
+    """A started preprocessing job: on Dataflow it runs on, on the local runner it has finished."""
 
     result: PipelineResult
     output_dir: str
     runner: str
+    run_dir: str = ""
+    spill_dir: str | None = None
     job_id: str | None = None
     console_url: str | None = None
     no_wait: bool = False  # Beam's --no_wait_until_finish: the caller returns once it is submitted
+    _done: bool = field(default=False, repr=False)
 
     @property
     def state(self) -> str:
@@ -304,7 +421,11 @@ class PreprocessJob:
         return f" (job {self.job_id}: {self.console_url})" if self.job_id else ""
 
     def wait(self) -> dict[str, Any]:
-        """Block until the job ends; return the manifest it wrote.
+        """Block until the job ends; return the manifest it committed.
+
+        A job that fails publishes nothing: its run folder is deleted (unless its error message
+        points into it: the rejected rows of a split with no valid row) and the previous run
+        stays as it was.
 
         Raises:
             CorpusError: the job failed on the corpus (e.g. more labels than --max_labels).
@@ -312,30 +433,41 @@ class PreprocessJob:
         """
         try:
             state = self.result.wait_until_finish()
-        except Exception as error:
-            corpus_error = _corpus_error_in(error, self._where)
+            if state != PipelineState.DONE:
+                raise JobFailedError(f"preprocessing job ended in state {state}{self._where}; see its logs")
+        except BaseException as error:
+            if not self.run_dir or self.run_dir not in str(error):
+                _discard(self.run_dir, "the folder of the failed run")
+            corpus_error = _corpus_error_in(error, self._where) if isinstance(error, Exception) else None
             if corpus_error is not None:
                 raise corpus_error from error
-            if type(error).__name__ != "DataflowRuntimeException":  # (Beam's class; its module needs the gcp extra)
-                raise
+            if isinstance(error, JobFailedError) or type(error).__name__ != "DataflowRuntimeException":
+                raise  # (Beam's class; its module needs the gcp extra)
             raise JobFailedError(f"preprocessing job failed{self._where}: {error}") from error
-        if state != PipelineState.DONE:
-            raise JobFailedError(f"preprocessing job ended in state {state}{self._where}; see its logs")
+        finally:
+            _discard(self.spill_dir, "the spill files")
         return read_manifest(self.output_dir)
 
 
 def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
-    """Check the options, build the pipeline and start it; do not wait for a remote job.
+    """Check the options and inputs, build the pipeline and start it; do not wait for a remote job.
 
     Raises:
-        ValueError: an option is missing or invalid.
-        CorpusError: (DirectRunner, which runs the job here) the corpus cannot be preprocessed
+        ValueError: an option is missing or invalid, or an input file does not give the columns
+            asked for (nothing has started).
+        CorpusError: (local runner, which runs the job here) the corpus cannot be preprocessed
             (no valid train rows, more labels than --max_labels); nothing is published.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(argv)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = DEFAULT_RUNNER
+    runner = _runner_name(standard.runner)
     opts = options.view_as(PreprocessOptions)
-    inputs = _check_options(opts)
+    _check_options(opts)
+    patterns = split_patterns(opts.data_dir, {"train": opts.train_files, "dev": opts.dev_files, "test": opts.test_files})
+    spec = ColumnSpec(opts.id_column, opts.label_column, opts.text_column, opts.text_b_column)
     tokenizer = load_tokenizer(opts.tokenizer)
     seq_config = None
     if opts.seq_len_func:
@@ -344,48 +476,68 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
         seq_config = validate_seq_config(opts.seq_len_func, opts.seq_func_params, opts.max_seq_length, tokenizer)
     elif opts.seq_func_params:
         raise ValueError("--seq_func_params given without --seq_len_func")
-    if opts.overwrite:
-        _clear_previous_run(opts.output_dir)
+    local = runner.lower() in LOCAL_RUNNERS
+    on_disk = opts.shuffle == "disk" or (opts.shuffle == "auto" and local)
+    if on_disk and not local and not (opts.spill_dir and spanwise_io.is_remote(opts.spill_dir)):
+        raise ValueError(f"--shuffle disk on {runner} needs --spill_dir on storage every worker reaches (gs://...)")
+    run_name = sinks.new_run_name()
+    previous = _previous_run(opts.output_dir, opts.overwrite, run_name)
+    plan = plan_inputs(patterns, opts.input_format, spec)
+    shard_counts = _shard_counts(opts, plan)
     spanwise_io.makedirs(opts.output_dir)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    spill_dir = None
+    if on_disk:
+        base = opts.spill_dir or tempfile.gettempdir()
+        spill_dir = spanwise_io.join(base, f"spanwise-spill-{run_name}")
+        spanwise_io.makedirs(spill_dir)
+    run_dir = spanwise_io.join(opts.output_dir, run_name)
     manifest_base = {
         "options": {
             "data_dir": opts.data_dir,
+            "train_files": opts.train_files,
+            "dev_files": opts.dev_files,
+            "test_files": opts.test_files,
+            "input_format": opts.input_format,
+            "columns": {"id": opts.id_column, "label": opts.label_column, "text": opts.text_column,
+                        "text_b": opts.text_b_column},
             "output_dir": opts.output_dir,
             "tokenizer": opts.tokenizer,
             "max_doc_tokens": opts.max_doc_tokens,
             "max_doc_chars": opts.max_doc_chars,
             "max_labels": opts.max_labels,
             "num_shards": opts.num_shards,
-            "rows_per_shard": opts.rows_per_shard,
+            "shard_size_mb": opts.shard_size_mb,
+            "read_range_mb": opts.read_range_mb,
             "decode_errors": opts.decode_errors,
             "runner": runner,
+            "shuffle": "disk" if on_disk else "runner",
         },
+        "inputs": plan.describe(),
         "tokenizer": tokenizer_identity(tokenizer, opts.tokenizer),
         "max_doc_tokens": opts.max_doc_tokens,
         "max_doc_chars": opts.max_doc_chars,
         "preprocess_seq_len": seq_config.to_dict() if seq_config else None,
     }
-    temp_dir = spanwise_io.join(opts.output_dir, f".spanwise-tmp-{uuid.uuid4().hex}")
-    _LOG.info("preprocessing %s -> %s", ", ".join(inputs.values()), opts.output_dir)
+    _LOG.info("preprocessing %s -> %s", "; ".join(f"{s}: {', '.join(p)}" for s, p in patterns.items()), run_dir)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, opts, inputs, manifest_base, seq_config, temp_dir)
+    build_pipeline(pipeline, opts, plan, manifest_base, seq_config, run_name, shard_counts, spill_dir,
+                   previous.committed + previous.stale)
     try:
-        result = pipeline.run()  # the DirectRunner runs the whole job here
-    except Exception as error:
-        if "dataflow" not in runner.lower():  # (a Dataflow submission that fails wrote nothing)
-            _remove_temp_dir(temp_dir)
-        corpus_error = _corpus_error_in(error)
+        result = pipeline.run()  # the local runner runs the whole job here
+    except BaseException as error:
+        if local and run_dir not in str(error):  # (a failed Dataflow submission wrote nothing)
+            _discard(run_dir, "the folder of the failed run")
+        _discard(spill_dir, "the spill files")
+        corpus_error = _corpus_error_in(error) if isinstance(error, Exception) else None
         if corpus_error is not None and corpus_error is not error:
             raise corpus_error from error
         raise
-    job_id = result.job_id() if callable(getattr(result, "job_id", None)) else None
+    job_id = result.job_id() if callable(getattr(result, "job_id", None)) and not local else None
     console_url = None
     if job_id:
         cloud = options.view_as(GoogleCloudOptions)
         console_url = f"https://console.cloud.google.com/dataflow/jobs/{cloud.region}/{job_id}?project={cloud.project}"
-    no_wait = options.view_as(StandardOptions).no_wait_until_finish
-    return PreprocessJob(result, opts.output_dir, runner, job_id, console_url, no_wait)
+    return PreprocessJob(result, opts.output_dir, runner, run_dir, spill_dir, job_id, console_url, standard.no_wait_until_finish)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -394,7 +546,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Waits for a Dataflow job whatever ``--no_wait_until_finish`` says (``main`` honours that flag).
 
     Raises:
-        ValueError: an option is missing or invalid.
+        ValueError: an option is missing or invalid, or an input does not give the columns asked for.
         CorpusError: (a ValueError) the corpus has no valid train rows, or more distinct train
             labels than --max_labels; nothing is published.
         JobFailedError: a remote job ended in another state than DONE.
@@ -409,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    output_dir = PipelineOptions(argv).view_as(PreprocessOptions).output_dir
     try:
         job = submit(argv)
         if job.no_wait and not PipelineState.is_terminal(job.result.state):
@@ -418,13 +571,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"when it is done, its manifest is {spanwise_io.join(job.output_dir, MANIFEST_NAME)}")
             return 0
         manifest = job.wait()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing was published; {output_dir} is as it was before this run", file=sys.stderr)
+        return 130
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except JobFailedError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"\nwrote {spanwise_io.join(manifest['options']['output_dir'], MANIFEST_NAME)}")
+    print(f"\nwrote {spanwise_io.join(manifest['options']['output_dir'], MANIFEST_NAME)} (run {manifest['run']})")
     print(format_stats(manifest))
     return 0
 

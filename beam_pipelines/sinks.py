@@ -1,37 +1,74 @@
-"""Deterministic, atomic outputs: Parquet shards, rejected-row JSONL, and the manifest.
+"""Deterministic outputs committed by one small write: Parquet shards, rejected rows, the manifest.
 
-Beam's own file sinks assign records to shards by bundle, so two runs over the same input give
-different shards. Here a record's shard is ``stable_hash64(id) % num_shards``, rows are sorted by
-ID inside a shard, and files are written to a temporary folder first and moved into place by a
-single finalize step (the same temp-then-finalize protocol as Beam's sinks); the manifest is
-written last, so its presence means the output is complete.
+Every run writes into its own folder, ``<output_dir>/run-<UTC time>-<id>/``: the shards
+``<split>-SSSSS-of-NNNNN.parquet`` (written in parallel, one worker per shard, each file
+atomically) and ``rejected/<split>-SSSSS-of-NNNNN.jsonl``. Nothing is moved afterwards: the run
+becomes visible when ``manifest.json``, which names its files, is written at the top of
+``output_dir`` (one atomic write, the commit point). Until then the previous run's manifest and
+files are untouched, whatever happens to this one (a failure, ``--overwrite``, Ctrl-C); after
+it, the previous run's folder is deleted.
+
+A shard holds the records whose ID hashes to it, so the rows of one ID meet there whatever
+file they were read from: ``WriteShardFn`` keeps the first by (file, position) and rejects the
+others, naming both places, maps the labels (a dev/test label unseen in train is rejected),
+derives the IDs of a corpus without ID column from file and line, sorts by ID and writes.
+The same input therefore gives byte-identical shards whatever the runner's bundling.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import io
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+import logging
+import uuid
+from collections import Counter, defaultdict
+from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 import spanwise_io
-from beam_pipelines.transforms import CorpusError
+from beam_pipelines.records import LineIndex, rejections_from_table, rejections_to_table
+from beam_pipelines.transforms import REJECTED, CorpusError
 from schemas.manifest import SCHEMA_VERSION, write_manifest
-from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, SHARD_SCHEMA, shard_name, table_from_ipc
-from schemas.tsv import Rejection
+from schemas.rows import LABELLED_SPLITS, Reason, Rejection, describe_place
+from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, shard_name, shard_schema
+from tokenization.rng import stable_hash64
 
 __all__ = [
     "REJECTED_DIR",
+    "RUN_PREFIX",
+    "STATS",
+    "new_run_name",
+    "parquet_bytes",
+    "FileInfo",
     "WriteShardFn",
+    "BatchRejectionsFn",
     "WriteRejectedFn",
     "FinalizeFn",
-    "parquet_bytes",
 ]
 
+_LOG = logging.getLogger(__name__)
+
 REJECTED_DIR = "rejected"
+RUN_PREFIX = "run-"
+STATS = "stats"
+# Rejections per table a bundle sends on at most.
+_REJECTIONS_PER_TABLE = 4096
+
+# (split, file index) -> (path, name relative to the split's folder, format): for messages and derived IDs.
+FileInfo = Mapping[tuple[str, int], tuple[str, str, str]]
+
+
+def new_run_name(now: _dt.datetime | None = None) -> str:
+    """``run-20261129T183000Z-1a2b3c4d``: sorts by start time, unique."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{RUN_PREFIX}{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -46,60 +83,197 @@ def _row_groups(data: bytes) -> int:
     return pq.read_metadata(io.BytesIO(data)).num_row_groups
 
 
+def _label_names(label_map: Mapping[str, int]) -> list[str]:
+    return [label for label, _ in sorted(label_map.items(), key=lambda item: item[1])]
+
+
 class WriteShardFn(beam.DoFn):
-    """Write one shard, rows sorted by ID, to the temp folder; emit what finalize needs."""
+    """One shard's records -> its Parquet file in the run folder; emit what the manifest needs.
 
-    def __init__(self, temp_dir: str):
-        self._temp_dir = temp_dir
+    Side inputs: the label map and every read task's counts (to number lines). Outputs: the
+    shard's ``{"split", "name", "rows", "row_groups"}``; ``rejected`` (duplicate IDs, unseen
+    labels); ``stats``: ``(split, (length histogram, documents capped at max_doc_tokens,
+    documents cut at max_doc_chars))``.
+    """
 
-    def process(self, element: tuple[tuple[str, int, int], Iterable[bytes]]) -> Iterator[dict[str, Any]]:
-        """``element``: the shard key and the Arrow IPC tables that batches sent to it."""
-        (split, index, count), tables = element
-        parts = [table_from_ipc(data) for data in tables]
-        table = pa.concat_tables(parts) if parts else SHARD_SCHEMA.empty_table()
-        table = table.sort_by("id")
+    def __init__(self, output_dir: str, run_name: str, files: FileInfo, max_doc_tokens: int):
+        self._output_dir = output_dir
+        self._run_name = run_name
+        self._files = dict(files)
+        self._max_doc_tokens = max_doc_tokens
+
+    def process(
+        self,
+        element: tuple[tuple[str, int, int], pa.Table],
+        label_map: Mapping[str, int],
+        task_counts: Mapping[tuple[str, int, int], Mapping[str, int]],
+    ) -> Iterator[Any]:
+        (split, index, count), table = element
+        lines = LineIndex.of(task_counts)
+        columns = {name: table.column(name).to_pylist() for name in ("id", "label", "file_index", "range_start", "line", "offset")}
+        ids: list[str] = []
+        places: list[str] = []
+        for i in range(table.num_rows):
+            file_index, offset = columns["file_index"][i], columns["offset"][i]
+            path, name, _ = self._files[(split, file_index)]
+            line = lines.line(split, file_index, columns["range_start"][i], columns["line"][i])
+            columns["line"][i] = line
+            ids.append(columns["id"][i] if columns["id"][i] is not None else f"{name}:{line if line else offset}")
+            places.append(describe_place(path, line, offset))
+        order = sorted(range(table.num_rows), key=lambda i: (ids[i], columns["file_index"][i], columns["offset"][i]))
+        kept: list[int] = []
+        labels: list[int] = []
+        raws = table.column("raw")
+        labelled = split in LABELLED_SPLITS
+        previous = -1
+        for i in order:
+            reason = detail = None
+            if previous >= 0 and ids[i] == ids[previous]:
+                reason, detail = Reason.DUPLICATE_ID, f"ID {ids[i]!r} already used at {places[previous]}; the first is kept"
+            else:
+                previous = i
+                label = columns["label"][i]
+                if label in label_map:
+                    labels.append(label_map[label])
+                    kept.append(i)
+                    continue
+                if not label and not labelled:
+                    labels.append(-1)
+                    kept.append(i)
+                    continue
+                reason, detail = Reason.UNSEEN_LABEL, f"label {label!r} does not occur in train ({len(label_map)} labels)"
+            path, _, _ = self._files[(split, columns["file_index"][i])]
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                split, path, columns["line"][i], reason, detail, raws[i].as_py(), columns["offset"][i],
+                columns["file_index"][i], 0,
+            ))
+        picked = pa.array(kept, type=pa.int64())
+        out = pa.table(
+            {
+                "id": pa.array([ids[i] for i in kept], type=pa.string()),
+                "label": pa.array(labels, type=pa.int32()),
+                "input_ids_a": table.column("input_ids_a").take(picked),
+                "input_ids_b": table.column("input_ids_b").take(picked),
+                "num_tokens_a": table.column("num_tokens_a").take(picked),
+                "num_tokens_b": table.column("num_tokens_b").take(picked),
+                "alpha": table.column("alpha").take(picked),
+            },
+            schema=shard_schema(_label_names(label_map)),
+        )
         name = shard_name(split, index, count)
-        data = parquet_bytes(table)
-        spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), data)
-        yield {
-            "split": split,
-            "name": name,
-            "rows": table.num_rows,
-            "row_groups": _row_groups(data),
-        }
+        data = parquet_bytes(out)
+        spanwise_io.write_bytes(spanwise_io.join(self._output_dir, self._run_name, name), data)
+        tokens_a = out.column("num_tokens_a").to_numpy()
+        tokens_b = out.column("num_tokens_b").to_numpy()
+        histogram = Counter((tokens_a + tokens_b).tolist())
+        capped = int(np.count_nonzero((tokens_a > self._max_doc_tokens) | (tokens_b > self._max_doc_tokens)))
+        cut = int(table.column("char_cut").take(picked).to_numpy(zero_copy_only=False).sum()) if kept else 0
+        yield beam.pvalue.TaggedOutput(STATS, (split, (histogram, capped, cut)))
+        yield {"split": split, "name": f"{self._run_name}/{name}", "rows": out.num_rows, "row_groups": _row_groups(data)}
+
+
+class BatchRejectionsFn(beam.DoFn):
+    """Rejections -> ``((split, bucket, buckets), table)``, a bundle's rejections at a time.
+
+    A rejection's bucket is a hash of where it was, so the rejected rows of a split are written
+    by as many workers as it has buckets (its shard count), each file in a stable order.
+    """
+
+    def __init__(self, bucket_counts: Mapping[str, int]):
+        self._bucket_counts = dict(bucket_counts)
+        self._buffer: dict[Hashable, list[Rejection]] = defaultdict(list)
+
+    def start_bundle(self) -> None:
+        self._buffer = defaultdict(list)
+
+    def process(self, rejection: Rejection) -> Iterator[tuple[Hashable, pa.Table]]:
+        buckets = self._bucket_counts[rejection.split]
+        key = (rejection.split, stable_hash64(f"{rejection.file_index}:{rejection.offset}") % buckets, buckets)
+        self._buffer[key].append(rejection)
+        if len(self._buffer[key]) >= _REJECTIONS_PER_TABLE:
+            yield key, rejections_to_table(self._buffer.pop(key))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for key, rejections in self._buffer.items():
+            yield WindowedValue((key, rejections_to_table(rejections)), MIN_TIMESTAMP, [GlobalWindow()])
+        self._buffer = defaultdict(list)
 
 
 class WriteRejectedFn(beam.DoFn):
-    """Write one split's rejected rows, sorted by (file, line), as JSONL to the temp folder."""
+    """One bucket of a split's rejected rows -> ``rejected/<split>-SSSSS-of-NNNNN.jsonl``, in
+    file order; emit ``{"split", "name", "rows", "by_reason"}``."""
 
-    def __init__(self, temp_dir: str):
-        self._temp_dir = temp_dir
+    def __init__(self, output_dir: str, run_name: str):
+        self._output_dir = output_dir
+        self._run_name = run_name
 
-    def process(self, element: tuple[str, Iterable[Rejection]]) -> Iterator[dict[str, Any]]:
-        split, rejections = element
-        ordered = sorted(rejections, key=lambda r: (r.file, r.line, r.reason))
-        name = f"{split}-00000-of-00001.jsonl"
-        data = "".join(r.to_json() + "\n" for r in ordered).encode("utf-8")
-        spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, REJECTED_DIR, name), data)
-        yield {"split": split, "name": f"{REJECTED_DIR}/{name}", "rows": len(ordered)}
+    def process(
+        self,
+        element: tuple[tuple[str, int, int], pa.Table],
+        task_counts: Mapping[tuple[str, int, int], Mapping[str, int]],
+    ) -> Iterator[dict[str, Any]]:
+        (split, bucket, buckets), table = element
+        lines = LineIndex.of(task_counts)
+        rejections = [
+            Rejection(r.split, r.file, lines.line(split, r.file_index, r.range_start, r.line), r.reason, r.detail,
+                      r.raw, r.offset, r.file_index)
+            for r in rejections_from_table(split, table)
+        ]
+        rejections.sort(key=lambda r: (r.file_index, r.offset, r.reason, r.detail))
+        name = f"{REJECTED_DIR}/{split}-{bucket:05d}-of-{buckets:05d}.jsonl"
+        data = "".join(r.to_json() + "\n" for r in rejections).encode("utf-8")
+        spanwise_io.write_bytes(spanwise_io.join(self._output_dir, self._run_name, name), data)
+        yield {
+            "split": split,
+            "name": f"{self._run_name}/{name}",
+            "rows": len(rejections),
+            "by_reason": dict(Counter(r.reason for r in rejections)),
+        }
 
 
 class FinalizeFn(beam.DoFn):
-    """Runs once: move temp files into place, add empty shards, check counts, write the manifest."""
+    """Runs once: check the counts, write missing empty shards, commit the manifest, delete the old run."""
 
-    def __init__(self, output_dir: str, temp_dir: str, manifest_base: Mapping[str, Any], splits: Mapping[str, str]):
+    def __init__(
+        self,
+        output_dir: str,
+        run_name: str,
+        manifest_base: Mapping[str, Any],
+        shard_counts: Mapping[str, int],
+        train_files: Sequence[str],
+        split_inputs: Mapping[str, Mapping[str, Any]],
+        previous: Sequence[str] = (),
+    ):
+        """Configure the commit.
+
+        Args:
+            output_dir: where ``manifest.json`` goes.
+            run_name: this run's folder under ``output_dir``.
+            manifest_base: the manifest's fields known before the run (options, tokenizer, inputs).
+            shard_counts: shards per split.
+            train_files: the train inputs, for the message when no train row is valid.
+            split_inputs: per split, what the manifest says of its input (patterns, derived IDs).
+            previous: what to delete once committed: the previous run's folder or files
+                (names relative to ``output_dir``).
+        """
         self._output_dir = output_dir
-        self._temp_dir = temp_dir
+        self._run_name = run_name
         self._manifest_base = dict(manifest_base)
-        self._splits = dict(splits)
+        self._shard_counts = dict(shard_counts)
+        self._train_files = list(train_files)
+        self._split_inputs = {split: dict(info) for split, info in split_inputs.items()}
+        self._previous = list(previous)
 
-    def _fail_no_train_rows(self, rejected_files: Sequence[dict]) -> None:
-        """Publish only the rejected rows (where the message points, so the user can see why), then raise."""
-        for rejected_file in rejected_files:
-            self._move(rejected_file["name"])
-        spanwise_io.remove_tree(self._temp_dir)
+    def _fail_no_train_rows(self) -> None:
+        """Keep this run's rejected rows (where the message points, so the user can see why), delete its shards."""
+        run_dir = spanwise_io.join(self._output_dir, self._run_name)
+        for name in spanwise_io.listdir(run_dir) if spanwise_io.exists(run_dir) else []:
+            if name.endswith(".parquet"):
+                spanwise_io.remove(spanwise_io.join(run_dir, name))
+        shown = ", ".join(self._train_files[:3]) + (f" and {len(self._train_files) - 3} more" if len(self._train_files) > 3 else "")
         raise CorpusError(
-            f"no valid rows in {self._splits['train']}: nothing to train on (see {REJECTED_DIR}/train-*.jsonl)"
+            f"no valid rows in {shown}: nothing to train on "
+            f"(see {spanwise_io.join(run_dir, REJECTED_DIR)}/train-*.jsonl)"
         )
 
     def process(
@@ -108,70 +282,64 @@ class FinalizeFn(beam.DoFn):
         shards: list[dict],
         rejected_files: list[dict],
         label_map: Mapping[str, int],
-        counts: Mapping[str, Mapping[str, int]],
-        rejected_counts: Mapping[tuple[str, str], int],
+        counts: Mapping[tuple[str, int, int], Mapping[str, int]],
         stats: Mapping[str, dict],
     ) -> Iterator[dict[str, Any]]:
-        """Publish the job's output, or raise.
+        """Commit the job's output, or raise.
 
         Raises:
-            CorpusError: train has no valid rows (its rejected rows are published, to say why).
+            CorpusError: train has no valid rows (its rejected rows are kept, to say why).
             RuntimeError: rows or shards were lost on the way (a bug, not a corpus problem).
         """
         if not label_map:
-            self._fail_no_train_rows(rejected_files)
+            self._fail_no_train_rows()
         split_infos: dict[str, dict[str, Any]] = {}
-        for split, input_path in self._splits.items():
-            files = sorted((s for s in shards if s["split"] == split), key=lambda s: s["name"])
-            count = int(files[0]["name"].split("-of-")[1][:5]) if files else 1
+        for split, count in self._shard_counts.items():
+            files = [s for s in shards if s["split"] == split]
             present = {s["name"] for s in files}
             for index in range(count):
-                name = shard_name(split, index, count)
+                name = f"{self._run_name}/{shard_name(split, index, count)}"
                 if name not in present:  # a shard that no ID hashed to: still written, with 0 rows
-                    data = parquet_bytes(SHARD_SCHEMA.empty_table())
-                    spanwise_io.write_bytes(spanwise_io.join(self._temp_dir, name), data)
+                    data = parquet_bytes(shard_schema(_label_names(label_map)).empty_table())
+                    spanwise_io.write_bytes(spanwise_io.join(self._output_dir, name), data)
                     files.append({"split": split, "name": name, "rows": 0, "row_groups": _row_groups(data)})
             files.sort(key=lambda s: s["name"])
-            reasons = {reason: n for (s, reason), n in sorted(rejected_counts.items()) if s == split}
+            rejected_here = sorted((r for r in rejected_files if r["split"] == split), key=lambda r: r["name"])
+            reasons: Counter = Counter()
+            for info in rejected_here:
+                reasons.update(info["by_reason"])
             records = sum(f["rows"] for f in files)
             rejected = sum(reasons.values())
-            lines, headers = counts[split]["lines"], counts[split]["headers"]
+            tasks = [c for (s, _, _), c in counts.items() if s == split]
+            lines, headers = sum(c["lines"] for c in tasks), sum(c["headers"] for c in tasks)
             read = lines - headers
             if read != records + rejected:
                 raise RuntimeError(f"lost rows in {split}: read {read} != written {records} + rejected {rejected}")
             split_infos[split] = {
-                "input": input_path,
+                **self._split_inputs.get(split, {}),
                 "read": read,
                 "header_lines": headers,
                 "records": records,
                 "rejected": rejected,
-                "rejected_by_reason": reasons,
-                "rejected_file": next((r["name"] for r in rejected_files if r["split"] == split), None),
+                "rejected_by_reason": dict(sorted(reasons.items())),
+                "rejected_files": [r["name"] for r in rejected_here],
                 "files": [{"name": f["name"], "rows": f["rows"], "row_groups": f["row_groups"]} for f in files],
                 "stats": stats.get(split, {"documents": 0}),
             }
         if split_infos["train"]["records"] == 0:  # every labelled train row gave no tokens
-            self._fail_no_train_rows(rejected_files)
-        for info in split_infos.values():
-            for f in info["files"]:
-                self._move(f["name"])
-            if info["rejected_file"]:
-                self._move(info["rejected_file"])
+            self._fail_no_train_rows()
         manifest = {
             **self._manifest_base,
             "schema_version": SCHEMA_VERSION,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run": self._run_name,
             "label_map": dict(label_map),
             "splits": split_infos,
         }
-        write_manifest(self._output_dir, manifest)
-        spanwise_io.remove_tree(self._temp_dir)
+        write_manifest(self._output_dir, manifest)  # the commit
+        for name in self._previous:
+            try:
+                spanwise_io.remove_tree(spanwise_io.join(self._output_dir, name))
+            except Exception as error:  # noqa: BLE001 (committed already: a leftover is harmless)
+                _LOG.warning("could not delete %s of an earlier run: %s", name, error)
         yield manifest
-
-    def _move(self, name: str) -> None:
-        source = spanwise_io.join(self._temp_dir, name)
-        target = spanwise_io.join(self._output_dir, name)
-        if spanwise_io.exists(source):  # a retried finalize may already have moved it
-            spanwise_io.rename(source, target)
-        elif not spanwise_io.exists(target):
-            raise RuntimeError(f"{source} is missing: a shard was lost before finalize")

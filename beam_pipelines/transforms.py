@@ -1,13 +1,19 @@
-"""The preprocessing steps as Beam DoFns and CombineFns: read, parse, dedupe, label, tokenize, count.
+"""The preprocessing steps that read and tokenize, as Beam DoFns and CombineFns.
 
-The elements are batches of rows from reading to writing: Beam's per-element work (encoding,
-stage boundaries) then costs per batch, not per document (measured in bench/preprocess.py).
-Each bad row leaves through the ``rejected`` tagged output as a ``schemas.tsv.Rejection``; the
-main outputs carry only good rows.
+Read and tokenize are fused on one worker per read task (a byte range, a file, or some Parquet
+row groups): rows never cross a shuffle as text, and tokenizing starts with the first rows of
+the first task, whatever the size of the split. The elements are batches of rows: Beam's
+per-element work is paid per batch, not per document (bench/preprocess.py).
 
-Resource guards: a text longer than ``max_doc_chars`` characters is cut to its head and tail when
-read (``cap_chars``), before it travels or reaches the tokenizer; one tokenizer call gets at most
-``MAX_CHARS_PER_TOKENIZER_CALL`` characters; and the train label set is bounded
+A tokenized batch leaves as one Arrow table per shard it touches (``records.RECORD_SCHEMA``),
+keyed by ``(split, shard, shards)``: a record's shard is ``stable_hash64(id) % shards``, so the
+rows of one ID, wherever they were read, meet in one shard, where ``sinks.WriteShardFn``
+keeps the first. Each bad row leaves through the ``rejected`` tagged output as a
+``schemas.rows.Rejection``.
+
+Resource guards: a text longer than ``max_doc_chars`` characters is cut to its head and tail
+before it reaches the tokenizer (``cap_chars``); one tokenizer call gets at most
+``MAX_CHARS_PER_TOKENIZER_CALL`` characters; the train label set is bounded
 (``check_label_count``) with a ``CorpusError`` that reaches the user as it was written.
 """
 
@@ -20,15 +26,16 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 # Imported here, in the main thread, before Beam starts worker threads: transformers' lazy
 # module imports are not thread-safe.
 import transformers  # noqa: F401
 from transformers import AutoTokenizer  # noqa: F401
 
-import spanwise_io
-from schemas.tsv import LABELLED_SPLITS, Reason, Rejection, TsvRow, iter_lines, parse_line
-from schemas.shard import records_to_table, table_to_ipc
+from beam_pipelines.readers import ReadTask, TaskCounts, read_task
+from beam_pipelines.records import RECORD_SCHEMA
+from schemas.rows import Reason, Rejection, Row
 from tokenization.rng import stable_hash64
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
 from tokenization.tokenizer import load_tokenizer, tokenize_batch
@@ -36,26 +43,29 @@ from tokenization.tokenizer import load_tokenizer, tokenize_batch
 __all__ = [
     "REJECTED",
     "COUNTS",
-    "STATS",
     "LENGTH_THRESHOLDS",
-    "ReadParseFn",
+    "ReadTaskFn",
+    "train_labels",
     "build_label_map",
-    "TokenizeBatchFn",
-    "shard_count",
+    "TokenizeFn",
+    "shard_of",
     "LengthStatsFn",
     "cap_tokens",
     "cap_chars",
-    "CharCappedRow",
     "CorpusError",
     "check_label_count",
     "MAX_CHARS_PER_TOKENIZER_CALL",
+    "READ_BATCH_ROWS",
 ]
 
 REJECTED = "rejected"
 COUNTS = "counts"
-STATS = "stats"
 # Content-token budgets of max_seq_length 128, 256 and 512 with [CLS] ... [SEP].
 LENGTH_THRESHOLDS = (126, 254, 510)
+# Rows per element leaving a read task: one Arrow table per shard per this many rows.
+READ_BATCH_ROWS = 1024
+# ... or fewer, once their texts add up to this many characters (bounds an element's size).
+_READ_BATCH_CHARS = 8_000_000
 # Characters of text given to one tokenizer call at most. A batch of long texts is tokenized in
 # several calls below this, so that a batch of 64 texts of --max_doc_chars each does not need
 # 64 times the memory of one (measured: ~0.7 GB per million tokens while the fast tokenizer
@@ -82,11 +92,6 @@ class CorpusError(ValueError):
     """
 
     _tagged_with_step = True
-
-
-@dataclasses.dataclass(frozen=True)
-class CharCappedRow(TsvRow):
-    """A row whose TEXT_A or TEXT_B was cut by ``cap_chars`` when read (counted in the manifest)."""
 
 
 def cap_chars(text: str, max_doc_chars: int) -> str:
@@ -121,65 +126,47 @@ def cap_chars(text: str, max_doc_chars: int) -> str:
     return text[:head_end] + " " + text[tail_start:]
 
 
-def _cap_row_chars(row: TsvRow, max_doc_chars: int) -> TsvRow:
-    """``row`` with TEXT_A and TEXT_B each bounded by ``cap_chars``; a ``CharCappedRow`` if one was cut."""
-    text_a, text_b = cap_chars(row.text_a, max_doc_chars), cap_chars(row.text_b, max_doc_chars)
-    if text_a is row.text_a and text_b is row.text_b:
-        return row
-    fields = {field.name: getattr(row, field.name) for field in dataclasses.fields(TsvRow)}
-    # the line as read, before the cut, for a rejection decided later (duplicate ID, no tokens...)
-    return CharCappedRow(**{**fields, "text_a": text_a, "text_b": text_b, "raw": row.line_as_read()})
+TaskKey = tuple[str, int, int]  # (split, file index, first byte of the task)
 
 
-class ReadParseFn(beam.DoFn):
-    """One input file -> batches of unique, parsed rows; bad rows -> ``rejected``; one count.
+class ReadTaskFn(beam.DoFn):
+    """One read task -> batches of parsed rows; bad rows -> ``rejected``; one count per task.
 
-    A whole file is read by one worker so that line numbers are exact and duplicate IDs are
-    found while reading (only the IDs seen so far are kept, not the rows). The elements that
-    leave are batches of ``batch_size`` rows, not rows: Beam's per-element cost is paid once
-    per batch, and a Reshuffle after this step spreads the batches over workers again.
-    A text longer than ``max_doc_chars`` is cut here (``cap_chars``), so the whole of it never
-    travels further. The ``counts`` output is one ``(split, {"lines", "headers", "rows"})`` per
-    file.
+    The main output is ``(task key, rows)`` with at most ``READ_BATCH_ROWS`` rows; the ``counts``
+    output is ``(task key, {"lines", "headers"})`` (lines started in the task, header lines),
+    from which the pipeline checks read = written + rejected and numbers the lines of later
+    byte ranges of a file.
     """
 
-    def __init__(self, batch_size: int, decode_errors: str = "strict", max_doc_chars: int = 0):
-        """Configure the reader.
-
-        Args:
-            batch_size: rows per output batch.
-            decode_errors: ``strict`` or ``replace`` (see ``schemas.tsv.parse_line``).
-            max_doc_chars: bound per TEXT_A / TEXT_B in characters; 0 = no bound.
-        """
-        self._batch_size = batch_size
+    def __init__(self, decode_errors: str = "strict"):
         self._decode_errors = decode_errors
-        self._max_doc_chars = max_doc_chars
 
-    def process(self, split_and_path: tuple[str, str]) -> Iterator[Any]:
-        split, path = split_and_path
-        first_line: dict[str, int] = {}
-        batch: list[TsvRow] = []
-        lines = headers = 0
-        with spanwise_io.open_read(path) as handle:
-            for number, raw in iter_lines(handle):
-                lines += 1
-                parsed = parse_line(split, path, number, raw, self._decode_errors)
-                if parsed is None:
-                    headers += 1
-                elif isinstance(parsed, Rejection):
-                    yield beam.pvalue.TaggedOutput(REJECTED, parsed)
-                elif parsed.id in first_line:
-                    detail = f"ID {parsed.id!r} already used at {path}:{first_line[parsed.id]}; the first is kept"
-                    yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of_row(parsed, Reason.DUPLICATE_ID, detail))
-                else:
-                    first_line[parsed.id] = number
-                    batch.append(_cap_row_chars(parsed, self._max_doc_chars))
-                    if len(batch) == self._batch_size:
-                        yield batch
-                        batch = []
+    def process(self, task: ReadTask) -> Iterator[Any]:
+        file = task.file
+        key: TaskKey = (file.split, file.index, task.start)
+        counts = TaskCounts()
+        batch: list[Row] = []
+        chars = 0
+        for item in read_task(task, counts, self._decode_errors):
+            if isinstance(item, Rejection):
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED, dataclasses.replace(item, file_index=file.index, range_start=task.start)
+                )
+                continue
+            batch.append(item)
+            chars += len(item.text_a) + len(item.text_b)
+            if len(batch) >= READ_BATCH_ROWS or chars >= _READ_BATCH_CHARS:
+                yield key, batch
+                batch, chars = [], 0
         if batch:
-            yield batch
-        yield beam.pvalue.TaggedOutput(COUNTS, (split, {"lines": lines, "headers": headers, "rows": len(first_line)}))
+            yield key, batch
+        yield beam.pvalue.TaggedOutput(COUNTS, (key, {"lines": counts.lines, "headers": counts.headers}))
+
+
+def train_labels(element: tuple[TaskKey, Sequence[Row]]) -> list[str]:
+    """The distinct labels of a batch of train rows (none for other splits)."""
+    (split, _, _), rows = element
+    return sorted({row.label for row in rows}) if split == "train" else []
 
 
 def check_label_count(found: int, max_labels: int, smallest: Sequence[str]) -> None:
@@ -202,8 +189,8 @@ def check_label_count(found: int, max_labels: int, smallest: Sequence[str]) -> N
     )
     raise CorpusError(
         f"train has {found} distinct labels, more than --max_labels {max_labels} (e.g. {examples}); "
-        "is the LABEL column (the 3rd: ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]) the one holding the labels? "
-        "If the corpus really has that many classes, raise --max_labels"
+        "is the label column (--label_column; the 3rd field of the GLUE layout ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]) "
+        "the one holding the labels? If the corpus really has that many classes, raise --max_labels"
     )
 
 
@@ -242,117 +229,111 @@ def cap_tokens(ids: Sequence[int], max_doc_tokens: int) -> Sequence[int]:
     return list(ids[:keep_head]) + list(ids[len(ids) - keep_tail :])
 
 
-class TokenizeBatchFn(beam.DoFn):
-    """A batch of rows -> shard records, grouped by shard: ``((split, index, count), arrow_ipc_bytes)``.
+def shard_of(row_id: str, file_index: int, offset: int, shards: int) -> int:
+    """A record's shard: ``stable_hash64(id) % shards``; for a row without ID, of its place."""
+    return stable_hash64(row_id if row_id else f"\x00{file_index}:{offset}") % shards
 
-    The records of a batch travel to their shard as one Arrow table in IPC bytes: Beam encodes
-    one opaque value per batch instead of pickling two token arrays per document.
 
-    Labels are mapped first (a dev/test label unseen in train is rejected, and not tokenized),
-    then TEXT_A and TEXT_B are tokenized with one batched call each (several when the batch has
-    more than ``MAX_CHARS_PER_TOKENIZER_CALL`` characters; the tokens are capped right after
-    each call). The ``stats`` output is one ``(split, (length histogram, documents capped at
-    max_doc_tokens, documents cut at max_doc_chars))`` per batch. The tokenizer is loaded once
-    per worker in ``setup``; the shard of a record is ``stable_hash64(id) % count``, with
-    ``count`` from the number of unique rows of its split (the ``counts`` side input).
+class TokenizeFn(beam.DoFn):
+    """A batch of rows -> one ``records.RECORD_SCHEMA`` table per shard, keyed ``(split, shard, shards)``.
+
+    TEXT_A and TEXT_B are cut at ``max_doc_chars`` characters, tokenized with one batched call
+    per ``tokenize_batch_size`` texts (fewer when they exceed ``MAX_CHARS_PER_TOKENIZER_CALL``
+    characters), capped at ``max_doc_tokens`` right after each call, and given the
+    preprocess-time sequence function if any. A row whose TEXT_A gives no token is rejected
+    (``no_tokens``). Labels stay text here: they are mapped where the shard is written, once the
+    label map of the whole train split is known, so that tokenizing need not wait for it.
+    The tokenizer is loaded once per worker in ``setup``.
     """
 
     def __init__(
         self,
         tokenizer: str,
         max_doc_tokens: int,
+        shard_counts: Mapping[str, int],
         seq_config: SeqLenConfig | None = None,
-        num_shards: int = 0,
-        rows_per_shard: int = 10_000,
+        max_doc_chars: int = 0,
+        tokenize_batch_size: int = 64,
     ):
         self._tokenizer_name = tokenizer
         self._max_doc_tokens = max_doc_tokens
+        self._shard_counts = dict(shard_counts)
         self._seq_config = seq_config
-        self._num_shards = num_shards
-        self._rows_per_shard = rows_per_shard
+        self._max_doc_chars = max_doc_chars
+        self._tokenize_batch_size = tokenize_batch_size
         self._tokenizer: Any = None
 
     def setup(self) -> None:
         self._tokenizer = load_tokenizer(self._tokenizer_name)
 
-    def process(self, batch: Sequence[TsvRow], label_map: Mapping[str, int], counts: Mapping[str, Mapping[str, int]]) -> Iterator[Any]:
-        rows: list[TsvRow] = []
-        labels: list[int] = []
-        for row in batch:
-            if not row.label and row.split not in LABELLED_SPLITS:
-                rows.append(row)
-                labels.append(-1)
-            elif row.label in label_map:
-                rows.append(row)
-                labels.append(label_map[row.label])
-            else:
-                detail = f"label {row.label!r} does not occur in train ({len(label_map)} labels)"
-                yield beam.pvalue.TaggedOutput(REJECTED, Rejection.of_row(row, Reason.UNSEEN_LABEL, detail))
-        if not rows:
+    def process(self, element: tuple[TaskKey, Sequence[Row]]) -> Iterator[Any]:
+        (split, file_index, range_start), rows = element
+        shards = self._shard_counts[split]
+        columns: dict[str, list[Any]] = {name: [] for name in RECORD_SCHEMA.names}
+        shard_keys: list[int] = []
+        for start in range(0, len(rows), self._tokenize_batch_size):
+            chunk = rows[start : start + self._tokenize_batch_size]
+            texts_a = [cap_chars(row.text_a, self._max_doc_chars) for row in chunk]
+            texts_b = [cap_chars(row.text_b, self._max_doc_chars) for row in chunk]
+            for group_start, group_end in _char_bounded_groups(texts_a, texts_b, MAX_CHARS_PER_TOKENIZER_CALL):
+                ids_a = tokenize_batch(self._tokenizer, texts_a[group_start:group_end])
+                with_b = [i for i in range(group_start, group_end) if texts_b[i]]
+                ids_b = dict(zip(with_b, tokenize_batch(self._tokenizer, [texts_b[i] for i in with_b])))
+                for offset_in_group, a in enumerate(ids_a):
+                    index = group_start + offset_in_group
+                    row = chunk[index]
+                    if not a:
+                        yield beam.pvalue.TaggedOutput(REJECTED, dataclasses.replace(
+                            Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"),
+                            file_index=file_index, range_start=range_start,
+                        ))
+                        continue
+                    b = ids_b.get(index, [])
+                    kept_a, kept_b = cap_tokens(a, self._max_doc_tokens), cap_tokens(b, self._max_doc_tokens)
+                    if self._seq_config is not None:
+                        kept_a, kept_b = apply_seq_len(kept_a, kept_b, self._seq_config, rng=None)
+                    columns["id"].append(row.id or None)
+                    columns["label"].append(row.label)
+                    columns["input_ids_a"].append(kept_a)
+                    columns["input_ids_b"].append(kept_b)
+                    columns["num_tokens_a"].append(len(a))
+                    columns["num_tokens_b"].append(len(b))
+                    columns["alpha"].append(row.alpha)
+                    columns["file_index"].append(file_index)
+                    columns["range_start"].append(range_start)
+                    columns["line"].append(row.line)
+                    columns["offset"].append(row.offset)
+                    columns["raw"].append(row.line_as_read())
+                    columns["char_cut"].append(texts_a[index] is not row.text_a or texts_b[index] is not row.text_b)
+                    shard_keys.append(shard_of(row.id, file_index, row.offset, shards))
+                del ids_a, ids_b  # the uncapped ids of this group: free them before the next call
+        if not shard_keys:
             return
-        by_shard: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
-        histogram: Counter = Counter()
-        capped_documents = 0
-        cut_documents = 0
-        for start, end in _char_bounded_groups(rows, MAX_CHARS_PER_TOKENIZER_CALL):
-            group = rows[start:end]
-            ids_a = tokenize_batch(self._tokenizer, [row.text_a for row in group])
-            with_b = [i for i, row in enumerate(group) if row.text_b]
-            ids_b: dict[int, list[int]] = dict(zip(with_b, tokenize_batch(self._tokenizer, [group[i].text_b for i in with_b])))
-            for index, (row, label_id) in enumerate(zip(group, labels[start:end])):
-                a = ids_a[index]
-                b = ids_b.get(index, [])
-                if not a:
-                    yield beam.pvalue.TaggedOutput(
-                        REJECTED, Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer")
-                    )
-                    continue
-                capped = len(a) > self._max_doc_tokens or len(b) > self._max_doc_tokens
-                kept_a, kept_b = cap_tokens(a, self._max_doc_tokens), cap_tokens(b, self._max_doc_tokens)
-                if self._seq_config is not None:
-                    kept_a, kept_b = apply_seq_len(kept_a, kept_b, self._seq_config, rng=None)
-                count = shard_count(counts[row.split]["rows"], self._num_shards, self._rows_per_shard)
-                key = (row.split, stable_hash64(row.id) % count, count)
-                by_shard.setdefault(key, []).append(
-                    {
-                        "id": row.id,
-                        "label": label_id,
-                        "input_ids_a": np.asarray(kept_a, dtype=np.int32),
-                        "input_ids_b": np.asarray(kept_b, dtype=np.int32),
-                        "num_tokens_a": len(a),
-                        "num_tokens_b": len(b),
-                        "alpha": row.alpha,
-                    }
-                )
-                histogram[len(a) + len(b)] += 1
-                capped_documents += capped
-                cut_documents += isinstance(row, CharCappedRow)
-            del ids_a, ids_b  # the uncapped ids of this group: free them before the next call
-        for key, records in by_shard.items():
-            yield key, table_to_ipc(records_to_table(records))
-        yield beam.pvalue.TaggedOutput(STATS, (rows[0].split, (histogram, capped_documents, cut_documents)))
+        table = pa.table(columns, schema=RECORD_SCHEMA)
+        keys = np.asarray(shard_keys)
+        if (keys == keys[0]).all():
+            yield (split, int(keys[0]), shards), table
+            return
+        order = np.argsort(keys, kind="stable")
+        table, keys = table.take(pa.array(order)), keys[order]
+        bounds = np.flatnonzero(np.diff(keys)) + 1
+        for start, end in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(keys)]))):
+            yield (split, int(keys[start]), shards), table.slice(int(start), int(end - start))
 
 
-def _char_bounded_groups(rows: Sequence[TsvRow], max_chars: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ``(start, end)`` ranges of ``rows`` whose TEXT_A (and TEXT_B) characters add up
+def _char_bounded_groups(texts_a: Sequence[str], texts_b: Sequence[str], max_chars: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``(start, end)`` ranges of texts whose TEXT_A (and TEXT_B) characters add up
     to at most ``max_chars`` each; a range holds at least one row whatever its length."""
     start = 0
     chars_a = chars_b = 0
-    for index, row in enumerate(rows):
-        if index > start and (chars_a + len(row.text_a) > max_chars or chars_b + len(row.text_b) > max_chars):
+    for index, (a, b) in enumerate(zip(texts_a, texts_b)):
+        if index > start and (chars_a + len(a) > max_chars or chars_b + len(b) > max_chars):
             yield start, index
             start, chars_a, chars_b = index, 0, 0
-        chars_a += len(row.text_a)
-        chars_b += len(row.text_b)
-    if start < len(rows):
-        yield start, len(rows)
-
-
-def shard_count(records: int, num_shards: int, rows_per_shard: int) -> int:
-    """``num_shards`` when set, else enough shards of ``rows_per_shard`` rows (at least one)."""
-    if num_shards > 0:
-        return num_shards
-    return max(1, math.ceil(records / rows_per_shard))
+        chars_a += len(a)
+        chars_b += len(b)
+    if start < len(texts_a):
+        yield start, len(texts_a)
 
 
 class LengthStatsFn(beam.CombineFn):
@@ -366,7 +347,7 @@ class LengthStatsFn(beam.CombineFn):
         return Counter(), 0, 0
 
     def add_input(self, accumulator: tuple[Counter, int, int], element: tuple[Counter, int, int]) -> tuple[Counter, int, int]:
-        """``element``: the histogram, token-capped and character-cut counts of one batch."""
+        """``element``: the histogram, token-capped and character-cut counts of one shard."""
         histogram, capped, cut = accumulator
         batch_histogram, batch_capped, batch_cut = element
         histogram.update(batch_histogram)

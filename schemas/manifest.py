@@ -1,16 +1,19 @@
 """``manifest.json``: what a preprocessing run produced and how, read first by the trainer.
 
 Written last by the pipeline, so its presence means the shards are complete. The trainer calls
-``read_manifest`` and ``check_compatible`` before reading any shard.
+``read_manifest`` and ``check_compatible`` before reading any shard. File names are relative to
+the manifest's folder: ``run-<time>-<id>/train-00000-of-00004.parquet`` (the run's folder), or
+a bare name (runs made before run folders).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping
 
 import spanwise_io
-from schemas.tsv import SPLITS
+from schemas.rows import SPLITS
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,6 +28,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _REQUIRED_KEYS = ("schema_version", "tokenizer", "label_map", "splits", "max_doc_tokens")
+# A file the manifest lists: a name in its folder, or in one run folder below it.
+_FILE_NAME_RE = re.compile(r"^(?:run-[0-9A-Za-z][0-9A-Za-z_-]*/)?(?!\.\.?$)[^/\\]+$")
 
 
 def write_manifest(output_dir: str, manifest: Mapping[str, Any]) -> str:
@@ -125,8 +130,10 @@ def _validate_files(files: Any, split: str, source: str) -> None:
             if key not in entry:
                 raise ValueError(f"{source}: {where} lacks {key!r}")
         name = entry["name"]
-        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise ValueError(f"{source}: {where}.name must be a file name in the manifest's folder, got {json.dumps(name)}")
+        if not isinstance(name, str) or not _FILE_NAME_RE.match(name):
+            raise ValueError(
+                f"{source}: {where}.name must be a file name in the manifest's folder or its run folder, got {json.dumps(name)}"
+            )
         if name in seen:
             raise ValueError(f"{source}: {where}.name {name!r} is listed twice")
         seen.add(name)

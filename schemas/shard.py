@@ -3,24 +3,30 @@
 One row per document. Token ids are stored WITHOUT special tokens; ``num_tokens_a`` and
 ``num_tokens_b`` are the lengths before any cap or preprocess-time sequence function, so the
 trainer and the statistics know how long the document really was.
+
+The label names travel with the shards, in the Parquet schema's metadata (``shard_schema``):
+under ``huggingface`` as the ``datasets`` features (``datasets.load_dataset("parquet", ...)``
+gives a ``ClassLabel`` with the names; -1, unlabelled, is its "no label"), and under
+``spanwise`` as ``{"label_names": [...]}`` for any other reader (pandas, DuckDB, pyarrow).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
 __all__ = [
     "SHARD_SCHEMA",
+    "shard_schema",
+    "label_names_of",
     "ROW_GROUP_SIZE",
     "COMPRESSION",
     "shard_name",
     "parse_shard_name",
     "records_to_table",
-    "table_to_ipc",
-    "table_from_ipc",
 ]
 
 SHARD_SCHEMA = pa.schema(
@@ -35,8 +41,37 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 ROW_GROUP_SIZE = 1000
+_HF_KEY = b"huggingface"
+_OUR_KEY = b"spanwise"
+# The datasets features of the columns other than the label (datasets' own Features.to_dict()).
+_HF_VALUE_FEATURES: dict[str, Any] = {
+    "id": {"dtype": "string", "_type": "Value"},
+    "input_ids_a": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "input_ids_b": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "num_tokens_a": {"dtype": "int32", "_type": "Value"},
+    "num_tokens_b": {"dtype": "int32", "_type": "Value"},
+    "alpha": {"dtype": "string", "_type": "Value"},
+}
 COMPRESSION = "zstd"
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.parquet$")
+
+
+def shard_schema(label_names: Sequence[str]) -> pa.Schema:
+    """``SHARD_SCHEMA`` with the label names (index order) in its metadata."""
+    features = {
+        field.name: {"names": list(label_names), "_type": "ClassLabel"} if field.name == "label" else _HF_VALUE_FEATURES[field.name]
+        for field in SHARD_SCHEMA
+    }
+    return SHARD_SCHEMA.with_metadata({
+        _HF_KEY: json.dumps({"info": {"features": features}}),
+        _OUR_KEY: json.dumps({"label_names": list(label_names)}),
+    })
+
+
+def label_names_of(schema: pa.Schema) -> list[str] | None:
+    """The label names a shard's schema carries (None: a shard written without them)."""
+    value = (schema.metadata or {}).get(_OUR_KEY)
+    return None if value is None else list(json.loads(value)["label_names"])
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -61,16 +96,3 @@ def records_to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
         for name, values in columns.items():
             values.append(record[name])
     return pa.table(columns, schema=SHARD_SCHEMA)
-
-
-def table_to_ipc(table: pa.Table) -> bytes:
-    """A shard table as Arrow IPC stream bytes (how batches of records travel between workers)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def table_from_ipc(data: bytes) -> pa.Table:
-    """Inverse of ``table_to_ipc``."""
-    return pa.ipc.open_stream(data).read_all()

@@ -1,113 +1,38 @@
-"""The input TSV format: ``ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]`` and its row parser.
+"""The TSV input format: lines, the header that names columns, and the row parser.
 
-The parser never raises for a bad row: it returns a ``Rejection`` with a reason code, a
-human-readable detail, the file, the line number and the raw line (cut to a bounded size), so
-that read = written + rejected always holds.
+Without a header a TSV file has the GLUE layout of the seed format,
+``ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]`` (4 or 5 fields, no quoting). When line 1 names
+columns (``looks_like_header``), the header decides which field is which, and every row must
+have as many fields as the header. Only ``\\n`` ends a line, one ``\\r`` before it is dropped,
+and a UTF-8 byte-order mark at the start of the file is not content.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from typing import IO, Iterator
 
+from schemas.columns import GLUE_LAYOUT, ColumnMap, ColumnSpec, looks_like_header, resolve_columns
+from schemas.rows import LABELLED_SPLITS, Reason, Rejection, Row, cut_raw
+
 __all__ = [
-    "SPLITS",
-    "REQUIRED_SPLITS",
-    "LABELLED_SPLITS",
-    "MAX_RAW_CHARS",
-    "Reason",
-    "TsvRow",
-    "Rejection",
+    "UTF8_BOM",
     "iter_lines",
+    "strip_line_ending",
     "is_header",
+    "tsv_layout",
     "parse_line",
 ]
 
-SPLITS = ("train", "dev", "test")
-REQUIRED_SPLITS = ("train", "dev")
-# Splits whose rows must carry a label; test rows may leave LABEL empty (stored as -1).
-LABELLED_SPLITS = ("train", "dev")
-MAX_RAW_CHARS = 1000
-_UTF8_BOM = b"\xef\xbb\xbf"
-_HEADER_ID = {"id", "guid", "index", "idx", "doc_id", "#id"}
-_HEADER_LABEL = {"label", "labels", "class", "category", "target", "y"}
-# Not escaped by json.dumps(ensure_ascii=False) (it escapes only the C0 controls), yet line
-# breaks to str.splitlines and to JavaScript before ES2019; they can only occur inside strings.
-_JSON_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class Reason:
-    """Reason codes of rejected rows (stable strings: they are counted in the manifest)."""
-
-    WRONG_FIELD_COUNT = "wrong_field_count"
-    EMPTY_ID = "empty_id"
-    EMPTY_TEXT_A = "empty_text_a"
-    MISSING_LABEL = "missing_label"
-    INVALID_UTF8 = "invalid_utf8"
-    DUPLICATE_ID = "duplicate_id"
-    UNSEEN_LABEL = "unseen_label"
-    NO_TOKENS = "no_tokens"
-
-
-@dataclass(frozen=True)
-class TsvRow:
-    """One well-formed input row, with where it came from.
-
-    ``raw`` is the line as read, cut like a rejection's raw text, for a rejection decided later
-    (duplicate ID, unseen label, no tokens). It is kept only where the fields cannot give it
-    back: spaces around ID or LABEL, an empty 5th field, or a text that a later step cut
-    (``--max_doc_chars``, which sets it from ``line_as_read`` before cutting). It takes no part
-    in comparisons.
-    """
-
-    split: str
-    file: str
-    line: int
-    id: str
-    alpha: str
-    label: str
-    text_a: str
-    text_b: str
-    raw: str = field(default="", compare=False, repr=False)
-
-    def line_as_read(self) -> str:
-        """The line as read (cut at ``MAX_RAW_CHARS``), for the dead-letter output."""
-        if self.raw:
-            return self.raw
-        fields = [self.id, self.alpha, self.label, self.text_a] + ([self.text_b] if self.text_b else [])
-        return _cut("\t".join(fields))
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A row that was not written, and why."""
-
-    split: str
-    file: str
-    line: int
-    reason: str
-    detail: str
-    raw: str
-
-    def to_json(self) -> str:
-        """One JSON object on one line, for a ``.jsonl`` file; text is written as UTF-8.
-
-        The three non-ASCII characters that line-splitting readers (Python's
-        ``str.splitlines``, older JavaScript) take for line breaks are escaped, so that any
-        reader sees exactly one object per line; JSON readers decode them to the same text.
-        """
-        text = json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
-        return text.translate(_JSON_LINE_BREAK_ESCAPES)
-
-    @staticmethod
-    def of_row(row: TsvRow, reason: str, detail: str) -> "Rejection":
-        """The rejection of a parsed row, carrying the line as read (``row.raw``, else rebuilt)."""
-        return Rejection(row.split, row.file, row.line, reason, detail, row.line_as_read())
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + f"...[{len(text)} chars]"
+def strip_line_ending(raw: bytes) -> bytes:
+    """A line without its ``\\n`` and one ``\\r`` before it."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw
 
 
 def iter_lines(handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -121,30 +46,67 @@ def iter_lines(handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     ``wrong_field_count``, so that every line is accounted for).
     """
     for number, raw in enumerate(handle, start=1):
-        if number == 1 and raw.startswith(_UTF8_BOM):
-            raw = raw[len(_UTF8_BOM) :]
+        if number == 1 and raw.startswith(UTF8_BOM):
+            raw = raw[len(UTF8_BOM) :]
             if not raw:  # the BOM was the whole file: no line at all
                 return
-        if raw.endswith(b"\n"):
-            raw = raw[:-1]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        yield number, raw
+        yield number, strip_line_ending(raw)
 
 
-def is_header(fields: list[str]) -> bool:
-    """True for a header row such as ``id  alpha  label  text_a  text_b``."""
-    return (
-        len(fields) >= 3
-        and fields[0].strip().lower() in _HEADER_ID
-        and fields[2].strip().lower() in _HEADER_LABEL
-    )
+def is_header(fields: list[str], spec: ColumnSpec = ColumnSpec()) -> bool:
+    """True for a first line that names columns, such as ``id  alpha  label  text_a  text_b``."""
+    return looks_like_header(fields, spec)
+
+
+def tsv_layout(first_line: bytes, spec: ColumnSpec, *, file: str, labelled: bool) -> tuple[ColumnMap, bool]:
+    """A TSV file's layout from its first line (BOM and line ending removed): ``(layout, has_header)``.
+
+    Raises:
+        ValueError: line 1 is a header that does not give the columns asked for, or the user
+            named columns (``--text_column``...) of a file without a header.
+    """
+    fields = first_line.decode("utf-8", errors="replace").split("\t") if first_line else []
+    if fields and is_header(fields, spec):
+        return resolve_columns([f.replace("\ufeff", "").strip() for f in fields], spec, file=file, labelled=labelled), True
+    if spec.given():
+        flags = ", ".join(f"--{role}_column" if role != "text_b" else "--text_b_column" for role in spec.given())
+        raise ValueError(
+            f"{file} has no header (line 1 is a row of the GLUE layout ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]), "
+            f"so {flags} cannot name its columns; add a header line or drop the flag"
+        )
+    return GLUE_LAYOUT, False
+
+
+def _field_count_ok(count: int, layout: ColumnMap) -> bool:
+    """The GLUE layout has 4 or 5 fields; a header's layout as many as the header, where a last
+    TEXT_B column may be left out and a GLUE-shaped header (ID, ALPHA, LABEL, TEXT_A) admits it."""
+    if layout.positional:
+        return count in (4, 5)
+    columns = len(layout.columns)
+    if count == columns:
+        return True
+    if count == columns - 1 and layout.text_b is not None and layout.index("text_b") == columns - 1:
+        return True
+    return count == 5 and columns == 4 and layout.text_b is None and (
+        layout.index("id"), layout.index("label"), layout.index("text")) == (0, 2, 3)
+
+
+def _expected_fields(layout: ColumnMap) -> str:
+    if layout.positional:
+        return "4 or 5 tab-separated fields (ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B])"
+    return f"{len(layout.columns)} tab-separated fields, as the header ({', '.join(layout.columns)})"
 
 
 def parse_line(
-    split: str, file: str, line: int, raw: bytes, decode_errors: str = "strict"
-) -> TsvRow | Rejection | None:
-    """Parse one raw line.
+    split: str,
+    file: str,
+    line: int,
+    raw: bytes,
+    decode_errors: str = "strict",
+    layout: ColumnMap = GLUE_LAYOUT,
+    offset: int = 0,
+) -> Row | Rejection:
+    """Parse one raw data line (not a header).
 
     Args:
         split: ``train``, ``dev`` or ``test``.
@@ -152,9 +114,11 @@ def parse_line(
         line: 1-based line number.
         raw: the line's bytes without its ending.
         decode_errors: ``strict`` rejects undecodable bytes; ``replace`` substitutes U+FFFD.
+        layout: the file's columns (``tsv_layout``); the GLUE layout by default.
+        offset: the line's byte offset in the file.
 
     Returns:
-        A ``TsvRow``, a ``Rejection``, or None when line 1 is a header.
+        A ``Row`` or a ``Rejection``.
     """
     try:
         text = raw.decode("utf-8", errors=decode_errors)
@@ -162,38 +126,39 @@ def parse_line(
         return Rejection(
             split, file, line, Reason.INVALID_UTF8,
             f"bytes {error.start}-{error.end} are not valid UTF-8 ({error.reason})",
-            _cut(raw.decode("utf-8", errors="backslashreplace")),
+            cut_raw(raw.decode("utf-8", errors="backslashreplace")), offset,
         )
     fields = text.split("\t")
-    if line == 1 and is_header(fields):
-        return None
-    if len(fields) not in (4, 5):
+    if not _field_count_ok(len(fields), layout):
         return Rejection(
             split, file, line, Reason.WRONG_FIELD_COUNT,
-            f"expected 4 or 5 tab-separated fields (ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]), got {len(fields)}",
-            _cut(text),
+            f"expected {_expected_fields(layout)}, got {len(fields)}", cut_raw(text), offset,
         )
-    row_id, label = fields[0].strip(), fields[2].strip()
-    # Rebuilt from the fields, the line would lose outer spaces and an empty 5th field.
-    rebuilds = row_id == fields[0] and label == fields[2] and (len(fields) == 4 or fields[4] != "")
-    row = TsvRow(
-        split=split,
-        file=file,
-        line=line,
-        id=row_id,
-        alpha=fields[1],
-        label=label,
-        text_a=fields[3],
-        text_b=fields[4] if len(fields) == 5 else "",
-        raw="" if rebuilds else _cut(text),
+
+    def get(role: str) -> str:
+        index = layout.index(role)
+        return fields[index] if index is not None and index < len(fields) else ""
+
+    text_b = get("text_b") if layout.text_b is not None else (fields[4] if len(fields) == 5 and len(layout.columns) == 4 else "")
+    row_id, label = get("id").strip(), get("label").strip()
+    # Rebuilt from the fields, the line would lose outer spaces, an empty 5th field, or the order.
+    rebuilds = (
+        layout.positional
+        and row_id == fields[0]
+        and label == fields[2]
+        and (len(fields) == 4 or fields[4] != "")
+    )
+    row = Row(
+        split=split, file=file, line=line, id=row_id, alpha=get("alpha"), label=label,
+        text_a=get("text"), text_b=text_b, raw="" if rebuilds else cut_raw(text), offset=offset,
     )
     # Rejections here carry the line as read, not one rebuilt from the stripped fields.
-    if not row.id:
-        return Rejection(split, file, line, Reason.EMPTY_ID, "ID is empty", _cut(text))
+    if layout.id is not None and not row.id:
+        return Rejection(split, file, line, Reason.EMPTY_ID, "ID is empty", cut_raw(text), offset)
     if not row.text_a.strip():
-        return Rejection(split, file, line, Reason.EMPTY_TEXT_A, "TEXT_A is empty", _cut(text))
+        return Rejection(split, file, line, Reason.EMPTY_TEXT_A, "TEXT_A is empty", cut_raw(text), offset)
     if not row.label and split in LABELLED_SPLITS:
         return Rejection(
-            split, file, line, Reason.MISSING_LABEL, f"LABEL is empty; every {split} row needs one", _cut(text)
+            split, file, line, Reason.MISSING_LABEL, f"LABEL is empty; every {split} row needs one", cut_raw(text), offset
         )
     return row

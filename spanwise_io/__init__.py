@@ -61,6 +61,10 @@ __all__ = [
     "remove",
     "remove_tree",
     "size",
+    "glob",
+    "COMPRESSIONS",
+    "compression_of",
+    "open_decompressed",
     "copy_dir_to_local",
     "upload_dir",
     "is_transient",
@@ -229,6 +233,77 @@ def makedirs(path: str) -> None:
 def size(path: str) -> int:
     fs = filesystem(path)
     return int(_call(path, "size", lambda: fs.size(path)))
+
+
+def glob(pattern: str) -> list[tuple[str, int]]:
+    """The files (not folders) a pattern matches, as ``(path, size)``, sorted by path.
+
+    ``*``, ``?`` and ``[...]`` match within one path segment and ``**`` across segments (fsspec's
+    rules, the same locally and on GCS). A pattern without wildcards is one file, if it exists.
+    Remote paths keep their ``gs://`` prefix.
+    """
+    fs = filesystem(pattern)
+    found = _call(pattern, "glob", lambda: fs.glob(pattern, detail=True))
+    protocol = str(pattern).split("://", 1)[0] if is_remote(pattern) else None
+    out = []
+    for name, info in found.items():
+        if info.get("type") != "file":
+            continue
+        path = f"{protocol}://{name}" if protocol and "://" not in name else name
+        out.append((path, int(info.get("size") or 0)))
+    return sorted(out)
+
+
+# Compressed inputs are recognised by their file name's last suffix.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+
+
+def compression_of(path: str) -> str | None:
+    """``gzip``, ``bz2``, ``zstd`` or None (not compressed), from the file name."""
+    return COMPRESSIONS.get(os.path.splitext(str(path).rstrip("/"))[1].lower())
+
+
+def open_decompressed(path: str, compression: str | None) -> IO[bytes]:
+    """Open ``path`` for binary reading, decompressing ``gzip``, ``bz2`` or ``zstd`` on the fly.
+
+    The result is buffered (fast ``readline``); only an uncompressed file is seekable.
+    """
+    raw = open_read(path)
+    if compression is None:
+        return raw
+    try:
+        if compression == "gzip":
+            import gzip
+
+            stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif compression == "bz2":
+            import bz2
+
+            stream = bz2.BZ2File(raw, mode="rb")
+        elif compression == "zstd":
+            import zstandard
+
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
+        else:
+            raise ValueError(f"unknown compression {compression!r} for {path}")
+    except BaseException:
+        raw.close()
+        raise
+    return _Decompressed(stream, raw)
+
+
+class _Decompressed(io.BufferedReader):
+    """A decompressing stream that closes the file under it too (gzip and bz2 leave it open)."""
+
+    def __init__(self, stream: IO[bytes], source: IO[bytes]) -> None:
+        super().__init__(stream, buffer_size=1 << 16)  # type: ignore[arg-type]
+        self._source = source
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._source.close()
 
 
 def open_read(path: str) -> IO[bytes]:

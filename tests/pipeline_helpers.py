@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 import spanwise_io
 
-SHARD_NAME_RE = re.compile(r"^(train|dev|test)-(\d{5})-of-(\d{5})\.parquet$")
+# a shard's name as the manifest lists it: in the run's folder
+SHARD_NAME_RE = re.compile(r"^(?:run-[^/]+/)?(train|dev|test)-(\d{5})-of-(\d{5})\.parquet$")
 
 # Words for synthetic documents: plain, sub-word-split, accented, CJK, emoji, punctuation.
 _WORDS = (
@@ -110,11 +111,18 @@ def preprocess_argv(data_dir: str, output_dir: str, *extra: str, tokenizer: str 
     ]
 
 
+def run_folder(output_dir: str) -> str:
+    """The folder of the run the manifest commits (``<output_dir>/run-...``)."""
+    return spanwise_io.join(output_dir, read_manifest_json(output_dir)["run"])
+
+
 def shard_names(output_dir: str, split: str | None = None) -> list[str]:
-    """Names of the shard files directly under ``output_dir`` (of one split if given), sorted."""
-    names = [n for n in spanwise_io.listdir(output_dir) if n.endswith(".parquet")]
+    """Names (relative to ``output_dir``, as the manifest lists them) of the committed run's
+    shard files (of one split if given), sorted."""
+    run = read_manifest_json(output_dir)["run"]
+    names = [f"{run}/{n}" for n in spanwise_io.listdir(spanwise_io.join(output_dir, run)) if n.endswith(".parquet")]
     if split is not None:
-        names = [n for n in names if n.startswith(f"{split}-")]
+        names = [n for n in names if n.rsplit("/", 1)[-1].startswith(f"{split}-")]
     return sorted(names)
 
 
@@ -135,9 +143,10 @@ def read_split(output_dir: str, split: str) -> list[dict[str, Any]]:
     return rows
 
 
-def read_rejected(output_dir: str, split: str) -> list[dict[str, Any]]:
-    """All rejected rows of ``split`` (every ``rejected/<split>-*.jsonl``)."""
-    directory = spanwise_io.join(output_dir, "rejected")
+def read_rejected(output_dir: str, split: str, folder: str | None = None) -> list[dict[str, Any]]:
+    """All rejected rows of ``split`` (every ``rejected/<split>-*.jsonl`` of the committed run,
+    or of the run ``folder`` when given)."""
+    directory = spanwise_io.join(folder or run_folder(output_dir), "rejected")
     if not spanwise_io.exists(directory):
         return []
     out: list[dict[str, Any]] = []
@@ -171,7 +180,9 @@ def reference_ids(tokenizer: Any, text: str) -> list[int]:
 
 def comparable_manifest(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """A manifest without the fields that legitimately differ between two runs."""
-    out = json.loads(json.dumps(manifest))
+    run = manifest.get("run", "")
+    text = json.dumps(manifest)
+    out = json.loads(text.replace(run, "RUN") if run else text)
     out.pop("created_at", None)
     out.get("options", {}).pop("output_dir", None)
     return out

@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 
 from beam_pipelines import preprocess
 from pipeline_helpers import preprocess_argv, read_split
-from schemas.tsv import MAX_RAW_CHARS, Reason
+from schemas.rows import MAX_RAW_CHARS, Reason
 from tsv_model import BOM, model_lines
 
 PROFILE = os.environ.get("SPANWISE_FUZZ_PROFILE", "ci")

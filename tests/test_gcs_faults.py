@@ -265,7 +265,7 @@ def _flow(gcs: GcsEmulator, root: str, tiny_model: str, tokenizer_dir: str) -> d
     spanwise_io.upload_dir(tiny_model, urls["pretrained"])
     preprocess.run([
         "--data_dir", urls["tsv"], "--output_dir", urls["prep"], "--tokenizer", urls["tokenizer"],
-        "--rows_per_shard", "32", "--tokenize_batch_size", "16", "--runner", "DirectRunner",
+        "--num_shards", "3", "--tokenize_batch_size", "16", "--runner", "DirectRunner",
     ])
     task.run(task_argv(
         urls["prep"], urls["pretrained"], urls["model"],

@@ -42,8 +42,8 @@ from pipeline_helpers import (
     write_corpus,
     write_tsv,
 )
-from schemas.shard import SHARD_SCHEMA
-from schemas.tsv import MAX_RAW_CHARS, Reason
+from schemas.shard import SHARD_SCHEMA, label_names_of
+from schemas.rows import MAX_RAW_CHARS, Reason
 from tokenization.rng import stable_hash64
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def roundtrip(tmp_path_factory):
     # one row with an empty 5th field (TEXT_B present but empty)
     docs["dev"].append(Doc("dev-emptyb", "x", "neg", "a text whose text b field is empty", ""))
     write_corpus(str(data_dir), docs)
-    manifest = preprocess.run(preprocess_argv(data_dir, out_dir, "--rows_per_shard", "8"))
+    manifest = preprocess.run(preprocess_argv(data_dir, out_dir, "--num_shards", "3"))
     return {"data_dir": data_dir, "out": out_dir, "docs": docs, "manifest": manifest}
 
 
@@ -98,10 +98,11 @@ def test_roundtrip_corpus_has_long_docs_and_pairs(roundtrip, tok):
 
 def test_roundtrip_output_files(roundtrip):
     out, manifest = roundtrip["out"], roundtrip["manifest"]
-    entries = sorted(os.listdir(out))
-    # nothing rejected -> no rejected/ files; no temp folders or temp files left behind
-    assert [e for e in entries if not e.endswith(".parquet")] == ["manifest.json"], entries
-    expected_counts = {"train": 4, "dev": 2, "test": 2}  # ceil(rows / 8)
+    # the manifest and the run's folder, nothing else; nothing rejected -> no rejected/ files
+    assert sorted(os.listdir(out)) == ["manifest.json", manifest["run"]]
+    assert re.fullmatch(r"run-\d{8}T\d{6}Z-[0-9a-f]{8}", manifest["run"])
+    assert all(name.endswith(".parquet") for name in os.listdir(out / manifest["run"]))
+    expected_counts = {"train": 3, "dev": 3, "test": 3}  # --num_shards 3
     for split, docs in roundtrip["docs"].items():
         names = shard_names(str(out), split)
         assert names, split
@@ -119,15 +120,17 @@ def test_roundtrip_output_files(roundtrip):
         assert info["records"] == sum(f["rows"] for f in info["files"]) == len(docs)
         assert info["read"] == len(docs)
         assert info["rejected"] == 0 and info["rejected_by_reason"] == {}
-        assert info["rejected_file"] is None
+        assert info["rejected_files"] == []
         assert info["header_lines"] == 0
-        assert info["input"] == str(roundtrip["data_dir"] / f"{split}.tsv")
+        assert info["input"] == [str(roundtrip["data_dir"] / f"{split}.tsv")]
+        assert info["derived_ids"] is False
 
 
 def test_roundtrip_shard_schema_and_codec(roundtrip):
     for name in shard_names(str(roundtrip["out"])):
         parquet = pq.ParquetFile(roundtrip["out"] / name)
         assert parquet.schema_arrow.equals(SHARD_SCHEMA), name
+        assert label_names_of(parquet.schema_arrow) == ["neg", "neutral", "pos"], name
         meta = parquet.metadata
         for g in range(meta.num_row_groups):
             for c in range(meta.num_columns):
@@ -195,7 +198,7 @@ def test_roundtrip_manifest(roundtrip, tok):
     assert manifest["max_doc_tokens"] == 32768
     assert manifest["preprocess_seq_len"] is None
     assert manifest["options"]["data_dir"] == str(roundtrip["data_dir"])
-    assert manifest["options"]["rows_per_shard"] == 8
+    assert manifest["options"]["num_shards"] == 3
     ident = manifest["tokenizer"]
     assert ident["name_or_path"] == tokenizer_path()
     assert ident["vocab_size"] == len(tok) == 30522
@@ -227,11 +230,11 @@ def test_roundtrip_manifest(roundtrip, tok):
 
 def test_determinism_two_runs_identical(roundtrip, tmp_path):
     second = tmp_path / "second"
-    manifest = preprocess.run(preprocess_argv(roundtrip["data_dir"], second, "--rows_per_shard", "8"))
-    first_names = sorted(os.listdir(roundtrip["out"]))
-    assert sorted(os.listdir(second)) == first_names
-    shards = [n for n in first_names if n.endswith(".parquet")]
-    assert file_bytes(str(second), shards) == file_bytes(str(roundtrip["out"]), shards)
+    manifest = preprocess.run(preprocess_argv(roundtrip["data_dir"], second, "--num_shards", "3"))
+    first_run, second_run = roundtrip["out"] / roundtrip["manifest"]["run"], second / manifest["run"]
+    first_names = sorted(os.listdir(first_run))
+    assert sorted(os.listdir(second_run)) == first_names
+    assert file_bytes(str(second_run), first_names) == file_bytes(str(first_run), first_names)
     assert comparable_manifest(manifest) == comparable_manifest(roundtrip["manifest"])
     assert manifest["options"]["output_dir"] == str(second)
 
@@ -309,7 +312,8 @@ def test_num_shards_with_empty_shards(capped):
     out = str(capped["out"])
     for split in ("train", "dev"):
         names = shard_names(out, split)
-        assert names == [f"{split}-{i:05d}-of-00006.parquet" for i in range(6)]
+        run = capped["manifest"]["run"]
+        assert names == [f"{run}/{split}-{i:05d}-of-00006.parquet" for i in range(6)]
         info = capped["manifest"]["splits"][split]
         for f in info["files"]:
             rows, meta = read_shard(os.path.join(out, f["name"]))
@@ -493,9 +497,10 @@ def test_bad_rows_rejected_with_reasons(bad):
             assert r["file"] == str(bad["data_dir"] / f"{split}.tsv")
             assert r["detail"]
             assert len(r["raw"]) <= MAX_RAW_CHARS + 20
-        files = [n for n in os.listdir(bad["out"] / "rejected") if n.startswith(f"{split}-")]
-        assert len(files) == 1 and re.fullmatch(rf"{split}-\d{{5}}-of-\d{{5}}\.jsonl", files[0])
-        assert bad["manifest"]["splits"][split]["rejected_file"] == f"rejected/{files[0]}"
+        run = bad["manifest"]["run"]
+        files = [n for n in os.listdir(bad["out"] / run / "rejected") if n.startswith(f"{split}-")]
+        assert len(files) == 1 and re.fullmatch(rf"{split}-00000-of-00001\.jsonl", files[0])  # one shard, one bucket
+        assert bad["manifest"]["splits"][split]["rejected_files"] == [f"{run}/rejected/{files[0]}"]
 
 
 def test_bad_rows_raw_text(bad):
@@ -558,14 +563,15 @@ def test_no_valid_train_rows_is_a_clear_error(tmp_path):
     data_dir = tmp_path / "data"
     write_corpus(str(data_dir), {"train": ["t-1\ta\tpos\t ", "t-2\ta\tpos"], "dev": ["d-1\ta\tpos\ttext"]})
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"no valid rows.*rejected/train-\*\.jsonl"):
+    with pytest.raises(ValueError, match=r"no valid rows.*rejected/train-\*\.jsonl") as error:
         preprocess.run(preprocess_argv(data_dir, out))
-    assert not (out / "manifest.json").exists() and not shard_names(str(out))
-    # the message points at the rejected rows: they must be there, and no temp folder left
-    assert {r["line"]: r["reason"] for r in read_rejected(str(out), "train")} == {
+    # nothing committed; the message points at the rejected rows of the run's folder: they are there
+    (run,) = os.listdir(out)
+    assert str(out / run / "rejected") in str(error.value)
+    assert os.listdir(out / run) == ["rejected"]
+    assert {r["line"]: r["reason"] for r in read_rejected(str(out), "train", folder=str(out / run))} == {
         1: Reason.EMPTY_TEXT_A, 2: Reason.WRONG_FIELD_COUNT,
     }
-    assert sorted(os.listdir(out)) == ["rejected"]
 
 
 # --------------------------------------------------------------------------- options errors
@@ -584,7 +590,7 @@ def test_missing_dev_tsv(tmp_path, capsys):
 
 
 def test_missing_required_option(tmp_path, capsys):
-    with pytest.raises(ValueError, match="--data_dir is required"):
+    with pytest.raises(ValueError, match="no input for train, dev: give --data_dir DIR, or --train_files and --dev_files"):
         preprocess.run(["--output_dir", str(tmp_path / "out"), "--tokenizer", tokenizer_path()])
     assert preprocess.main(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
     assert "--tokenizer is required" in capsys.readouterr().err
@@ -592,15 +598,15 @@ def test_missing_required_option(tmp_path, capsys):
 
 def test_existing_output_without_overwrite(roundtrip, capsys):
     out = roundtrip["out"]
-    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
-    argv = preprocess_argv(roundtrip["data_dir"], out, "--rows_per_shard", "8")
+    before = {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    argv = preprocess_argv(roundtrip["data_dir"], out, "--num_shards", "3")
     with pytest.raises(ValueError, match="--overwrite") as error:
         preprocess.run(argv)
     assert str(out) in str(error.value)
     assert preprocess.main(argv) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "--overwrite" in err
-    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before  # untouched
+    assert {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
 
 
 # --------------------------------------------------------------------------- command line
@@ -613,7 +619,9 @@ def test_cli_help_lists_our_flags():
     )
     assert result.returncode == 0, result.stderr
     for flag in (
-        "--data_dir", "--output_dir", "--tokenizer", "--max_doc_tokens", "--num_shards", "--rows_per_shard",
+        "--data_dir", "--train_files", "--dev_files", "--test_files", "--input_format", "--id_column",
+        "--label_column", "--text_column", "--text_b_column", "--output_dir", "--tokenizer", "--max_doc_tokens",
+        "--num_shards", "--shard_size_mb", "--read_range_mb", "--shuffle",
         "--seq_len_func", "--seq_func_params", "--max_seq_length", "--decode_errors", "--overwrite",
     ):
         assert flag in result.stdout, flag
@@ -621,27 +629,25 @@ def test_cli_help_lists_our_flags():
 
 
 def test_cli_end_to_end_with_overwrite(bad, roundtrip, tmp_path):
-    """The CLI over the bad-input corpus, into a folder holding an older run (--overwrite):
-    stale files go, and the result is byte-identical to the in-process run."""
+    """The CLI over the bad-input corpus, into a folder holding an older run (--overwrite): the
+    older run's folder goes once the new one is committed, and the result is byte-identical to
+    the in-process run."""
     out = tmp_path / "out"
-    shutil.copytree(roundtrip["out"], out)  # an older run: 4 train shards, another manifest
-    (out / "rejected").mkdir()
-    (out / "rejected" / "train-00000-of-00003.jsonl").write_text("stale\n")
+    shutil.copytree(roundtrip["out"], out)  # an older run: its manifest and run folder
+    old_run = roundtrip["manifest"]["run"]
     argv = preprocess_argv(bad["data_dir"], out, "--overwrite")
     result = subprocess.run(
         [sys.executable, "-m", "beam_pipelines.preprocess", *argv],
         cwd=REPO_ROOT, env=_subprocess_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"wrote {out / 'manifest.json'}" in result.stdout
-    assert "rejected:" in result.stdout and "wrong_field_count 4" in result.stdout  # the stats table
-    names = sorted(os.listdir(out))
-    assert names == sorted(os.listdir(bad["out"]))
-    assert sorted(os.listdir(out / "rejected")) == sorted(os.listdir(bad["out"] / "rejected"))
-    shards = [n for n in names if n.endswith(".parquet")]
-    assert file_bytes(str(out), shards) == file_bytes(str(bad["out"]), shards)
-    rejected = [f"rejected/{n}" for n in os.listdir(out / "rejected")]
-    assert file_bytes(str(out), rejected) == file_bytes(str(bad["out"]), rejected)
     manifest = read_manifest_json(str(out))
+    assert f"wrote {out / 'manifest.json'} (run {manifest['run']})" in result.stdout
+    assert "rejected:" in result.stdout and "wrong_field_count 4" in result.stdout  # the stats table
+    assert sorted(os.listdir(out)) == sorted(["manifest.json", manifest["run"]]) and old_run not in os.listdir(out)
+    new_run, in_process = out / manifest["run"], bad["out"] / bad["manifest"]["run"]
+    names = sorted(str(p.relative_to(new_run)) for p in new_run.rglob("*") if p.is_file())
+    assert names == sorted(str(p.relative_to(in_process)) for p in in_process.rglob("*") if p.is_file())
+    assert file_bytes(str(new_run), names) == file_bytes(str(in_process), names)
     assert comparable_manifest(manifest) == comparable_manifest(bad["manifest"])
     assert json.loads((out / "manifest.json").read_text())["options"]["output_dir"] == str(out)

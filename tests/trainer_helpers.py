@@ -113,7 +113,7 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("topic_corpus")
     rows = write_topic_corpus(root / "tsv")
     # small shards, so a split has several units (row groups) to permute and split across ranks
-    manifest = run_preprocess(str(root / "tsv"), str(root / "prep"), "--rows_per_shard", "16")
+    manifest = run_preprocess(str(root / "tsv"), str(root / "prep"), "--num_shards", "6")
     return {"data_dir": str(root / "prep"), "rows": rows, "manifest": manifest}
 
 

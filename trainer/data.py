@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import posixpath
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -305,16 +306,22 @@ def scan_split(
         raise ValueError(f"{data_dir}: the manifest has no split {split!r} (it has {', '.join(manifest['splits'])})")
     entries = manifest["splits"][split]["files"]
     listed_names = {entry["name"] for entry in entries}
-    try:
-        present: set[str] | None = set(spanwise_io.listdir(data_dir))
-    except Exception as error:  # a folder we cannot list: fall back to one existence check per file
-        log.warning("%s: cannot list the folder (%s: %s); checking each shard on its own", data_dir, type(error).__name__, error)
-        present = None
+    # the shards are in the manifest's folder or in the run folder it names (one listing each)
+    folders = sorted({posixpath.dirname(entry["name"]) for entry in entries})
+    present: set[str] | None = set()
+    for folder in folders:
+        try:
+            names = spanwise_io.listdir(spanwise_io.join(data_dir, folder) if folder else data_dir)
+        except Exception as error:  # a folder we cannot list: fall back to one existence check per file
+            log.warning("%s: cannot list the folder (%s: %s); checking each shard on its own", data_dir, type(error).__name__, error)
+            present = None
+            break
+        present.update(posixpath.join(folder, name) if folder else name for name in names)
     all_listed = {entry["name"] for info in manifest["splits"].values() for entry in info["files"]}
     unlisted = sorted(
         spanwise_io.join(data_dir, name)
         for name in (present or ())
-        if name.startswith(f"{split}-") and name.endswith(".parquet") and name not in all_listed
+        if posixpath.basename(name).startswith(f"{split}-") and name.endswith(".parquet") and name not in all_listed
     )
     for path in unlisted:
         log.warning("%s: not listed in manifest.json; ignored (split %r has %d listed shards)", path, split, len(listed_names))

@@ -1,0 +1,505 @@
+"""One reader per input format (TSV, CSV, JSONL, Parquet) behind one interface.
+
+The pipeline plans, for each input file, its read tasks (``tasks``): byte ranges of a large
+plain TSV or JSONL file, groups of row groups of a Parquet file, or the whole file (compressed
+files, and CSV, whose quoted fields may hold newlines, cannot be cut at arbitrary bytes). A
+worker then reads one task (``read``) into ``Row``s and ``Rejection``s. Nothing here imports
+Beam: the same code reads for the pipeline, the tests and the benchmarks.
+
+Byte ranges follow the rule of Beam's text source: a task ``[start, end)`` owns every line that
+starts at a byte ``start <= b < end``; a task that does not start the file skips the line it
+starts inside of. Line numbers are counted from the task's first line (the file's own line
+numbers when the task starts the file); ``TaskCounts.lines`` lets the pipeline turn them into
+the file's line numbers afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO, Any, Iterator, Sequence
+
+import spanwise_io
+from schemas.columns import ColumnMap, ColumnSpec, resolve_columns
+from schemas.rows import LABELLED_SPLITS, Reason, Rejection, Row, cut_raw
+from schemas.tsv import UTF8_BOM, parse_line, strip_line_ending, tsv_layout
+
+__all__ = [
+    "FORMATS",
+    "EXTENSIONS",
+    "InputFile",
+    "ReadTask",
+    "TaskCounts",
+    "format_of",
+    "inspect_file",
+    "plan_tasks",
+    "read_task",
+]
+
+FORMATS = ("tsv", "csv", "jsonl", "parquet")
+EXTENSIONS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".parquet": "parquet", ".pq": "parquet"}
+# How many of a JSONL file's first lines may be tried to find an object whose keys name the columns.
+_JSONL_PROBE_LINES = 100
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file of a split, as planned before the job starts.
+
+    ``index`` is its place in the split's file list (the order that decides which of two rows
+    with one ID is kept); ``name`` is its path relative to the split's common folder (derived
+    IDs and messages); ``row_groups`` holds each Parquet row group's ``(rows, bytes)``.
+    """
+
+    split: str
+    index: int
+    path: str
+    name: str
+    format: str
+    compression: str | None
+    size: int
+    layout: ColumnMap
+    has_header: bool = False
+    row_groups: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        return self.split in LABELLED_SPLITS
+
+    @property
+    def splittable(self) -> bool:
+        """Whether byte ranges of the file can be read apart (plain TSV and JSONL)."""
+        return self.compression is None and self.format in ("tsv", "jsonl")
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """A part of one file that one worker reads: bytes ``[start, end)`` (``end`` None: to the
+    end of the file) or, for Parquet, the row groups ``row_groups``."""
+
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+    row_groups: tuple[int, ...] = ()
+
+
+@dataclass
+class TaskCounts:
+    """What one task read: ``lines`` started in it (a Parquet row counts as one), ``headers``."""
+
+    lines: int = 0
+    headers: int = 0
+
+
+def format_of(path: str, given: str | None) -> str:
+    """The format of ``path``: ``given`` (``--input_format``) or its extension (before ``.gz`` etc.)."""
+    if given:
+        return given
+    name = str(path).rstrip("/").lower()
+    compression = spanwise_io.compression_of(name)
+    if compression:
+        name = name[: name.rfind(".")]
+    dot = name.rfind(".")
+    extension = name[dot:] if dot > name.rfind("/") else ""
+    if extension in EXTENSIONS:
+        return EXTENSIONS[extension]
+    known = ", ".join(sorted(EXTENSIONS))
+    raise ValueError(
+        f"{path}: cannot tell the format from the extension {extension or '(none)'!r} (known: {known}, "
+        f"optionally followed by {', '.join(spanwise_io.COMPRESSIONS)}); pass --input_format {'|'.join(FORMATS)}"
+    )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def inspect_file(
+    split: str, index: int, path: str, name: str, size: int, fmt: str, spec: ColumnSpec
+) -> InputFile:
+    """Read what is needed to plan a file: its header, first object or Parquet schema.
+
+    Raises:
+        ValueError: the columns asked for are not there (``schemas.columns.resolve_columns``),
+            a Parquet column has a type that cannot be read as asked, or a compressed Parquet file.
+    """
+    compression = spanwise_io.compression_of(path)
+    labelled = split in LABELLED_SPLITS
+    if fmt == "parquet":
+        if compression:
+            raise ValueError(f"{path}: a Parquet file compresses its own pages; give it without {compression} compression")
+        return _inspect_parquet(split, index, path, name, size, spec, labelled)
+    layout, has_header = _text_layout(path, compression, fmt, spec, labelled)
+    return InputFile(split, index, path, name, fmt, compression, size, layout, has_header)
+
+
+def _first_line(handle: IO[bytes]) -> bytes:
+    line = handle.readline()
+    if line.startswith(UTF8_BOM):
+        line = line[len(UTF8_BOM):]
+    return strip_line_ending(line)
+
+
+def _text_layout(path: str, compression: str | None, fmt: str, spec: ColumnSpec, labelled: bool) -> tuple[ColumnMap, bool]:
+    with spanwise_io.open_decompressed(path, compression) as handle:
+        if fmt == "tsv":
+            return tsv_layout(_first_line(handle), spec, file=path, labelled=labelled)
+        if fmt == "csv":
+            header = next(_csv_records(handle, "strict"), None)
+            if header is None:  # an empty file: no rows to read, nothing to map
+                return _EMPTY_LAYOUT, False
+            if isinstance(header.fields, Exception) or header.undecodable:
+                raise ValueError(f"{path}: cannot read the CSV header on line 1: {header.fields or 'invalid UTF-8'}")
+            return resolve_columns([f.replace("\ufeff", "").strip() for f in header.fields], spec,
+                                   file=path, labelled=labelled), True
+        keys = _jsonl_keys(handle)
+        if keys is None:
+            return _EMPTY_LAYOUT, False
+        return resolve_columns(keys, spec, file=path, labelled=labelled), False
+
+
+# A file without rows: no columns to map, and none needed.
+_EMPTY_LAYOUT = ColumnMap(columns=(), id=None, label=None, text="")
+
+
+def _jsonl_keys(handle: IO[bytes]) -> list[str] | None:
+    """The keys of the first JSON object among the first lines (None: an empty file)."""
+    seen_line = False
+    for number, raw in enumerate(handle, start=1):
+        if number > _JSONL_PROBE_LINES:
+            break
+        raw = strip_line_ending(raw[len(UTF8_BOM):] if number == 1 and raw.startswith(UTF8_BOM) else raw)
+        if not raw.strip():
+            continue
+        seen_line = True
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return list(value)
+    if not seen_line:
+        return None
+    raise ValueError(
+        f"{getattr(handle, 'name', 'the file')}: none of its first {_JSONL_PROBE_LINES} lines is a JSON object, "
+        "so its keys cannot name the columns; is it JSON Lines (one object per line)?"
+    )
+
+
+def _parquet_type_problem(arrow_type: Any, role: str) -> str | None:
+    """Why a Parquet column's type cannot be ``role`` (None: it can)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    is_int = pa.types.is_integer(arrow_type)
+    if role in ("text", "text_b", "alpha") and not is_text:
+        return f"a {role} column must hold strings, it holds {arrow_type}"
+    if role in ("id", "label") and not (is_text or is_int):
+        return f"an {role} column must hold strings or integers, it holds {arrow_type}"
+    return None
+
+
+def _inspect_parquet(
+    split: str, index: int, path: str, name: str, size: int, spec: ColumnSpec, labelled: bool
+) -> InputFile:
+    import pyarrow.parquet as pq
+
+    with spanwise_io.open_read(path) as handle:
+        try:
+            parquet = pq.ParquetFile(handle)
+        except Exception as error:  # noqa: BLE001 (pyarrow's errors say what is wrong)
+            raise ValueError(f"{path}: not a readable Parquet file: {error}") from error
+        schema = parquet.schema_arrow
+        metadata = parquet.metadata
+        row_groups = tuple(
+            (metadata.row_group(i).num_rows, metadata.row_group(i).total_byte_size) for i in range(metadata.num_row_groups)
+        )
+    layout = resolve_columns(schema.names, spec, file=path, labelled=labelled)
+    for role, column in layout.describe().items():
+        if column is None:
+            continue
+        problem = _parquet_type_problem(schema.field(column).type, role)
+        if problem:
+            raise ValueError(f"{path}: column {column!r}: {problem}")
+    return InputFile(split, index, path, name, "parquet", None, size, layout, False, row_groups)
+
+
+def plan_tasks(file: InputFile, range_bytes: int) -> list[ReadTask]:
+    """Cut a file into read tasks of about ``range_bytes`` (bytes, or Parquet row-group bytes)."""
+    if file.format == "parquet":
+        tasks: list[ReadTask] = []
+        group: list[int] = []
+        group_bytes = 0
+        for index, (_, nbytes) in enumerate(file.row_groups):
+            if group and group_bytes + nbytes > range_bytes:
+                tasks.append(ReadTask(file, row_groups=tuple(group)))
+                group, group_bytes = [], 0
+            group.append(index)
+            group_bytes += nbytes
+        if group or not tasks:
+            tasks.append(ReadTask(file, row_groups=tuple(group)))
+        return tasks
+    if not file.splittable or file.size <= range_bytes:
+        return [ReadTask(file)]
+    starts = range(0, file.size, range_bytes)
+    return [ReadTask(file, start, min(start + range_bytes, file.size)) for start in starts]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_task(task: ReadTask, counts: TaskCounts, decode_errors: str = "strict") -> Iterator[Row | Rejection]:
+    """The rows and rejections of one task, in file order; ``counts`` is filled as it goes.
+
+    Never raises for a bad row. Raises ``ValueError`` only when the file no longer matches
+    what was planned (its header changed since).
+    """
+    file = task.file
+    if file.format == "parquet":
+        yield from _read_parquet(task, counts)
+    elif file.format == "csv":
+        yield from _read_csv(task, counts, decode_errors)
+    else:
+        parse = _tsv_parser(file, decode_errors) if file.format == "tsv" else _jsonl_parser(file, decode_errors)
+        for line, offset, raw in _lines(task, counts):
+            yield parse(line, offset, raw)
+
+
+def _lines(task: ReadTask, counts: TaskCounts) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number in the task, byte offset, raw bytes without the ending)`` of the task's lines."""
+    file = task.file
+    with spanwise_io.open_decompressed(file.path, file.compression) as handle:
+        position = 0
+        if task.start > 0:
+            handle.seek(task.start - 1)
+            position = task.start - 1 + len(handle.readline())  # the line the range starts inside of is not ours
+        number = 0
+        for raw in handle:
+            if task.end is not None and position >= task.end:
+                break
+            offset = position
+            position += len(raw)
+            number += 1
+            if offset == 0 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+                if not raw:  # a file holding only a BOM has no line
+                    number -= 1
+                    continue
+            counts.lines += 1
+            if offset == 0 and file.has_header:
+                counts.headers += 1
+                continue
+            yield number, offset, strip_line_ending(raw)
+
+
+def _tsv_parser(file: InputFile, decode_errors: str):  # noqa: ANN202 (a closure)
+    def parse(line: int, offset: int, raw: bytes) -> Row | Rejection:
+        return parse_line(file.split, file.path, line, raw, decode_errors, file.layout, offset)
+
+    return parse
+
+
+def _jsonl_parser(file: InputFile, decode_errors: str):  # noqa: ANN202 (a closure)
+    layout, split, path = file.layout, file.split, file.path
+
+    def parse(line: int, offset: int, raw: bytes) -> Row | Rejection:
+        def reject(reason: str, detail: str, text: str) -> Rejection:
+            return Rejection(split, path, line, reason, detail, cut_raw(text), offset)
+
+        try:
+            text = raw.decode("utf-8", errors=decode_errors)
+        except UnicodeDecodeError as error:
+            return reject(Reason.INVALID_UTF8, f"bytes {error.start}-{error.end} are not valid UTF-8 ({error.reason})",
+                          raw.decode("utf-8", errors="backslashreplace"))
+        if not text.strip():
+            return reject(Reason.INVALID_JSON, "a blank line is not a JSON object", text)
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            return reject(Reason.INVALID_JSON, f"not valid JSON: {error}", text)
+        if not isinstance(value, dict):
+            return reject(Reason.INVALID_JSON, f"a JSON {type(value).__name__}, not an object", text)
+        return _row_from_values(value, file, line, offset, cut_raw(text))
+
+    return parse
+
+
+def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset: int, raw: str) -> Row | Rejection:
+    """A row from a JSON object or a Parquet row: the values of the layout's columns, checked."""
+    layout = file.layout
+
+    def reject(reason: str, detail: str) -> Rejection:
+        return Rejection(file.split, file.path, line or None, reason, detail, raw, offset)
+
+    def get(role: str, required: bool, kinds: tuple[type, ...]) -> str | Rejection:
+        column = getattr(layout, role)
+        if column is None:
+            return ""
+        if column not in values:
+            if required:
+                return reject(Reason.MISSING_FIELD, f"no {column!r} ({role} column)")
+            return ""
+        value = values[column]
+        if value is None:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return reject(Reason.WRONG_TYPE, f"{column!r} ({role} column) holds a {type(value).__name__}: {str(value)[:80]!r}")
+        return str(value)
+
+    labelled = file.labelled
+    row_id = get("id", True, (str, int))
+    text_a = get("text", True, (str,))
+    label = get("label", labelled, (str, int))
+    text_b = get("text_b", False, (str,))
+    alpha = get("alpha", False, (str,))
+    for value in (row_id, text_a, label, text_b, alpha):
+        if isinstance(value, Rejection):
+            return value
+    assert isinstance(row_id, str) and isinstance(label, str)  # (for the type checker)
+    row_id, label = row_id.strip(), label.strip()
+    if layout.id is not None and not row_id:
+        return reject(Reason.EMPTY_ID, "ID is empty")
+    if not str(text_a).strip():
+        return reject(Reason.EMPTY_TEXT_A, "the text is empty")
+    if not label and labelled:
+        return reject(Reason.MISSING_LABEL, f"the label is empty; every {file.split} row needs one")
+    return Row(file.split, file.path, line, row_id, str(alpha), label, str(text_a), str(text_b), raw, offset)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+@dataclass
+class _CsvRecord:
+    """One CSV record: its fields (or the csv module's error), first line, offset and text as read."""
+
+    fields: list[str] | Exception
+    line: int
+    offset: int
+    text: str
+    undecodable: UnicodeDecodeError | None = None
+
+
+class _LineFeed:
+    """Feeds a file's decoded lines to ``csv.reader`` and remembers where each record began."""
+
+    def __init__(self, handle: IO[bytes], decode_errors: str):
+        self._lines = iter(handle)
+        self._decode_errors = decode_errors
+        self.position = 0
+        self.pending: deque[tuple[int, str]] = deque()  # (offset, text) of the lines of the record being read
+        self.undecodable: UnicodeDecodeError | None = None
+        self._first = True
+
+    def __iter__(self) -> "_LineFeed":
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        offset = self.position
+        self.position += len(raw)
+        if self._first:
+            self._first = False
+            if raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
+        try:
+            text = raw.decode("utf-8", errors=self._decode_errors)
+        except UnicodeDecodeError as error:
+            self.undecodable = self.undecodable or error
+            text = raw.decode("utf-8", errors="backslashreplace")
+        self.pending.append((offset, text))
+        return text
+
+    def take(self) -> tuple[int, str, UnicodeDecodeError | None]:
+        """The offset and text of the record just read; forget them."""
+        offset = self.pending[0][0] if self.pending else self.position
+        text = "".join(text for _, text in self.pending)
+        undecodable = self.undecodable
+        self.pending.clear()
+        self.undecodable = None
+        return offset, text, undecodable
+
+
+def _csv_records(handle: IO[bytes], decode_errors: str) -> Iterator[_CsvRecord]:
+    """A CSV file's records (RFC 4180: quoted fields may hold commas, quotes, tabs and newlines)."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KiB would reject long documents
+    feed = _LineFeed(handle, decode_errors)
+    reader = csv.reader(feed, dialect="excel", strict=True)
+    line_seen = 0
+    while True:
+        try:
+            fields: list[str] | Exception = next(reader)
+        except StopIteration:
+            if not feed.pending:
+                return
+            fields = csv.Error("unexpected end of data")
+        except csv.Error as error:
+            fields = error
+        first_line = line_seen + 1
+        line_seen = reader.line_num
+        offset, text, undecodable = feed.take()
+        if isinstance(fields, Exception) and not text:
+            return
+        text = text[:-1] if text.endswith("\n") else text
+        yield _CsvRecord(fields, first_line, offset, text[:-1] if text.endswith("\r") else text, undecodable)
+        if isinstance(fields, Exception) and str(fields) == "unexpected end of data":
+            return
+
+
+def _read_csv(task: ReadTask, counts: TaskCounts, decode_errors: str) -> Iterator[Row | Rejection]:
+    file = task.file
+    layout = file.layout
+    with spanwise_io.open_decompressed(file.path, file.compression) as handle:
+        for record in _csv_records(handle, decode_errors):
+            counts.lines += 1
+            if record.line == 1 and file.has_header:
+                counts.headers += 1
+                continue
+
+            def reject(reason: str, detail: str, record: _CsvRecord = record) -> Rejection:
+                return Rejection(file.split, file.path, record.line, reason, detail, cut_raw(record.text), record.offset)
+
+            if record.undecodable is not None:
+                error = record.undecodable
+                yield reject(Reason.INVALID_UTF8, f"bytes {error.start}-{error.end} of a line are not valid UTF-8 ({error.reason})")
+            elif isinstance(record.fields, Exception):
+                yield reject(Reason.INVALID_CSV, f"not valid CSV: {record.fields}")
+            elif len(record.fields) != len(layout.columns):
+                yield reject(
+                    Reason.WRONG_FIELD_COUNT,
+                    f"expected {len(layout.columns)} comma-separated fields, as the header ({', '.join(layout.columns)}), "
+                    f"got {len(record.fields)}",
+                )
+            else:
+                values = dict(zip(layout.columns, record.fields))
+                yield _row_from_values(values, file, record.line, record.offset, cut_raw(record.text))
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def _read_parquet(task: ReadTask, counts: TaskCounts, batch_rows: int = 1024) -> Iterator[Row | Rejection]:
+    import pyarrow.parquet as pq
+
+    file = task.file
+    columns = [column for column in file.layout.describe().values() if column is not None]
+    if not task.row_groups:
+        return
+    with spanwise_io.open_read(file.path) as handle:
+        parquet = pq.ParquetFile(handle)
+        for index in task.row_groups:
+            row = sum(rows for rows, _ in file.row_groups[:index])
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[index], columns=columns):
+                values = batch.to_pydict()
+                for i in range(batch.num_rows):
+                    counts.lines += 1
+                    record = {column: values[column][i] for column in columns}
+                    raw = cut_raw(json.dumps(record, ensure_ascii=False, default=str))
+                    yield _row_from_values(record, file, 0, row, raw)
+                    row += 1
