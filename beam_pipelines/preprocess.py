@@ -158,7 +158,7 @@ class PreprocessOptions(PipelineOptions):
         )
         group.add_argument("--rows_per_shard", type=int, default=None, help=argparse.SUPPRESS)
         group.add_argument(
-            "--read_range_mb", type=int, default=64,
+            "--read_range_mb", type=float, default=64,
             help="plain TSV/JSONL files larger than this are read in byte ranges of this many MiB by "
                  "different workers; Parquet row groups are grouped to this size (default 64)",
         )
@@ -205,8 +205,8 @@ def _check_options(opts: PreprocessOptions) -> None:
         )
     if opts.max_labels < 1:
         raise ValueError(f"--max_labels must be >= 1, got {opts.max_labels}")
-    if opts.num_shards < 0 or opts.shard_size_mb < 1 or opts.read_range_mb < 1:
-        raise ValueError("--num_shards must be >= 0, --shard_size_mb and --read_range_mb >= 1")
+    if opts.num_shards < 0 or opts.shard_size_mb < 1 or not opts.read_range_mb > 0:
+        raise ValueError("--num_shards must be >= 0, --shard_size_mb >= 1 and --read_range_mb > 0")
     if opts.tokenize_batch_size < 1:
         raise ValueError("--tokenize_batch_size must be >= 1")
 
@@ -280,7 +280,7 @@ def build_pipeline(
     small outputs (task counts, labels, length histograms, file lists) -> one commit step.
     docs/design.md has the table of steps, their keys and what bounds their memory.
     """
-    read_range = opts.read_range_mb << 20
+    read_range = max(1, int(opts.read_range_mb * (1 << 20)))
     tasks = [task for files in plan.files.values() for file in files for task in plan_tasks(file, read_range)]
     read = (
         pipeline
@@ -580,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobFailedError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"\nwrote {spanwise_io.join(manifest['options']['output_dir'], MANIFEST_NAME)} (run {manifest['run']})")
+    print(f"\nwrote {spanwise_io.join(manifest['options']['output_dir'], MANIFEST_NAME)} (run {manifest.get('run')})")
     print(format_stats(manifest))
     return 0
 

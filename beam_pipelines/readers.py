@@ -167,8 +167,12 @@ _EMPTY_LAYOUT = ColumnMap(columns=(), id=None, label=None, text="")
 
 
 def _jsonl_keys(handle: IO[bytes]) -> list[str] | None:
-    """The keys of the first JSON object among the first lines (None: an empty file)."""
+    """The keys of the JSON objects among the first lines, in first-seen order (None: an empty file).
+
+    The union, so that an optional key (a second text) that the first object lacks is found.
+    """
     seen_line = False
+    keys: dict[str, None] = {}
     for number, raw in enumerate(handle, start=1):
         if number > _JSONL_PROBE_LINES:
             break
@@ -181,12 +185,14 @@ def _jsonl_keys(handle: IO[bytes]) -> list[str] | None:
         except ValueError:
             continue
         if isinstance(value, dict):
-            return list(value)
+            keys.update(dict.fromkeys(value))
+    if keys:
+        return list(keys)
     if not seen_line:
         return None
     raise ValueError(
         f"{getattr(handle, 'name', 'the file')}: none of its first {_JSONL_PROBE_LINES} lines is a JSON object, "
-        "so its keys cannot name the columns; is it JSON Lines (one object per line)?"
+        "so their keys cannot name the columns; is it JSON Lines (one object per line)?"
     )
 
 

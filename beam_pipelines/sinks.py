@@ -264,17 +264,20 @@ class FinalizeFn(beam.DoFn):
         self._split_inputs = {split: dict(info) for split, info in split_inputs.items()}
         self._previous = list(previous)
 
-    def _fail_no_train_rows(self) -> None:
-        """Keep this run's rejected rows (where the message points, so the user can see why), delete its shards."""
+    def _fail_no_train_rows(self, rejected_files: Sequence[dict]) -> None:
+        """Keep this run's rejected rows (where the message points, so the user can see why), delete the rest."""
         run_dir = spanwise_io.join(self._output_dir, self._run_name)
+        rejected_train = any(r["split"] == "train" for r in rejected_files)
         for name in spanwise_io.listdir(run_dir) if spanwise_io.exists(run_dir) else []:
-            if name.endswith(".parquet"):
-                spanwise_io.remove(spanwise_io.join(run_dir, name))
+            if name != REJECTED_DIR or not rejected_train:
+                spanwise_io.remove_tree(spanwise_io.join(run_dir, name))
         shown = ", ".join(self._train_files[:3]) + (f" and {len(self._train_files) - 3} more" if len(self._train_files) > 3 else "")
-        raise CorpusError(
-            f"no valid rows in {shown}: nothing to train on "
-            f"(see {spanwise_io.join(run_dir, REJECTED_DIR)}/train-*.jsonl)"
-        )
+        if rejected_train:
+            why = f"see {spanwise_io.join(run_dir, REJECTED_DIR)}/train-*.jsonl"
+        else:
+            spanwise_io.remove_tree(run_dir)
+            why = "it holds no data rows (empty, or a header only)"
+        raise CorpusError(f"no valid rows in {shown}: nothing to train on ({why})")
 
     def process(
         self,
@@ -292,7 +295,7 @@ class FinalizeFn(beam.DoFn):
             RuntimeError: rows or shards were lost on the way (a bug, not a corpus problem).
         """
         if not label_map:
-            self._fail_no_train_rows()
+            self._fail_no_train_rows(rejected_files)
         split_infos: dict[str, dict[str, Any]] = {}
         for split, count in self._shard_counts.items():
             files = [s for s in shards if s["split"] == split]
@@ -327,7 +330,7 @@ class FinalizeFn(beam.DoFn):
                 "stats": stats.get(split, {"documents": 0}),
             }
         if split_infos["train"]["records"] == 0:  # every labelled train row gave no tokens
-            self._fail_no_train_rows()
+            self._fail_no_train_rows(rejected_files)
         manifest = {
             **self._manifest_base,
             "schema_version": SCHEMA_VERSION,

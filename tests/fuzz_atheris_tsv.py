@@ -13,8 +13,7 @@ checked on every input; a violation raises ``AssertionError`` and libFuzzer save
 
 * ``iter_lines`` never raises, numbers its lines 1..n, and gives exactly the lines of an
   independent model of the format (BOM dropped, only LF ends a line, one CR before it goes);
-* ``parse_line`` never raises and returns ``None`` (a header, line 1 only), a ``TsvRow`` or a
-  ``Rejection``;
+* ``parse_line`` never raises and returns a ``Row`` or a ``Rejection``;
 * a rejection has a known reason, a detail, a bounded ``raw`` text and one-line JSON that reads
   back to the same values; ``invalid_utf8`` is the reason exactly when strict decoding fails;
 * a row comes from a line with 4 or 5 fields; its fields hold no tab, LF, and the ID is
@@ -27,22 +26,13 @@ from __future__ import annotations
 import io
 import json
 import sys
-from dataclasses import asdict
 
 import atheris
 from tsv_model import BOM, model_lines  # (imports nothing of ours: schemas.tsv is instrumented below)
 
 with atheris.instrument_imports():
-    from schemas.tsv import (
-        LABELLED_SPLITS,
-        MAX_RAW_CHARS,
-        SPLITS,
-        Reason,
-        Rejection,
-        TsvRow,
-        iter_lines,
-        parse_line,
-    )
+    from schemas.rows import LABELLED_SPLITS, MAX_RAW_CHARS, SPLITS, Reason, Rejection, Row
+    from schemas.tsv import iter_lines, parse_line
 
 REASONS = frozenset(value for name, value in vars(Reason).items() if name.isupper())
 RAW_LIMIT = MAX_RAW_CHARS + 40  # MAX_RAW_CHARS and the "...[N chars]" suffix
@@ -70,10 +60,7 @@ def check_parsed(result: object, split: str, line: int, raw: bytes, decode_error
         decodable = True
     except UnicodeDecodeError:
         decodable = False
-    if result is None:
-        check(line == 1, f"line {line} taken for a header: only line 1 may be one")
-        return
-    check(isinstance(result, (TsvRow, Rejection)), f"unexpected result type {type(result)!r}")
+    check(isinstance(result, (Row, Rejection)), f"unexpected result type {type(result)!r}")
     check(result.split == split and result.line == line, f"wrong split or line in {result!r}")
     is_invalid_utf8 = isinstance(result, Rejection) and result.reason == Reason.INVALID_UTF8
     check(is_invalid_utf8 == (not decodable and decode_errors == "strict"), f"invalid_utf8 mismatch: {result!r}")
@@ -83,7 +70,7 @@ def check_parsed(result: object, split: str, line: int, raw: bytes, decode_error
         check(isinstance(result.raw, str) and len(result.raw) <= RAW_LIMIT, f"raw text of {len(result.raw)} chars")
         text = result.to_json()
         check(len(text.splitlines()) == 1 and "\n" not in text, "rejection JSON is not one line")
-        check(json.loads(text) == asdict(result), "rejection JSON does not read back")
+        check(json.loads(text) == result.to_dict(), "rejection JSON does not read back")
         return
     fields = raw.decode("utf-8", errors=decode_errors).split("\t")
     check(len(fields) in (4, 5), f"a row from a line of {len(fields)} fields")

@@ -1,7 +1,7 @@
 """Corrupt or foreign shards and hand-edited manifests (hardening issue).
 
 A real prep dir (``beam_pipelines.preprocess`` on the topic corpus of tests/trainer_helpers.py,
-6 train / 2 dev / 2 test shards) is copied and damaged once per case. Without
+6 shards per split) is copied and damaged once per case. Without
 ``--skip_bad_shards`` the trainer must stop before its first step (no checkpoint, no TensorBoard
 run, no model) with a ValueError naming the file and the problem; a row group found corrupt only
 when it is decoded must stop the run with the file and the row group named, also from a
@@ -37,11 +37,21 @@ from trainer_helpers import (  # noqa: F401  (prep and tiny_model are fixtures)
 
 gcs_emulator_server, gcs = gcs_emulator_fixtures()
 
-SHARD = "train-00002-of-00006.parquet"  # 15 rows, one row group
+SHARD = "train-00002-of-00006.parquet"  # 15 rows, one row group (in the run folder the manifest names)
 SKIP_HINT = "; re-run beam_pipelines.preprocess, or pass --skip_bad_shards to skip it"
 
 
 # --------------------------------------------------------------------------- damage helpers
+def _at(data_dir: Path, name: str) -> Path:
+    """A shard's path: in the run folder that ``data_dir``'s manifest names."""
+    return Path(data_dir) / json.loads((Path(data_dir) / "manifest.json").read_text())["run"] / name
+
+
+def _listed(name: str) -> Callable[[dict[str, Any]], str]:
+    """The manifest's name of a shard (run folder included), for edits made once the manifest is read."""
+    return lambda manifest: f"{manifest['run']}/{name}"
+
+
 def _copy_prep(prep: dict[str, Any], tmp_path: Path, name: str = "prep") -> Path:
     target = tmp_path / name
     shutil.copytree(prep["data_dir"], target)
@@ -63,13 +73,13 @@ def _rewrite(path: Path, change: Callable[[pa.Table], pa.Table], **options: Any)
 
 def _split_row_groups(data_dir: Path, name: str, rows_per_group: int = 5) -> int:
     """Rewrite one shard with small row groups (same rows) and update the manifest; return the count."""
-    _rewrite(data_dir / name, lambda table: table, row_group_size=rows_per_group)
-    groups = pq.ParquetFile(data_dir / name).metadata.num_row_groups
+    _rewrite(_at(data_dir, name), lambda table: table, row_group_size=rows_per_group)
+    groups = pq.ParquetFile(_at(data_dir, name)).metadata.num_row_groups
     split = name.split("-")[0]
 
     def update(manifest: dict[str, Any]) -> None:
         for entry in manifest["splits"][split]["files"]:
-            if entry["name"] == name:
+            if entry["name"].rsplit("/", 1)[-1] == name:
                 entry["row_groups"] = groups
 
     _edit_manifest(data_dir, update)
@@ -97,14 +107,14 @@ def _ids(path: Path) -> list[str]:
 
 def _ids_of_row_group(path: Path, row_group: int, prep_dir: str, rows_per_group: int = 5) -> list[str]:
     """The ids of one row group of a shard rewritten by ``_split_row_groups``, read from the intact original."""
-    ids = _ids(Path(prep_dir) / path.name)
+    ids = _ids(_at(Path(prep_dir), path.name))
     return ids[row_group * rows_per_group : (row_group + 1) * rows_per_group]
 
 
 def _rows(prep: dict[str, Any], name: str) -> int:
     """A shard's row count in the manifest of the intact prep dir."""
     split = name.split("-")[0]
-    return next(entry["rows"] for entry in prep["manifest"]["splits"][split]["files"] if entry["name"] == name)
+    return next(entry["rows"] for entry in prep["manifest"]["splits"][split]["files"] if entry["name"].rsplit("/", 1)[-1] == name)
 
 
 def _assert_no_step(out: Path) -> None:
@@ -214,10 +224,10 @@ def _more_rows_than_listed(path: Path) -> str:
 )
 def test_bad_train_shard_stops_before_the_first_step(prep, tiny_model, tmp_path, damage):
     data_dir = _copy_prep(prep, tmp_path)
-    problem = damage(data_dir / SHARD)
+    problem = damage(_at(data_dir, SHARD))
     out = tmp_path / "out"
     message = _run_fails(task_argv(data_dir, tiny_model, out))
-    assert message == f"{data_dir / SHARD}: {problem}{SKIP_HINT}"
+    assert message == f"{_at(data_dir, SHARD)}: {problem}{SKIP_HINT}"
     _assert_no_step(out)
 
 
@@ -225,9 +235,9 @@ def test_main_prints_the_message_and_exits_2(prep, tiny_model, tmp_path, capsys)
     from trainer.task import main
 
     data_dir = _copy_prep(prep, tmp_path)
-    problem = _truncate(data_dir / "dev-00001-of-00002.parquet")
+    problem = _truncate(_at(data_dir, "dev-00001-of-00006.parquet"))
     assert main(task_argv(data_dir, tiny_model, tmp_path / "out")) == 2
-    assert capsys.readouterr().err == f"error: {data_dir / 'dev-00001-of-00002.parquet'}: {problem}{SKIP_HINT}\n"
+    assert capsys.readouterr().err == f"error: {_at(data_dir, 'dev-00001-of-00006.parquet')}: {problem}{SKIP_HINT}\n"
     _assert_no_step(tmp_path / "out")
 
 
@@ -239,7 +249,7 @@ def test_every_bad_shard_is_named_in_one_message(prep, tiny_model, tmp_path):
     lines = message.splitlines()
     assert lines[0] == "6 bad shards in split 'train'; re-run beam_pipelines.preprocess, or pass --skip_bad_shards to skip them:"
     assert lines[1:] == [
-        f"  {data_dir / f'train-{i:05d}-of-00006.parquet'}: row group 0: label 2 is out of range for the label_map of "
+        f"  {_at(data_dir, f'train-{i:05d}-of-00006.parquet')}: row group 0: label 2 is out of range for the label_map of "
         "manifest.json (2 labels, indices 0..1)"
         for i in range(6)
     ]
@@ -254,8 +264,8 @@ def test_unlisted_shard_is_ignored_with_a_warning(prep, tmp_path, caplog):
     from trainer.data import scan_split
 
     data_dir = _copy_prep(prep, tmp_path)
-    stray = data_dir / "train-00006-of-00007.parquet"
-    shutil.copy(data_dir / SHARD, stray)
+    stray = _at(data_dir, "train-00006-of-00007.parquet")
+    shutil.copy(_at(data_dir, SHARD), stray)
     with caplog.at_level(logging.WARNING, logger="trainer.data"):
         scan = scan_split(str(data_dir), read_manifest(str(data_dir)), "train")
     assert scan.unlisted == [str(stray)]
@@ -265,7 +275,10 @@ def test_unlisted_shard_is_ignored_with_a_warning(prep, tmp_path, caplog):
 
 # --------------------------------------------------------------------------- hand-edited manifests
 def _set_file(index: int, **values: Any) -> Callable[[dict[str, Any]], None]:
-    return lambda m: m["splits"]["train"]["files"][index].update(values)
+    """Edit one train file entry; a callable value is given the manifest (run folder names)."""
+    return lambda m: m["splits"]["train"]["files"][index].update(
+        {key: value(m) if callable(value) else value for key, value in values.items()}
+    )
 
 
 MANIFEST_EDITS = [
@@ -276,9 +289,13 @@ MANIFEST_EDITS = [
     ("rows a string", _set_file(0, rows="13"), 'splits.train.files[0].rows must be an integer >= 0, got "13"'),
     ("rows negative", _set_file(0, rows=-1), "splits.train.files[0].rows must be an integer >= 0, got -1"),
     ("name with a folder", _set_file(0, name="../prep/train-00000-of-00006.parquet"),
-     "splits.train.files[0].name must be a file name in the manifest's folder, got \"../prep/train-00000-of-00006.parquet\""),
-    ("name twice", _set_file(1, name="train-00000-of-00006.parquet"),
-     "splits.train.files[1].name 'train-00000-of-00006.parquet' is listed twice"),
+     "splits.train.files[0].name must be a file name in the manifest's folder or its run folder, "
+     "got \"../prep/train-00000-of-00006.parquet\""),
+    ("name in another folder", _set_file(0, name="run-x/../../train-00000-of-00006.parquet"),
+     "splits.train.files[0].name must be a file name in the manifest's folder or its run folder, "
+     "got \"run-x/../../train-00000-of-00006.parquet\""),
+    ("name twice", _set_file(1, name=_listed("train-00000-of-00006.parquet")),
+     "splits.train.files[1].name '{run}/train-00000-of-00006.parquet' is listed twice"),
     ("label_map values strings", lambda m: m.update(label_map={"food": "0", "sport": "1", "tech": "2"}),
      'label_map must map each label to a distinct index 0..N-1, got {"food": "0", "sport": "1", "tech": "2"}'),
     ("label_map a list", lambda m: m.update(label_map=["food", "sport", "tech"]),
@@ -295,9 +312,10 @@ MANIFEST_EDITS = [
 @pytest.mark.parametrize("edit, problem", [case[1:] for case in MANIFEST_EDITS], ids=[case[0] for case in MANIFEST_EDITS])
 def test_hand_edited_manifest_is_refused(prep, tiny_model, tmp_path, edit, problem):
     data_dir = _copy_prep(prep, tmp_path)
+    run = prep["manifest"]["run"]
     _edit_manifest(data_dir, edit)
     out = tmp_path / "out"
-    assert _run_fails(task_argv(data_dir, tiny_model, out)) == f"{data_dir / 'manifest.json'}: {problem}"
+    assert _run_fails(task_argv(data_dir, tiny_model, out)) == f"{data_dir / 'manifest.json'}: {problem.replace('{run}', run)}"
     _assert_no_step(out)
 
 
@@ -322,7 +340,7 @@ def test_consistent_row_count_edit_is_caught_against_the_file(prep, tiny_model, 
     _edit_manifest(data_dir, edit)
     message = _run_fails(task_argv(data_dir, tiny_model, tmp_path / "out"))
     rows = _rows(prep, SHARD)
-    assert message == f"{data_dir / SHARD}: holds {rows} rows but manifest.json says {rows + 5}{SKIP_HINT}"
+    assert message == f"{_at(data_dir, SHARD)}: holds {rows} rows but manifest.json says {rows + 5}{SKIP_HINT}"
 
 
 # --------------------------------------------------------------------------- corruption found while reading
@@ -330,13 +348,13 @@ def test_corrupt_row_group_mid_training_from_a_worker(prep, tiny_model, tmp_path
     """The footer is intact, a data page of row group 2 is not: the worker's error reaches the user as is."""
     data_dir = _copy_prep(prep, tmp_path)
     assert _split_row_groups(data_dir, SHARD) == 3
-    _corrupt_data_page(data_dir / SHARD, 2)
+    _corrupt_data_page(_at(data_dir, SHARD), 2)
     out = tmp_path / "out"
     proc = run_task_subprocess(task_argv(data_dir, tiny_model, out, "--max_steps", "12", "--dataloader_num_workers", "2"))
     assert proc.returncode == 2, proc.stderr[-3000:]
     error = proc.stderr.strip().splitlines()[-1]
     assert error == (
-        f"error: {data_dir / SHARD}, row group 2: cannot be decoded, the file is corrupt "
+        f"error: {_at(data_dir, SHARD)}, row group 2: cannot be decoded, the file is corrupt "
         "(OSError: ZSTD decompression failed: Data corruption detected); a run with --skip_bad_shards skips it"
     )
     assert "DataLoader worker" not in proc.stderr and "Traceback" not in proc.stderr
@@ -344,17 +362,19 @@ def test_corrupt_row_group_mid_training_from_a_worker(prep, tiny_model, tmp_path
 
 def test_skip_bad_shards_trains_on_the_rest_and_counts(prep, tiny_model, tmp_path):
     data_dir = _copy_prep(prep, tmp_path)
-    truncated, foreign = data_dir / "train-00000-of-00006.parquet", data_dir / "train-00004-of-00006.parquet"
+    truncated, foreign = _at(data_dir, "train-00000-of-00006.parquet"), _at(data_dir, "train-00004-of-00006.parquet")
     skipped_ids = set(_ids(truncated)) | set(_ids(foreign))
     truncated_problem, foreign_problem = _truncate(truncated), _missing_column(foreign)
     # a corrupt data page in row group 1 of a train shard and of a dev shard, found only when read
-    corrupt_train, corrupt_dev = data_dir / SHARD, data_dir / "dev-00001-of-00002.parquet"
-    for path in (corrupt_train, corrupt_dev):
-        _split_row_groups(data_dir, path.name)
+    dev_shard = max(prep["manifest"]["splits"]["dev"]["files"], key=lambda entry: entry["rows"])["name"].rsplit("/", 1)[1]
+    corrupt_train, corrupt_dev = _at(data_dir, SHARD), _at(data_dir, dev_shard)
+    for path, rows_per_group in ((corrupt_train, 5), (corrupt_dev, 2)):
+        _split_row_groups(data_dir, path.name, rows_per_group)
         _corrupt_data_page(path, 1)
     skipped_ids |= set(_ids_of_row_group(corrupt_train, 1, prep["data_dir"]))
-    stray = data_dir / "train-00006-of-00007.parquet"
-    shutil.copy(Path(prep["data_dir"]) / SHARD, stray)
+    skipped_dev = len(_ids_of_row_group(corrupt_dev, 1, prep["data_dir"], rows_per_group=2))
+    stray = _at(data_dir, "train-00006-of-00007.parquet")
+    shutil.copy(_at(Path(prep["data_dir"]), SHARD), stray)
     out, trace = tmp_path / "out", tmp_path / "trace.jsonl"
     from trainer.task import run
 
@@ -369,13 +389,13 @@ def test_skip_bad_shards_trains_on_the_rest_and_counts(prep, tiny_model, tmp_pat
         "skip_bad_shards": True,
         "skipped_files": 2,
         "skipped_row_groups": 2,
-        "skipped_rows": truncated_rows + foreign_rows + 5 + 5,
+        "skipped_rows": truncated_rows + foreign_rows + 5 + skipped_dev,
         "files": [
             {"split": "train", "path": str(truncated), "problem": truncated_problem, "rows": truncated_rows},
             {"split": "train", "path": str(foreign), "problem": foreign_problem, "rows": foreign_rows},
         ],
         "row_groups": [
-            {"split": "dev", "path": str(corrupt_dev), "row_group": 1, "rows": 5, "problem": page_problem},
+            {"split": "dev", "path": str(corrupt_dev), "row_group": 1, "rows": skipped_dev, "problem": page_problem},
             {"split": "train", "path": str(corrupt_train), "row_group": 1, "rows": 5, "problem": page_problem},
         ],
         "unlisted_files": [str(stray)],
@@ -384,7 +404,7 @@ def test_skip_bad_shards_trains_on_the_rest_and_counts(prep, tiny_model, tmp_pat
     run_config = json.loads((out / "run_config.json").read_text())
     assert eval_results["data_problems"] == results["data_problems"] == expected
     assert run_config["data_problems"] == expected and run_config["args"]["skip_bad_shards"] is True
-    assert eval_results["final"]["num_examples"] == 30 - 5  # the dev row group's documents are left out
+    assert eval_results["final"]["num_examples"] == 30 - skipped_dev  # the dev row group's documents are left out
     assert (out / "model.safetensors").exists()
 
 
@@ -395,7 +415,7 @@ def test_predict_checks_shards_up_front(prep, tiny_model, tmp_path):
     model = tmp_path / "model"
     run(task_argv(prep["data_dir"], tiny_model, model, "--max_steps", "1", "--eval_strategy", "no"))
     data_dir = _copy_prep(prep, tmp_path)
-    bad = data_dir / "test-00000-of-00002.parquet"
+    bad = _at(data_dir, "test-00000-of-00006.parquet")
     problem = _csv(bad)
     argv = ["--model_dir", str(model), "--data_dir", str(data_dir), "--output", str(tmp_path / "p.jsonl"), "--use_cpu"]
     with pytest.raises(ValueError) as error:
@@ -420,11 +440,11 @@ def _torchrun(argv: list[str]) -> subprocess.CompletedProcess:
 def test_two_ranks_stop_together_with_the_same_message(prep, tiny_model, tmp_path):
     """Rank 0 checks the shards and broadcasts the verdict: rank 1 does not hang, it fails with it."""
     data_dir = _copy_prep(prep, tmp_path)
-    problem = _missing(data_dir / SHARD)
+    problem = _missing(_at(data_dir, SHARD))
     out = tmp_path / "out"
     proc = _torchrun(task_argv(data_dir, tiny_model, out))
     assert proc.returncode != 0
-    expected = f"error: {data_dir / SHARD}: {problem}{SKIP_HINT}"
+    expected = f"error: {_at(data_dir, SHARD)}: {problem}{SKIP_HINT}"
     assert proc.stderr.count(expected) == 2, proc.stderr[-3000:]  # one line per rank
     _assert_no_step(out)
 
@@ -433,12 +453,12 @@ def test_two_ranks_skip_the_same_units_and_stay_in_step(prep, tiny_model, tmp_pa
     """A skipped shard plus a corrupt row group that leaves whole batches empty on one rank (batch 2,
     shuffle buffer 2): that rank still joins every gradient all-reduce, and no skipped row is trained."""
     data_dir = _copy_prep(prep, tmp_path)
-    truncated = data_dir / "train-00000-of-00006.parquet"
+    truncated = _at(data_dir, "train-00000-of-00006.parquet")
     skipped_ids = set(_ids(truncated))
     _truncate(truncated)
     _split_row_groups(data_dir, SHARD)
-    _corrupt_data_page(data_dir / SHARD, 1)
-    skipped_ids |= set(_ids_of_row_group(data_dir / SHARD, 1, prep["data_dir"]))
+    _corrupt_data_page(_at(data_dir, SHARD), 1)
+    skipped_ids |= set(_ids_of_row_group(_at(data_dir, SHARD), 1, prep["data_dir"]))
     out, trace = tmp_path / "out", tmp_path / "trace.jsonl"
     argv = task_argv(
         data_dir, tiny_model, out, "--skip_bad_shards", "--per_device_train_batch_size", "2", "--shuffle_buffer", "2",
@@ -455,7 +475,7 @@ def test_two_ranks_skip_the_same_units_and_stay_in_step(prep, tiny_model, tmp_pa
     problems = json.loads((out / "eval_results.json").read_text())["data_problems"]
     assert (problems["skipped_files"], problems["skipped_row_groups"]) == (1, 1)
     assert problems["skipped_rows"] == _rows(prep, truncated.name) + 5
-    assert [record["path"] for record in problems["files"] + problems["row_groups"]] == [str(truncated), str(data_dir / SHARD)]
+    assert [record["path"] for record in problems["files"] + problems["row_groups"]] == [str(truncated), str(_at(data_dir, SHARD))]
 
 
 # --------------------------------------------------------------------------- gs://
@@ -467,13 +487,14 @@ def test_bad_shards_in_gcs_are_named_by_url(gcs: GcsEmulator, prep, tmp_path, mo
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     data_dir = _copy_prep(prep, tmp_path)
-    truncated_problem = _truncate(data_dir / "train-00000-of-00006.parquet")
-    _missing(data_dir / SHARD)
-    shutil.copy(Path(prep["data_dir"]) / SHARD, data_dir / "train-00006-of-00007.parquet")
+    truncated_problem = _truncate(_at(data_dir, "train-00000-of-00006.parquet"))
+    _missing(_at(data_dir, SHARD))
+    shutil.copy(_at(Path(prep["data_dir"]), SHARD), _at(data_dir, "train-00006-of-00007.parquet"))
     url = gcs.url("prep")
     spanwise_io.upload_dir(str(data_dir), url)
     manifest = read_manifest(url)
-    truncated_url, missing_url = f"{url}/train-00000-of-00006.parquet", f"{url}/{SHARD}"
+    run = manifest["run"]
+    truncated_url, missing_url = f"{url}/{run}/train-00000-of-00006.parquet", f"{url}/{run}/{SHARD}"
     with pytest.raises(ValueError) as error:
         scan_split(url, manifest, "train")
     assert str(error.value) == (
@@ -483,5 +504,5 @@ def test_bad_shards_in_gcs_are_named_by_url(gcs: GcsEmulator, prep, tmp_path, mo
     )
     scan = scan_split(url, manifest, "train", skip_bad_shards=True)
     assert [problem.path for problem in scan.skipped] == [truncated_url, missing_url]
-    assert scan.unlisted == [f"{url}/train-00006-of-00007.parquet"]
+    assert scan.unlisted == [f"{url}/{run}/train-00006-of-00007.parquet"]
     assert sum(unit.num_rows for unit in scan.units) == 90 - _rows(prep, SHARD) - _rows(prep, "train-00000-of-00006.parquet")

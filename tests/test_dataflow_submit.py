@@ -46,9 +46,11 @@ BUCKET = "spanwise-dataflow-test"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 # Our PTransform labels (beam_pipelines/preprocess.py build_pipeline).
 OUR_TRANSFORMS = (
-    "ListInputs", "ReadParse", "Spread", "TrainLabels", "DistinctLabels", "AllLabels", "BuildLabelMap", "Tokenize",
-    "GroupByShard", "WriteShards", "LengthStats", "AllRejected", "RejectedBySplit", "GroupRejected", "WriteRejected",
-    "ReasonKeys", "CountReasons", "FinalizeTrigger", "Finalize",
+    "ListTasks", "SpreadTasks", "Read", "TrainLabels", "DistinctLabels", "AllLabels", "BuildLabelMap", "Tokenize",
+    "GroupByShard", "WriteShards", "LengthStats", "AllRejected", "BatchRejected", "GroupRejected", "WriteRejected",
+    "FinalizeTrigger", "Finalize",
+    # on Dataflow, records and rejected rows meet through the runner's shuffle, not spill files
+    "GroupByShard/Group", "GroupRejected/Group",
 )
 BEAM_IMAGE = "gcr.io/cloud-dataflow/v1beta3/beam_python{}.{}_sdk:{}"
 CUSTOM_IMAGE = "us-central1-docker.pkg.dev/test-project/spanwise/spanwise-worker:0123456789ab"
@@ -394,10 +396,11 @@ def test_preprocess_run_submits_the_job_to_dataflow(
     # Our transforms, in the staged pipeline, running in the SDK container the request names.
     pipeline, by_name = _transforms(staged["pipeline.pb"])
     assert set(OUR_TRANSFORMS) <= set(by_name), sorted(set(OUR_TRANSFORMS) - set(by_name))
-    tokenize = by_name["Tokenize/ParDo(TokenizeBatchFn)"]
+    assert not [name for name in by_name if name.endswith("/Spill")]
+    tokenize = by_name["Tokenize/ParDo(TokenizeFn)"]
     assert tokenize.spec.urn == "beam:transform:pardo:v1"
     do_fn = pickler.loads(beam_runner_api_pb2.ParDoPayload.FromString(tokenize.spec.payload).do_fn.payload)[0]
-    assert isinstance(do_fn, transforms.TokenizeBatchFn)
+    assert isinstance(do_fn, transforms.TokenizeFn)
     environment = pipeline.components.environments[tokenize.environment_id]
     docker = beam_runner_api_pb2.DockerPayload.FromString(environment.payload)
     assert docker.container_image == image

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from beam_pipelines import datasets
-from schemas.tsv import TsvRow, parse_line
+from schemas.columns import ColumnSpec
+from schemas.rows import Row
+from schemas.tsv import parse_line, tsv_layout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "dev", "test")
@@ -105,12 +107,11 @@ def test_files_are_well_formed(converted):
     for split in SPLITS:
         raw_lines = (out / f"{split}.tsv").read_bytes().split(b"\n")[:-1]
         assert len(raw_lines) == summary["documents"][split] + 1
-        for number, raw in enumerate(raw_lines, start=1):
-            parsed = parse_line(split, f"{split}.tsv", number, raw)
-            if number == 1:
-                assert parsed is None  # the header is detected by our own parser
-            else:
-                assert isinstance(parsed, TsvRow), parsed
+        layout, has_header = tsv_layout(raw_lines[0], ColumnSpec(), file=f"{split}.tsv", labelled=True)
+        assert has_header  # the header is detected by our own parser
+        for number, raw in enumerate(raw_lines[1:], start=2):
+            parsed = parse_line(split, f"{split}.tsv", number, raw, layout=layout)
+            assert isinstance(parsed, Row), parsed
         split_ids = [row[0] for row in rows[split]]
         assert split_ids == sorted(split_ids)
         for row in rows[split]:

@@ -1,8 +1,8 @@
 """Property (fuzz) tests of the TSV row reader: ``schemas.tsv.parse_line`` and ``iter_lines``.
 
 Arbitrary bytes (NUL, CR, tabs, a BOM, invalid UTF-8, very long lines) must never make the
-parser raise: every line is a ``TsvRow``, a ``Rejection`` with a known reason and a bounded raw
-text, or ``None`` (a header on line 1).
+parser raise: every line is a ``Row`` or a ``Rejection`` with a known reason and a bounded raw
+text (a header is the reader's business, decided from the file's first line).
 
 The number of examples comes from a Hypothesis profile chosen by ``SPANWISE_FUZZ_PROFILE``:
 ``ci`` (default, fast) or ``long``::
@@ -26,17 +26,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.tsv import (
-    LABELLED_SPLITS,
-    MAX_RAW_CHARS,
-    SPLITS,
-    Reason,
-    Rejection,
-    TsvRow,
-    is_header,
-    iter_lines,
-    parse_line,
-)
+from schemas.columns import ColumnSpec
+from schemas.rows import LABELLED_SPLITS, MAX_RAW_CHARS, SPLITS, Reason, Rejection, Row
+from schemas.tsv import is_header, iter_lines, parse_line, tsv_layout
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -62,10 +54,7 @@ raw_lines = line_bytes.map(lambda b: b.replace(b"\n", b""))
 
 def check_result(result, split: str, line: int, raw: bytes) -> None:
     """The invariants of one parse_line result."""
-    assert result is None or isinstance(result, (TsvRow, Rejection)), type(result)
-    if result is None:
-        assert line == 1, "only line 1 may be a header"
-        return
+    assert isinstance(result, (Row, Rejection)), type(result)
     assert result.split == split and result.line == line
     if isinstance(result, Rejection):
         assert result.reason in REASONS
@@ -113,7 +102,7 @@ def test_field_count_decides(values, split):
         assert isinstance(result, Rejection) and result.reason == Reason.WRONG_FIELD_COUNT
     else:
         check_result(result, split, 2, raw)
-        if isinstance(result, TsvRow):
+        if isinstance(result, Row):
             assert result.id == values[0].strip() and result.label == values[2].strip()
             assert result.text_a == values[3] and result.text_b == (values[4] if count == 5 else "")
 
@@ -130,7 +119,7 @@ def test_later_rejection_carries_the_line_as_read(values, pad, long_text):
     values = [pad + values[0] + "x" + pad, values[1], pad + values[2] + "y" + pad, values[3] + "t" + "z" * long_text]
     line = "\t".join(values + empty_fifth)
     row = parse_line("dev", "f.tsv", 2, line.encode("utf-8"))
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     rejection = Rejection.of_row(row, Reason.DUPLICATE_ID, "ID already used")
     assert rejection.raw == cut(line) and rejection.line == 2 and rejection.reason == Reason.DUPLICATE_ID
 
@@ -138,17 +127,17 @@ def test_later_rejection_carries_the_line_as_read(values, pad, long_text):
 def test_later_rejection_raw_for_plain_rows_costs_nothing():
     """A row that its fields give back keeps no copy of its line (rows travel through Beam)."""
     row = parse_line("dev", "f.tsv", 2, b"d1\ta\tpos\ttext\tpair")
-    assert isinstance(row, TsvRow) and row.raw == ""
+    assert isinstance(row, Row) and row.raw == ""
     assert Rejection.of_row(row, Reason.UNSEEN_LABEL, "x").raw == "d1\ta\tpos\ttext\tpair"
     padded = parse_line("dev", "f.tsv", 2, b" d1 \ta\t pos\ttext\t")
-    assert padded == TsvRow("dev", "f.tsv", 2, "d1", "a", "pos", "text", "")  # raw takes no part in ==
+    assert padded == Row("dev", "f.tsv", 2, "d1", "a", "pos", "text", "")  # raw takes no part in ==
     assert Rejection.of_row(padded, Reason.UNSEEN_LABEL, "x").raw == " d1 \ta\t pos\ttext\t"
 
 
 @given(label=st.text(alphabet="ab c", min_size=1, max_size=10).filter(lambda s: s.strip()))
 def test_labels_with_spaces_are_kept_inner(label):
     row = parse_line("train", "f.tsv", 2, f"id1\tx\t{label}\tsome text".encode())
-    assert isinstance(row, TsvRow) and row.label == label.strip()
+    assert isinstance(row, Row) and row.label == label.strip()
 
 
 @given(lines=st.lists(raw_lines, max_size=20), bom=st.booleans(), crlf=st.lists(st.booleans(), max_size=20),
@@ -177,13 +166,30 @@ def test_iter_lines_numbers_every_line_and_strips_endings(lines, bom, crlf, fina
 
 def test_bom_then_header_is_a_header():
     (number, raw), = list(iter_lines(io.BytesIO(b"\xef\xbb\xbfid\talpha\tlabel\ttext_a\r\n")))
-    assert parse_line("train", "f.tsv", number, raw) is None
     assert is_header(raw.decode().split("\t"))
+    assert tsv_layout(raw, ColumnSpec(), file="f.tsv", labelled=True)[1]
 
 
-def test_header_after_line_1_is_a_row_or_rejected():
+_COLUMN_NAMES = st.permutations(["id", "label", "text", "alpha", "text_b", "extra"])
+
+
+@given(names=_COLUMN_NAMES, values=st.lists(fields.filter(lambda v: v.strip()), min_size=6, max_size=6),
+       split=st.sampled_from(SPLITS))
+def test_a_header_in_any_order_maps_each_field_to_its_column(names, values, split):
+    """Whatever the order of the header, each role reads the field under its own name."""
+    layout, has_header = tsv_layout("\t".join(names).encode(), ColumnSpec(), file="f.tsv", labelled=True)
+    assert has_header
+    row = parse_line(split, "f.tsv", 2, "\t".join(values).encode("utf-8"), layout=layout)
+    by_name = dict(zip(names, values))
+    assert isinstance(row, Row), row
+    assert (row.id, row.label, row.text_a, row.text_b, row.alpha) == (
+        by_name["id"].strip(), by_name["label"].strip(), by_name["text"], by_name["text_b"], by_name["alpha"],
+    )
+
+
+def test_a_header_like_line_is_a_row_to_parse_line():
     result = parse_line("train", "f.tsv", 2, b"id\talpha\tlabel\ttext_a")
-    assert isinstance(result, TsvRow)  # an ordinary row whose ID is "id": never silently dropped
+    assert isinstance(result, Row)  # an ordinary row whose ID is "id": never silently dropped
 
 
 @pytest.mark.parametrize("shape", ["good_row", "no_tabs", "many_tabs", "invalid_utf8_at_end", "nul"])
@@ -202,7 +208,7 @@ def test_ten_megabyte_line(shape):
     check_result(result, "train", 2, raw)
     assert elapsed < 5, elapsed
     if shape in ("good_row", "nul"):
-        assert isinstance(result, TsvRow) and len(result.text_a) >= big
+        assert isinstance(result, Row) and len(result.text_a) >= big
     else:
         assert isinstance(result, Rejection)
         assert len(result.raw) <= RAW_LIMIT and result.raw.endswith(" chars]")
@@ -233,7 +239,7 @@ def test_bom_only_file_has_no_lines_and_blank_lines_count(data, lines):
             assert isinstance(result, Rejection) and result.reason == Reason.WRONG_FIELD_COUNT
             assert result.detail.endswith("got 1")
         else:
-            assert isinstance(result, TsvRow)
+            assert isinstance(result, Row)
 
 
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85", "\x1c", "\x0b", "\r"])

@@ -269,27 +269,30 @@ def test_preprocess_pipeline_reads_and_writes_gcs(gcs: GcsEmulator):
     output = gcs.url("prep")
 
     manifest = _run(data, output, tok_url)
+    train, dev = manifest["splits"]["train"], manifest["splits"]["dev"]
 
-    # Output layout: manifest, shards and rejected/ in place, no temp folder left behind.
-    names = spanwise_io.listdir(output)
-    assert names == sorted(
-        ["manifest.json", "rejected", "train-00000-of-00002.parquet", "train-00001-of-00002.parquet",
+    # Output layout: the manifest and the run's folder with shards and rejected/, nothing else.
+    run = manifest["run"]
+    assert spanwise_io.listdir(output) == ["manifest.json", run]
+    assert spanwise_io.listdir(spanwise_io.join(output, run)) == sorted(
+        ["rejected", "train-00000-of-00002.parquet", "train-00001-of-00002.parquet",
          "dev-00000-of-00002.parquet", "dev-00001-of-00002.parquet"]
-    ), names
-    assert not any(name.startswith(".spanwise-tmp") for name in _gcsfs().ls(output, detail=False, refresh=True))
-    assert spanwise_io.listdir(spanwise_io.join(output, "rejected")) == ["dev-00000-of-00001.jsonl", "train-00000-of-00001.jsonl"]
+    )
+    rejected_files = train["rejected_files"] + dev["rejected_files"]
+    assert sorted(spanwise_io.listdir(spanwise_io.join(output, run, "rejected"))) == sorted(
+        name.rsplit("/", 1)[1] for name in rejected_files
+    )
 
     # The manifest on gs:// is what run() returned.
     on_disk = json.loads(spanwise_io.read_bytes(spanwise_io.join(output, "manifest.json")))
     assert on_disk == manifest
     assert manifest["options"]["data_dir"] == data and manifest["options"]["output_dir"] == output
     assert manifest["label_map"] == {"politics": 0, "sports": 1, "tech": 2}
-    train, dev = manifest["splits"]["train"], manifest["splits"]["dev"]
     assert (train["read"], train["records"], train["rejected"], train["header_lines"]) == (6, 5, 1, 1)
     assert train["rejected_by_reason"] == {"wrong_field_count": 1}
     assert (dev["read"], dev["records"], dev["rejected"]) == (3, 2, 1)
     assert dev["rejected_by_reason"] == {"unseen_label": 1}
-    assert train["input"] == f"{data}/train.tsv"
+    assert train["input"] == [f"{data}/train.tsv"]
 
     # The tokenizer was loaded from the bucket and is the same as the bundled one.
     local = load_tokenizer(local_tok)
@@ -315,23 +318,24 @@ def test_preprocess_pipeline_reads_and_writes_gcs(gcs: GcsEmulator):
             assert record["label"] == manifest["label_map"][label]
             assert record["alpha"] == alpha
         assert manifest["splits"][split]["stats"]["documents"] == len(rows)
-    shard = spanwise_io.join(output, "train-00000-of-00002.parquet")
+    shard = spanwise_io.join(output, run, "train-00000-of-00002.parquet")
     with spanwise_io.open_read(shard) as handle:
         assert pq.read_schema(handle).remove_metadata().equals(SHARD_SCHEMA)
 
     # Rejected rows: JSONL with the reason, file and line.
-    rejected = [
-        json.loads(line)
-        for line in spanwise_io.read_bytes(spanwise_io.join(output, train["rejected_file"])).decode().splitlines()
-    ]
+    def rejected_rows(names: list[str]) -> list[dict]:
+        return [json.loads(line) for name in names
+                for line in spanwise_io.read_bytes(spanwise_io.join(output, name)).decode().splitlines()]
+
+    rejected = rejected_rows(train["rejected_files"])
     assert rejected == [
         {
-            "split": "train", "file": f"{data}/train.tsv", "line": 7, "reason": "wrong_field_count",
-            "detail": rejected[0]["detail"], "raw": bad_line,
+            "split": "train", "file": f"{data}/train.tsv", "line": 7, "offset": rejected[0]["offset"],
+            "reason": "wrong_field_count", "detail": rejected[0]["detail"], "raw": bad_line,
         }
     ]
-    dev_rejected = [json.loads(line) for line in spanwise_io.read_bytes(spanwise_io.join(output, dev["rejected_file"])).splitlines()]
-    assert [(r["line"], r["reason"]) for r in dev_rejected] == [(4, "unseen_label")]
+    assert spanwise_io.read_bytes(f"{data}/train.tsv")[rejected[0]["offset"]:].startswith(bad_line.encode())
+    assert [(r["line"], r["reason"]) for r in rejected_rows(dev["rejected_files"])] == [(4, "unseen_label")]
 
 
 def test_preprocess_refuses_then_overwrites_gcs_output(gcs: GcsEmulator):
@@ -350,10 +354,12 @@ def test_preprocess_refuses_then_overwrites_gcs_output(gcs: GcsEmulator):
     # Good train rows only now: no rejected file for train, so the stale one must be gone.
     _upload_corpus(gcs, _tsv(TRAIN_ROWS), _tsv(DEV_ROWS[:2]))
     manifest = _run(data, output, tok_url, "--overwrite", "--num_shards", "1")
-    assert spanwise_io.listdir(output) == sorted(
-        ["dev-00000-of-00001.parquet", "manifest.json", "notes.txt", "train-00000-of-00001.parquet"]
-    )
-    assert manifest["splits"]["train"]["rejected_file"] is None
+    # the earlier run's files are gone once the new run is committed; other files stay
+    assert spanwise_io.listdir(output) == sorted(["manifest.json", "notes.txt", manifest["run"]])
+    assert spanwise_io.listdir(spanwise_io.join(output, manifest["run"])) == [
+        "dev-00000-of-00001.parquet", "train-00000-of-00001.parquet",
+    ]
+    assert manifest["splits"]["train"]["rejected_files"] == []
     assert manifest["splits"]["train"]["records"] == 5 and manifest["splits"]["dev"]["records"] == 2
     assert sum(r["id"].startswith("t") for r in _read_split(output, manifest, "train")) == 5
     assert spanwise_io.read_bytes(spanwise_io.join(output, "notes.txt")) == b"kept"

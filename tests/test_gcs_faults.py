@@ -285,7 +285,9 @@ def _outputs(root: str, urls: dict[str, str]) -> dict[str, object]:
 
     manifest = json.loads(text(spanwise_io.join(urls["prep"], "manifest.json")))
     manifest.pop("created_at")
-    shards = {n: spanwise_io.read_bytes(spanwise_io.join(urls["prep"], n)) for n in spanwise_io.listdir(urls["prep"]) if n.endswith(".parquet")}
+    run_dir = spanwise_io.join(urls["prep"], manifest["run"])
+    shards = {n: spanwise_io.read_bytes(spanwise_io.join(run_dir, n)) for n in spanwise_io.listdir(run_dir) if n.endswith(".parquet")}
+    manifest = json.loads(json.dumps(manifest).replace(manifest["run"], "RUN"))  # (each run has its own folder)
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "model.safetensors")
         with open(weights, "wb") as handle:

@@ -20,11 +20,11 @@ import pytest
 
 from beam_pipelines import preprocess, transforms
 from beam_pipelines.transforms import CorpusError, cap_chars
-from schemas.tsv import TsvRow
 from pipeline_helpers import (
     Doc,
     load_reference_tokenizer,
     preprocess_argv,
+    read_rejected,
     read_split,
     reference_ids,
     shard_names,
@@ -171,12 +171,11 @@ def test_cap_chars_without_whitespace_cuts_exactly():
 
 
 def test_tokenizer_calls_are_bounded_in_characters():
-    def row(index: int, chars: int) -> TsvRow:
-        return TsvRow("train", "f", index, f"r{index}", "a", "pos", "x" * chars, "")
-
-    rows = [row(0, 10), row(1, 700), row(2, 400), row(3, 2000), row(4, 5)]
-    groups = list(transforms._char_bounded_groups(rows, 1000))
+    texts_a = ["x" * chars for chars in (10, 700, 400, 2000, 5)]
+    groups = list(transforms._char_bounded_groups(texts_a, [""] * 5, 1000))
     assert groups == [(0, 2), (2, 3), (3, 4), (4, 5)]  # in order, each row once, a long one alone
+    texts_b = ["y" * chars for chars in (900, 200, 0, 0, 0)]
+    assert list(transforms._char_bounded_groups(["a"] * 5, texts_b, 1000)) == [(0, 1), (1, 5)]  # TEXT_B too
 
 
 # --------------------------------------------------------------------------- labels
@@ -200,11 +199,10 @@ def test_too_many_labels_fails_with_a_clear_message(tmp_path):
     message = str(error.value)
     assert isinstance(error.value, ValueError)
     assert message.startswith("train has 8 distinct labels, more than --max_labels 5 (e.g. ")
-    assert "raise --max_labels" in message and "LABEL column" in message
+    assert "raise --max_labels" in message and "--label_column" in message
     assert repr(sorted(texts)[0][:40] + "...") in message  # examples, cut to a readable length
     assert "while running" not in message  # no Beam step annotation
-    assert not (out / "manifest.json").exists() and not shard_names(str(out))
-    assert not [name for name in os.listdir(out) if name.startswith(".spanwise-tmp")]
+    assert os.listdir(out) == []  # nothing published, the failed run's folder gone
 
 
 def test_labels_up_to_the_bound_pass(tmp_path):
@@ -262,14 +260,13 @@ def test_guard_option_errors(tmp_path, capsys, flag, value, expected):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_cut_row_keeps_its_line_as_read_for_a_later_rejection():
-    """A row cut at --max_doc_chars and rejected later (duplicate ID, no tokens, unseen label)
-    shows the line as it was read in the dead-letter output, not the cut text."""
-    from schemas.tsv import Reason, Rejection, parse_line
-
+def test_a_cut_row_keeps_its_line_as_read_for_a_later_rejection(tmp_path):
+    """A row cut at --max_doc_chars and rejected later (here: a duplicate ID, decided where its
+    shard is written) shows the line as it was read in the dead-letter output, not the cut text."""
     line = "t1\ta\tpos\t" + "word " * 1000
-    row = parse_line("train", "train.tsv", 2, line.encode())
-    cut = transforms._cap_row_chars(row, 1000)
-    assert isinstance(cut, transforms.CharCappedRow) and len(cut.text_a) <= 1000
-    expected = line[:1000] + f"...[{len(line)} chars]"
-    assert Rejection.of_row(cut, Reason.DUPLICATE_ID, "d").raw == Rejection.of_row(row, Reason.DUPLICATE_ID, "d").raw == expected
+    write_corpus(str(tmp_path / "data"), {"train": ["t1\ta\tpos\tfirst", line], "dev": ["d1\ta\tpos\ttext"]})
+    manifest = preprocess.run(preprocess_argv(tmp_path / "data", tmp_path / "out", "--max_doc_chars", "1000"))
+    (rejection,) = read_rejected(str(tmp_path / "out"), "train")
+    assert rejection["reason"] == "duplicate_id" and rejection["line"] == 2
+    assert rejection["raw"] == line[:1000] + f"...[{len(line)} chars]"
+    assert manifest["splits"]["train"]["stats"]["capped_at_max_doc_chars"] == 0  # the cut row was not written

@@ -1,4 +1,5 @@
-"""Tests of the TSV row parser (design.md section 2): ``ID, ALPHA_COL, LABEL, TEXT_A[, TEXT_B]``."""
+"""Tests of the TSV row parser (design.md section 2): the GLUE layout ``ID, ALPHA_COL, LABEL,
+TEXT_A[, TEXT_B]``, or columns named by a header on line 1."""
 
 from __future__ import annotations
 
@@ -7,20 +8,13 @@ import json
 
 import pytest
 
-from schemas.tsv import (
-    LABELLED_SPLITS,
-    MAX_RAW_CHARS,
-    Reason,
-    Rejection,
-    TsvRow,
-    is_header,
-    iter_lines,
-    parse_line,
-)
+from schemas.columns import GLUE_LAYOUT, ColumnSpec
+from schemas.rows import LABELLED_SPLITS, MAX_RAW_CHARS, Reason, Rejection, Row
+from schemas.tsv import is_header, iter_lines, parse_line, tsv_layout
 
 
-def parse(raw: bytes, split: str = "train", line: int = 2, decode_errors: str = "strict"):
-    return parse_line(split, f"{split}.tsv", line, raw, decode_errors)
+def parse(raw: bytes, split: str = "train", line: int = 2, decode_errors: str = "strict", layout=GLUE_LAYOUT):
+    return parse_line(split, f"{split}.tsv", line, raw, decode_errors, layout)
 
 
 def lines_of(data: bytes) -> list[tuple[int, bytes]]:
@@ -40,14 +34,14 @@ def assert_rejected(result, reason: str, line: int = 2, split: str = "train") ->
 
 def test_row_without_text_b():
     row = parse(b"d1\ta\tpositive\tA fine film.", line=7)
-    assert row == TsvRow(
+    assert row == Row(
         split="train", file="train.tsv", line=7, id="d1", alpha="a", label="positive", text_a="A fine film.", text_b=""
     )
 
 
 def test_row_with_text_b():
     row = parse("q-9\tx\t1\tWhat is it?\tIt is a caf\u00e9.".encode("utf-8"), split="dev")
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     assert (row.split, row.id, row.alpha, row.label, row.text_a, row.text_b) == (
         "dev", "q-9", "x", "1", "What is it?", "It is a caf\u00e9."
     )
@@ -55,19 +49,19 @@ def test_row_with_text_b():
 
 def test_row_with_empty_text_b_field():
     row = parse(b"d1\ta\t0\ttext\t")
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     assert (row.text_a, row.text_b) == ("text", "")
 
 
 def test_row_keeps_text_and_alpha_verbatim_but_strips_id_and_label():
     row = parse(b" d1 \t a \t pos \t  spaced text  \t b ")
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     assert (row.id, row.alpha, row.label, row.text_a, row.text_b) == ("d1", " a ", "pos", "  spaced text  ", " b ")
 
 
 def test_empty_alpha_is_fine():
     row = parse(b"d1\t\tpos\ttext")
-    assert isinstance(row, TsvRow) and row.alpha == ""
+    assert isinstance(row, Row) and row.alpha == ""
 
 
 # --- header -------------------------------------------------------------------------------
@@ -77,23 +71,49 @@ def test_empty_alpha_is_fine():
     "header",
     [b"id\talpha\tlabel\ttext_a", b"id\talpha\tlabel\ttext_a\ttext_b", b"ID\tALPHA_COL\tLABEL\tTEXT_A\tTEXT_B", b"guid\tx\tclass\tsentence"],
 )
-def test_header_on_line_1_is_skipped(header):
-    assert parse(header, line=1) is None
+def test_glue_shaped_headers_map_to_the_glue_columns(header):
     assert is_header(header.decode().split("\t"))
+    layout, has_header = tsv_layout(header, ColumnSpec(), file="train.tsv", labelled=True)
+    assert has_header and (layout.index("id"), layout.index("label"), layout.index("text")) == (0, 2, 3)
+    row = parse(b"d1\ta\tpos\tsome text", layout=layout)
+    assert isinstance(row, Row) and (row.id, row.label, row.text_a) == ("d1", "pos", "some text")
 
 
-def test_header_only_on_line_1():
-    row = parse(b"id\talpha\tlabel\ttext_a", line=2)
-    assert isinstance(row, TsvRow)  # a data row that happens to look like a header
-    assert (row.id, row.label, row.text_a) == ("id", "label", "text_a")
+def test_header_decides_which_column_is_which():
+    """The header of the issue: id, text_a, label, alpha (the GLUE layout would train on 'alpha')."""
+    layout, has_header = tsv_layout(b"id\ttext_a\tlabel\talpha", ColumnSpec(), file="train.tsv", labelled=True)
+    assert has_header
+    row = parse(b"d1\tthe real text\tpos\tx", layout=layout)
+    assert isinstance(row, Row)
+    assert (row.id, row.text_a, row.label, row.alpha) == ("d1", "the real text", "pos", "x")
+    wrong = parse(b"d1\tthe real text\tpos", layout=layout)
+    assert isinstance(wrong, Rejection) and wrong.reason == Reason.WRONG_FIELD_COUNT
+    assert "as the header (id, text_a, label, alpha)" in wrong.detail
 
 
-def test_data_row_on_line_1_is_not_a_header():
-    row = parse(b"d1\ta\tpositive\ttext", line=1)
-    assert isinstance(row, TsvRow) and row.line == 1
+def test_no_header_is_the_glue_layout():
+    assert tsv_layout(b"d1\ta\tpositive\ttext", ColumnSpec(), file="t.tsv", labelled=True) == (GLUE_LAYOUT, False)
     assert not is_header(["d1", "a", "positive", "text"])
-    assert not is_header(["id", "alpha"])
-    assert not is_header(["id", "alpha", "positive", "text"])
+    assert not is_header(["12", "a", "label", "some words, with punctuation!"])  # a text is no column name
+
+
+def test_a_line_naming_two_known_columns_is_a_header():
+    assert is_header(["id", "alpha", "positive", "text"])  # (then: no label column -> an error, not a wrong column)
+    with pytest.raises(ValueError, match=r"train\.tsv: no label column; its columns are 'id', 'alpha', 'positive', 'text'"):
+        tsv_layout(b"id\talpha\tpositive\ttext", ColumnSpec(), file="train.tsv", labelled=True)
+    assert is_header(["review", "stars"], ColumnSpec(text="review", label="stars"))
+    assert not is_header(["review", "stars"])
+
+
+def test_column_flags_need_a_header():
+    with pytest.raises(ValueError, match=r"t\.tsv has no header .*--text_column cannot name its columns"):
+        tsv_layout(b"d1\ta\tpos\ttext", ColumnSpec(text="body"), file="t.tsv", labelled=True)
+
+
+def test_parse_line_parses_any_line_as_a_row():
+    row = parse(b"id\talpha\tlabel\ttext_a", line=1)
+    assert isinstance(row, Row)  # header handling is the reader's, from the whole file's first line
+    assert (row.id, row.label, row.text_a) == ("id", "label", "text_a")
 
 
 # --- rejections ---------------------------------------------------------------------------
@@ -145,9 +165,9 @@ def test_labelled_splits():
 
 def test_test_split_may_have_no_label():
     row = parse(b"d1\ta\t\ttext", split="test")
-    assert isinstance(row, TsvRow) and row.label == "" and row.split == "test"
+    assert isinstance(row, Row) and row.label == "" and row.split == "test"
     labelled = parse(b"d2\ta\tneg\ttext", split="test")
-    assert isinstance(labelled, TsvRow) and labelled.label == "neg"
+    assert isinstance(labelled, Row) and labelled.label == "neg"
 
 
 def test_invalid_utf8_strict():
@@ -160,14 +180,14 @@ def test_invalid_utf8_strict():
 
 def test_invalid_utf8_replace():
     row = parse(b"d1\ta\tpos\tcaf\xe9 au lait\t\xff\xfe", decode_errors="replace")
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     assert row.text_a == "caf\ufffd au lait"
     assert row.text_b == "\ufffd\ufffd"
 
 
 def test_invalid_utf8_in_id_under_replace():
     row = parse(b"\xff\ta\tpos\ttext", decode_errors="replace")
-    assert isinstance(row, TsvRow) and row.id == "\ufffd"
+    assert isinstance(row, Row) and row.id == "\ufffd"
 
 
 # --- raw cut to a bounded size, JSON --------------------------------------------------------
@@ -210,6 +230,7 @@ def test_rejection_json():
         "split": "train",
         "file": "train.tsv",
         "line": 42,
+        "offset": 0,
         "reason": "wrong_field_count",
         "detail": rejection.detail,
         "raw": "d1\t\u03b1\tpos\ttext\tb\tc",
@@ -241,7 +262,7 @@ def test_iter_lines_lf_crlf_and_no_final_newline():
 def test_crlf_row_parses_without_carriage_return():
     ((number, raw),) = lines_of(b"d1\ta\tpos\ttext a\ttext b\r\n")
     row = parse(raw, line=number)
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     assert row.text_b == "text b"
 
 
@@ -250,7 +271,7 @@ def test_only_newline_ends_a_line():
     data = text.encode("utf-8") + b"\n"
     ((number, raw),) = lines_of(data)
     row = parse(raw, line=number)
-    assert isinstance(row, TsvRow)
+    assert isinstance(row, Row)
     assert row.text_a == "one\rtwo\x0bthree\x0cfour\x1cfive\u0085six\u2028seven\u2029eight"
 
 
@@ -263,14 +284,14 @@ def test_bom_is_dropped_before_header_detection():
     data = b"\xef\xbb\xbfid\talpha\tlabel\ttext_a\r\nd1\ta\tpos\ttext\r\n"
     lines = lines_of(data)
     assert lines[0] == (1, b"id\talpha\tlabel\ttext_a")
-    assert parse(lines[0][1], line=1) is None
-    assert isinstance(parse(lines[1][1], line=2), TsvRow)
+    assert tsv_layout(lines[0][1], ColumnSpec(), file="t.tsv", labelled=True)[1]  # a header
+    assert isinstance(parse(lines[1][1], line=2), Row)
 
 
 def test_bom_is_dropped_from_a_first_data_row():
     ((number, raw),) = lines_of(b"\xef\xbb\xbfd1\ta\tpos\ttext\n")
     row = parse(raw, line=number)
-    assert isinstance(row, TsvRow) and row.id == "d1"
+    assert isinstance(row, Row) and row.id == "d1"
 
 
 def test_bom_only_at_the_start_of_the_file():
@@ -278,7 +299,19 @@ def test_bom_only_at_the_start_of_the_file():
     assert lines[1] == (2, b"\xef\xbb\xbfd2\ta\tpos\ty")
 
 
-def test_whole_file_accounting():
+def _read_whole_file(tmp_path, data: bytes, split: str = "dev"):
+    """Every row and rejection of a file, as the pipeline's reader gives them, and its counts."""
+    from beam_pipelines.readers import TaskCounts, inspect_file, plan_tasks, read_task
+
+    path = tmp_path / f"{split}.tsv"
+    path.write_bytes(data)
+    file = inspect_file(split, 0, str(path), path.name, len(data), "tsv", ColumnSpec())
+    counts = TaskCounts()
+    (task,) = plan_tasks(file, 1 << 20)
+    return list(read_task(task, counts)), counts
+
+
+def test_whole_file_accounting(tmp_path):
     """Every line is a header, a row or a rejection, each with its own line number."""
     data = (
         b"\xef\xbb\xbfid\talpha\tlabel\ttext_a\ttext_b\r\n"
@@ -290,9 +323,9 @@ def test_whole_file_accounting():
         b"d6\ta\tpos\t\xc3\x28\r\n"
         b"d7\ta\tpos\t  \n"
     )
-    results = [parse_line("dev", "dev.tsv", n, raw) for n, raw in iter_lines(io.BytesIO(data))]
-    assert results[0] is None
-    assert [r.id for r in results if isinstance(r, TsvRow)] == ["d1", "d2"]
+    results, counts = _read_whole_file(tmp_path, data)
+    assert (counts.lines, counts.headers) == (8, 1)
+    assert [r.id for r in results if isinstance(r, Row)] == ["d1", "d2"]
     assert [(r.line, r.reason) for r in results if isinstance(r, Rejection)] == [
         (4, "empty_id"), (5, "wrong_field_count"), (6, "missing_label"), (7, "invalid_utf8"), (8, "empty_text_a"),
     ]
