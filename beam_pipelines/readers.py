@@ -16,12 +16,11 @@ the file's line numbers afterwards.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from collections import deque
-from dataclasses import dataclass, field
-from typing import IO, Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
 
 import spanwise_io
 from schemas.columns import ColumnMap, ColumnSpec, resolve_columns
@@ -312,7 +311,7 @@ def _tsv_parser(file: InputFile, decode_errors: str):  # noqa: ANN202 (a closure
 
 
 def _jsonl_parser(file: InputFile, decode_errors: str):  # noqa: ANN202 (a closure)
-    layout, split, path = file.layout, file.split, file.path
+    split, path = file.split, file.path
 
     def parse(line: int, offset: int, raw: bytes) -> Row | Rejection:
         def reject(reason: str, detail: str, text: str) -> Rejection:

@@ -94,6 +94,7 @@ class _SpillFn(beam.DoFn):
             batch += 1
         self._buffer = defaultdict(list)
         self._bytes = 0
+        pa.default_memory_pool().release_unused()  # the spilled tables' buffers go back to the system
         yield from refs
 
 

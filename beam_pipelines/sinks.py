@@ -34,7 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 import spanwise_io
 from beam_pipelines.records import LineIndex, rejections_from_table, rejections_to_table
-from beam_pipelines.transforms import REJECTED, CorpusError
+from beam_pipelines.transforms import REJECTED, CorpusError, signal_point
 from schemas.manifest import SCHEMA_VERSION, write_manifest
 from schemas.rows import LABELLED_SPLITS, Reason, Rejection, describe_place
 from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, shard_name, shard_schema
@@ -162,14 +162,18 @@ class WriteShardFn(beam.DoFn):
         )
         name = shard_name(split, index, count)
         data = parquet_bytes(out)
+        rows, row_groups = out.num_rows, _row_groups(data)
         spanwise_io.write_bytes(spanwise_io.join(self._output_dir, self._run_name, name), data)
+        signal_point("write_shard")
         tokens_a = out.column("num_tokens_a").to_numpy()
         tokens_b = out.column("num_tokens_b").to_numpy()
         histogram = Counter((tokens_a + tokens_b).tolist())
         capped = int(np.count_nonzero((tokens_a > self._max_doc_tokens) | (tokens_b > self._max_doc_tokens)))
         cut = int(table.column("char_cut").take(picked).to_numpy(zero_copy_only=False).sum()) if kept else 0
+        del table, out, data
+        pa.default_memory_pool().release_unused()  # hand this shard's buffers back before the next one
         yield beam.pvalue.TaggedOutput(STATS, (split, (histogram, capped, cut)))
-        yield {"split": split, "name": f"{self._run_name}/{name}", "rows": out.num_rows, "row_groups": _row_groups(data)}
+        yield {"split": split, "name": f"{self._run_name}/{name}", "rows": rows, "row_groups": row_groups}
 
 
 class BatchRejectionsFn(beam.DoFn):

@@ -15,12 +15,19 @@ Resource guards: a text longer than ``max_doc_chars`` characters is cut to its h
 before it reaches the tokenizer (``cap_chars``); one tokenizer call gets at most
 ``MAX_CHARS_PER_TOKENIZER_CALL`` characters; the train label set is bounded
 (``check_label_count``) with a ``CorpusError`` that reaches the user as it was written.
+
+Test hook: ``SPANWISE_TEST_SIGNAL_AT="<KILL|INT>:<point>"`` makes the process send itself
+SIGKILL or SIGINT (Ctrl-C) at ``tokenize`` (after the first tokenized batch) or ``write_shard``
+(after the first shard file is written); ``tests/test_inputs.py`` checks that the previous
+output survives a job killed or interrupted there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import signal
 from collections import Counter
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -56,6 +63,8 @@ __all__ = [
     "check_label_count",
     "MAX_CHARS_PER_TOKENIZER_CALL",
     "READ_BATCH_ROWS",
+    "SIGNAL_AT_ENV",
+    "signal_point",
 ]
 
 REJECTED = "rejected"
@@ -78,6 +87,17 @@ _CUT_WHITESPACE_WINDOW = 100
 _EXAMPLE_LABELS = 5
 _EXAMPLE_LABEL_CHARS = 40
 _QUANTILES = {"p1": 0.01, "p5": 0.05, "p10": 0.10, "p25": 0.25, "p50": 0.50, "p75": 0.75, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+
+
+# Test hook (see the module docstring).
+SIGNAL_AT_ENV = "SPANWISE_TEST_SIGNAL_AT"
+
+
+def signal_point(point: str) -> None:
+    """Send this process the signal ``SPANWISE_TEST_SIGNAL_AT`` names for ``point``, if any (tests only)."""
+    wanted = os.environ.get(SIGNAL_AT_ENV, "")
+    if wanted.endswith(f":{point}"):
+        os.kill(os.getpid(), signal.SIGKILL if wanted.startswith("KILL:") else signal.SIGINT)
 
 
 class CorpusError(ValueError):
@@ -309,6 +329,7 @@ class TokenizeFn(beam.DoFn):
                 del ids_a, ids_b  # the uncapped ids of this group: free them before the next call
         if not shard_keys:
             return
+        signal_point("tokenize")
         table = pa.table(columns, schema=RECORD_SCHEMA)
         keys = np.asarray(shard_keys)
         if (keys == keys[0]).all():

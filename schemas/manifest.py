@@ -207,6 +207,10 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
         if info.get("rejected_by_reason"):
             reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(info["rejected_by_reason"].items()))
             lines.append(f"       rejected: {reasons}")
+        if info["read"] and not info["records"] and split != "train":
+            lines.append(f"       WARNING: every {split} row was rejected: nothing to evaluate on (see the reasons above)")
+        if info.get("derived_ids"):
+            lines.append("       IDs made from file and line (the input has no ID column)")
         capped = [
             f"{stats[key]} at --{flag}"
             for key, flag in (("capped_at_max_doc_chars", "max_doc_chars"), ("capped_at_max_doc_tokens", "max_doc_tokens"))
