@@ -151,7 +151,7 @@ class WriteShardFn(beam.DoFn):
         out = pa.table(
             {
                 "id": pa.array([ids[i] for i in kept], type=pa.string()),
-                "label": pa.array(labels, type=pa.int32()),
+                "label": pa.array(labels, type=pa.int64()),
                 "input_ids_a": table.column("input_ids_a").take(picked),
                 "input_ids_b": table.column("input_ids_b").take(picked),
                 "num_tokens_a": table.column("num_tokens_a").take(picked),

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 __all__ = [
     "SHARD_SCHEMA",
+    "LEGACY_TYPES",
     "shard_schema",
     "label_names_of",
     "ROW_GROUP_SIZE",
@@ -29,17 +30,22 @@ __all__ = [
     "records_to_table",
 ]
 
+# Nullable fields and an int64 label: exactly the Arrow types of the ``datasets`` features in
+# the metadata (``ClassLabel`` is int64), which ``datasets`` requires before it uses them. No
+# value is ever null. Shards written before the label names held int32 labels
+# (``LEGACY_TYPES``): readers accept both.
 SHARD_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("label", pa.int32(), nullable=False),  # -1 = unlabelled
-        pa.field("input_ids_a", pa.list_(pa.int32()), nullable=False),
-        pa.field("input_ids_b", pa.list_(pa.int32()), nullable=False),
-        pa.field("num_tokens_a", pa.int32(), nullable=False),
-        pa.field("num_tokens_b", pa.int32(), nullable=False),
-        pa.field("alpha", pa.string(), nullable=False),  # ALPHA_COL, kept for provenance
+        pa.field("id", pa.string()),
+        pa.field("label", pa.int64()),  # -1 = unlabelled
+        pa.field("input_ids_a", pa.list_(pa.int32())),
+        pa.field("input_ids_b", pa.list_(pa.int32())),
+        pa.field("num_tokens_a", pa.int32()),
+        pa.field("num_tokens_b", pa.int32()),
+        pa.field("alpha", pa.string()),  # ALPHA_COL, kept for provenance
     ]
 )
+LEGACY_TYPES = {"label": (pa.int32(),)}
 ROW_GROUP_SIZE = 1000
 _HF_KEY = b"huggingface"
 _OUR_KEY = b"spanwise"

@@ -175,7 +175,7 @@ def _label_as_string(path: Path) -> str:
         return t.set_column(t.column_names.index("label"), "label", pa.array([str(x) for x in t.column("label").to_pylist()]))
 
     table = _rewrite(path, change)
-    return f"foreign schema, not a spanwise shard: column 'label' is string, expected int32 (it has columns {_columns(table)})"
+    return f"foreign schema, not a spanwise shard: column 'label' is string, expected int64 (it has columns {_columns(table)})"
 
 
 def _int64_token_ids(path: Path) -> str:
@@ -257,6 +257,20 @@ def test_every_bad_shard_is_named_in_one_message(prep, tiny_model, tmp_path):
     message = _run_fails(task_argv(data_dir, tiny_model, tmp_path / "out", "--skip_bad_shards"))
     assert message.startswith("6 bad shards in split 'train'; every shard of split 'train' is bad, nothing left to read:\n")
     _assert_no_step(tmp_path / "out")
+
+
+def test_a_shard_from_before_label_names_is_read_as_before(prep, tmp_path):
+    """Shards written before the label names were added held int32 labels in required fields."""
+    from schemas.manifest import read_manifest
+    from trainer.data import scan_split
+
+    data_dir = _copy_prep(prep, tmp_path)
+    old_schema = pa.schema([pa.field(f.name, pa.int32() if f.name == "label" else f.type, nullable=False)
+                            for f in pq.read_schema(_at(data_dir, SHARD))])
+    table = _rewrite(_at(data_dir, SHARD), lambda t: t.cast(old_schema).replace_schema_metadata(None))
+    assert pq.read_schema(_at(data_dir, SHARD)).field("label").type == pa.int32()
+    scan = scan_split(str(data_dir), read_manifest(str(data_dir)), "train")
+    assert not scan.skipped and sum(unit.num_rows for unit in scan.units) == 90 and table.num_rows == _rows(prep, SHARD)
 
 
 def test_unlisted_shard_is_ignored_with_a_warning(prep, tmp_path, caplog):

@@ -266,7 +266,8 @@ def test_parse_shard_name_rejects(name):
 
 def test_shard_schema():
     assert SHARD_SCHEMA.field("id").type == pa.string()
-    assert SHARD_SCHEMA.field("label").type == pa.int32()
+    assert SHARD_SCHEMA.field("label").type == pa.int64()  # datasets' ClassLabel type
+    assert all(field.nullable for field in SHARD_SCHEMA)  # as datasets' features are
     assert SHARD_SCHEMA.field("input_ids_a").type == pa.list_(pa.int32())
     assert SHARD_SCHEMA.field("input_ids_b").type == pa.list_(pa.int32())
     assert SHARD_SCHEMA.field("num_tokens_a").type == pa.int32()

@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import spanwise_io
-from schemas.shard import SHARD_SCHEMA
+from schemas.shard import LEGACY_TYPES, SHARD_SCHEMA
 from trainer.features import FeatureBuilder, collate
 
 __all__ = [
@@ -175,7 +175,9 @@ def _check_footer(path: str, metadata: Any, file_size: int, entry: Mapping[str, 
     wrong = [
         f"column {name!r} is {schema.field(name).type}, expected {SHARD_SCHEMA.field(name).type}"
         for name in _COLUMNS
-        if name not in missing and schema.field(name).type != SHARD_SCHEMA.field(name).type
+        if name not in missing
+        and schema.field(name).type != SHARD_SCHEMA.field(name).type
+        and schema.field(name).type not in LEGACY_TYPES.get(name, ())
     ]
     if missing or wrong:
         what = ([f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"] if missing else []) + wrong
