@@ -232,7 +232,7 @@ def _shard_counts(opts: PreprocessOptions, plan: InputPlan) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class _Previous:
-    """What ``output_dir`` holds before the run: whether a run was committed, and what to delete after ours."""
+    """What to delete once this run is committed: the committed run (``committed``) and runs that never were (``stale``)."""
 
     committed: list[str]
     stale: list[str]
