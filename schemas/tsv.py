@@ -139,7 +139,8 @@ def parse_line(
         index = layout.index(role)
         return fields[index] if index is not None and index < len(fields) else ""
 
-    text_b = get("text_b") if layout.text_b is not None else (fields[4] if len(fields) == 5 and len(layout.columns) == 4 else "")
+    # TEXT_B: its column, or the optional 5th field of a GLUE-shaped 4-column header
+    text_b = get("text_b") if layout.text_b is not None else (fields[4] if len(fields) > len(layout.columns) else "")
     row_id, label = get("id").strip(), get("label").strip()
     # Rebuilt from the fields, the line would lose outer spaces, an empty 5th field, or the order.
     rebuilds = (

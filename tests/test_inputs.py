@@ -377,3 +377,18 @@ def test_keep_first_of_each_id_by_file_and_position():
     assert label_ids == [1, 0, -1]
     assert sorted(rejected) == [(0, Reason.DUPLICATE_ID, 2), (1, Reason.DUPLICATE_ID, 4), (3, Reason.UNSEEN_LABEL, -1)]
     assert keep_first_of_each_id(["d"], [(0, 0)], [""], {"neg": 0}, labelled=True)[2] == [(0, Reason.UNSEEN_LABEL, -1)]
+
+
+def test_the_runner_shuffle_gives_the_same_output_as_spill_files(tmp_path):
+    """``--shuffle runner`` is the path Dataflow takes (records through GroupByKey); run here, it
+    must write byte for byte what the local default (spill files) writes."""
+    corpus = _write_mixed_corpus(str(tmp_path))
+    outputs = {}
+    for shuffle in ("disk", "runner"):
+        out = tmp_path / f"out-{shuffle}"
+        manifest = preprocess.run([*corpus["argv"], "--output_dir", str(out), "--tokenizer", tokenizer_path(),
+                                   "--num_shards", "3", "--shuffle", shuffle])
+        assert manifest["options"]["shuffle"] == shuffle
+        run = out / manifest["run"]
+        outputs[shuffle] = {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert outputs["disk"] == outputs["runner"] and len(outputs["disk"]) == 6
