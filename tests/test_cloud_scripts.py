@@ -292,6 +292,7 @@ for arg in args:
         shutil.copy(arg.split("=", 1)[1], log + ".spec.yaml")
 PY
 case "{name} $*" in
+  "gcloud config get-value account") [[ -n "${{FAKE_NO_ACCOUNT:-}}" ]] || echo "dev@example.com" ;;
   "gcloud artifacts repositories describe"*) exit 1 ;;
   "gcloud ai custom-jobs create"*) echo "projects/123/locations/us-central1/customJobs/4567" ;;
 esac
@@ -318,8 +319,9 @@ def fake_tools(tmp_path) -> dict[str, Any]:
 
 
 def run_script(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``bin/NAME ARGS``; the trainer flag check runs with this Python (``PYTHON``), as with the project's .venv."""
     return subprocess.run(
-        ["bash", str(BIN / name), *args], cwd=REPO_ROOT, env=env or dict(os.environ),
+        ["bash", str(BIN / name), *args], cwd=REPO_ROOT, env={"PYTHON": sys.executable, **(env or os.environ)},
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -406,6 +408,7 @@ def test_register_image_runs_the_commands(fake_tools):
     uri = "us-central1-docker.pkg.dev/my-proj/spanwise/spanwise-trainer:v2"
     assert proc.stdout.splitlines()[-1] == uri
     assert fake_tools["calls"]() == [
+        ["gcloud", "config", "get-value", "account"],  # the credentials, checked before anything runs
         ["gcloud", "artifacts", "repositories", "describe", "spanwise", "--project=my-proj", "--location=us-central1"],
         ["gcloud", "artifacts", "repositories", "create", "spanwise", "--project=my-proj", "--location=us-central1",
          "--repository-format=docker", "--description=spanwise images (training, Dataflow workers)"],
@@ -536,7 +539,7 @@ def test_submit_cluster_shapes(tmp_path, args, pools, nproc):
 def test_submit_passes_any_trainer_flag_through_verbatim(tmp_path):
     flags = [
         "--data_dir", "gs://my-bucket/prep dir", "--model_name", "m", "--task_name", "it's \"quoted\" $HOME `x` \\ ü\ttab",
-        "--output_dir=gs://my-bucket/out", "--seq_func_params", "1", "2",
+        "--output_dir=gs://my-bucket/out", "--seq_len_func", "ht", "--seq_func_params", "1", "2",
     ]
     spec, _, _ = submit_dry_run(tmp_path, "--image_uri", IMAGE, "--no-stream-logs", trainer_flags=flags)
     assert spec["workerPoolSpecs"][0]["containerSpec"]["args"] == flags
@@ -560,7 +563,8 @@ def test_submit_runs_create_then_streams_the_logs(fake_tools):
                       "--base_output_dir", "gs://my-bucket/r", "--", *TRAINER_FLAGS, env=fake_tools["env"])
     assert proc.returncode == 0, proc.stderr
     job = "projects/123/locations/us-central1/customJobs/4567"
-    create, stream = fake_tools["calls"]()
+    probe, create, stream = fake_tools["calls"]()
+    assert probe == ["gcloud", "config", "get-value", "account"]
     config = next(arg.split("=", 1)[1] for arg in create if arg.startswith("--config="))
     assert create == ["gcloud", "ai", "custom-jobs", "create", "--project=my-proj", "--region=us-central1",
                       "--display-name=run-1", f"--config={config}", "--format=value(name)"]
