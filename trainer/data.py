@@ -72,6 +72,7 @@ __all__ = [
 log = logging.getLogger("trainer.data")
 
 _COLUMNS = ["id", "label", "input_ids_a", "input_ids_b"]
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what DataLoader workers ignore: the main process decides
 _PARQUET_MAGIC = b"PAR1"
 _REMOTE_CHECK_THREADS = 16
 
@@ -778,27 +779,30 @@ def iter_documents(
 def worker_init_threads(_: int) -> None:
     """DataLoader workers: one intra-op thread each, so workers do not fight the main process.
 
-    Workers also ignore SIGTERM. A preemption signals the whole process group (torchrun forwards
-    SIGTERM with ``killpg``; a VM shutdown signals every process): a worker killed by it makes
-    the main process raise "DataLoader worker ... killed by signal" before it could finish its
-    step and write the preemption checkpoint. The main process stops its workers itself when it
-    drops the loader, and a worker whose parent died exits on its own (DataLoader watchdog).
+    Workers also ignore SIGTERM and SIGINT. A preemption signals the whole process group
+    (torchrun forwards SIGTERM with ``killpg``; a VM shutdown signals every process), and so does
+    Ctrl-C in a terminal: a worker killed by it makes the main process raise "DataLoader worker
+    ... killed by signal" (or exited unexpectedly) before it could finish its step and write the
+    checkpoint. The main process stops its workers itself when it drops the loader, and a worker
+    whose parent died exits on its own (DataLoader watchdog).
     """
     torch.set_num_threads(1)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (also discards one pending since the fork)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by start_loader
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # (also discards one pending since the fork)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOP_SIGNALS))  # blocked by start_loader
 
 
 def start_loader(loader: Any) -> Iterator[Any]:
-    """``iter(loader)`` with SIGTERM blocked while its worker processes start.
+    """``iter(loader)`` with SIGTERM and SIGINT blocked while its worker processes start.
 
     torch's worker installs a SIGTERM handler of its own (which re-raises the signal) before
     ``worker_init_threads`` makes it ignore SIGTERM: a preemption signal landing in between
-    killed the worker, and with it the run, without a checkpoint. Blocked, the signal waits in
-    the worker until it is ignored there (and discarded), and in the main process until the mask
-    is restored here, when the trainer's own handler takes it.
+    killed the worker, and with it the run, without a checkpoint (SIGINT likewise, by the
+    trainer's handler the fork copies). Blocked, the signal waits in the worker until it is
+    ignored there (and discarded), and in the main process until the mask is restored here, when
+    the trainer's own handler takes it.
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOP_SIGNALS))
     try:
         return iter(loader)  # forks the workers, which inherit the mask
     finally:
