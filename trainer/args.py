@@ -114,6 +114,8 @@ class TrainConfig:
     tf32: bool | None = arg(_GPU, "TF32 matmuls on Ampere or newer GPUs: true|false (unset: on with a GPU)", None)
     gradient_checkpointing: bool = arg(_GPU, "recompute activations in the backward pass: less memory, more compute", False)
     torch_compile: bool = arg(_GPU, "torch.compile the model for training", False)
+    torch_compile_backend: str | None = arg(_GPU, "torch.compile backend, e.g. inductor, aot_eager (implies --torch_compile; "
+                                            "unset: torch's default, inductor)", None)
     torch_compile_mode: str | None = arg(_GPU, "torch.compile mode (implies --torch_compile)", None, choices=list(COMPILE_MODES))
     use_cpu: bool = arg(_GPU, "train on the CPU even if a GPU is present", False)
 
@@ -352,7 +354,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
         c.logging_dir = os.environ["AIP_TENSORBOARD_LOG_DIR"]
     if c.report_to == "all":
         c.report_to = "tensorboard"
-    if c.torch_compile_mode is not None:
+    if c.torch_compile_mode is not None or c.torch_compile_backend is not None:
         c.torch_compile = True
     if c.save_strategy is None:
         c.save_strategy = "steps" if c.save_steps > 0 else "epoch"

@@ -186,8 +186,8 @@ class Trainer:
             trust_remote_code=c.trust_remote_code,
             ignore_mismatched_sizes=c.ignore_mismatched_sizes,
         ).to(self.ctx.device)
-        if c.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if c.gradient_checkpointing:  # (transformers 5 renamed gradient_checkpointing_enable)
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.ddp: torch.nn.Module | None = None
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
@@ -195,7 +195,7 @@ class Trainer:
         # what the training loop calls; evaluation and saving use the plain model
         self.train_model: torch.nn.Module = self.ddp or self.model
         if c.torch_compile:
-            self.train_model = torch.compile(self.train_model, mode=c.torch_compile_mode)
+            self.train_model = torch.compile(self.train_model, mode=c.torch_compile_mode, backend=c.torch_compile_backend or "inductor")
         if c.do_train:
             self._setup_optimization()
             self._apply_resume()
