@@ -170,6 +170,9 @@ for f in "${trainer_flags[@]}"; do
 done
 ((has_output_dir)) || [[ -n "$base_output_dir" ]] || die "say where the model goes: --base_output_dir gs://... (sets AIP_MODEL_DIR) or --output_dir gs://... among the trainer flags"
 
+# gcloud and its credentials, before anything else is done (a dry run needs neither)
+((dry_run)) || require_gcloud
+
 # The trainer's own checks of its flags (trainer.preflight: the flag checks, and the sequence-length
 # budget with the tokenizer where it is a local folder), where this checkout has a Python for them.
 py=""
@@ -269,9 +272,6 @@ job_spec() {
   [[ -z "$service_account" ]] || echo "serviceAccount: $(yaml_str "$service_account")"
   [[ -z "$tensorboard" ]] || echo "tensorboard: $(yaml_str "$tensorboard")"
 }
-
-# gcloud and its credentials, before anything is written or run (a dry run needs neither)
-((dry_run)) || require_gcloud
 
 if [[ -n "$spec_file" ]]; then
   mkdir -p "$(dirname "$spec_file")"
