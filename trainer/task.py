@@ -135,7 +135,6 @@ class Trainer:
         self.hypertune: HypertuneReporter | None = None
         self.scans: dict[str, SplitScan] = {}
         self.finished_run: str | None = None  # set when --output_dir holds this very run, finished
-        self.trained = False
         self._resume_from: tuple[str, dict[str, Any]] | None = None
         self._checkpoint_step: int | None = None
         # row groups found corrupt while reading (--skip_bad_shards): (split, path, row group) -> record
@@ -517,7 +516,6 @@ class Trainer:
                         break
         self.signals.armed = False
         self.signals.finish()
-        self.trained = True
         if c.do_eval and not any(entry["step"] == self.global_step for entry in self.eval_history):
             self.evaluate()  # every run ends evaluated
 
