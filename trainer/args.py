@@ -93,8 +93,9 @@ class TrainConfig:
     num_train_epochs: float = arg(_TRAIN, "epochs (may be fractional)", 3.0)
     max_steps: int = arg(_TRAIN, "optimizer steps; overrides --num_train_epochs when > 0", -1)
     lr_scheduler_type: str = arg(_TRAIN, "learning-rate schedule (transformers' get_scheduler)", "linear", choices=list(SCHEDULERS))
-    warmup_steps: int = arg(_TRAIN, "linear warm-up steps; overrides --warmup_ratio when > 0", 0)
-    warmup_ratio: float = arg(_TRAIN, "warm-up as a fraction of the optimizer steps", 0.0)
+    warmup_steps: float = arg(_TRAIN, "warm-up steps, or a fraction of the optimizer steps when in (0, 1) (as in "
+                              "transformers 5); overrides --warmup_ratio when > 0", 0)
+    warmup_ratio: float = arg(_TRAIN, "warm-up as a fraction of the optimizer steps (transformers 4's name)", 0.0)
     weight_decay: float = arg(_TRAIN, "AdamW weight decay (not on biases and LayerNorm weights)", 0.0)
     adam_beta1: float = arg(_TRAIN, "AdamW beta1", 0.9)
     adam_beta2: float = arg(_TRAIN, "AdamW beta2", 0.999)
@@ -106,6 +107,9 @@ class TrainConfig:
     shuffle_buffer: int = arg(_TRAIN, "rows shuffled together (the memory bound of the loader)", 4096)
     group_by_length: bool = arg(
         _TRAIN, "batch documents of similar length together within each --shuffle_buffer window (less padding)", False)
+    train_sampling_strategy: str | None = arg(
+        _TRAIN, "transformers 5's spelling: group_by_length is --group_by_length, random is the default order", None,
+        choices=["random", "group_by_length"])
     pad_to_multiple_of: int = arg(_TRAIN, "pad batches to a multiple of this (8 helps tensor cores; 0: no)", 0)
 
     # ---------------------------------------------------------------- speed and precision
@@ -352,6 +356,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     c.checkpoint_dir = c.checkpoint_dir or os.environ.get("AIP_CHECKPOINT_DIR") or None
     if os.environ.get("AIP_TENSORBOARD_LOG_DIR"):
         c.logging_dir = os.environ["AIP_TENSORBOARD_LOG_DIR"]
+    if c.train_sampling_strategy == "group_by_length":
+        c.group_by_length = True
     if c.report_to == "all":
         c.report_to = "tensorboard"
     if c.torch_compile_mode is not None or c.torch_compile_backend is not None:
@@ -372,6 +378,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "early_stopping_patience"):
         if getattr(c, name) is not None and getattr(c, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(c, name)}")
+    if c.warmup_steps > 1 and c.warmup_steps != int(c.warmup_steps):
+        raise ValueError(f"--warmup_steps is a number of steps or a fraction in (0, 1), got {c.warmup_steps}")
     if c.dataloader_num_workers < 0 or c.pad_to_multiple_of < 0 or c.warmup_steps < 0:
         raise ValueError("--dataloader_num_workers, --pad_to_multiple_of and --warmup_steps must be >= 0")
     if not 0.0 <= c.warmup_ratio <= 1.0:

@@ -9,6 +9,7 @@ advance the schedule when the fp16 gradient scaler skipped the step (inf/NaN gra
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Iterable
 
@@ -49,9 +50,13 @@ def build_optimizer(
     raise ValueError(f"unknown --optim {optim!r}; choose adamw_torch or adamw_torch_fused")
 
 
-def warmup_steps(warmup_steps: int, warmup_ratio: float, total_steps: int) -> int:
-    """``--warmup_steps`` when > 0, else ``--warmup_ratio`` of the steps (as TrainingArguments.get_warmup_steps)."""
-    return warmup_steps if warmup_steps > 0 else int(round(warmup_ratio * total_steps))
+def warmup_steps(warmup_steps: float, warmup_ratio: float, total_steps: int) -> int:
+    """``--warmup_steps`` steps when >= 1, a fraction of the steps when in (0, 1) (transformers 5), else
+    ``--warmup_ratio`` of the steps (transformers 4)."""
+    if warmup_steps >= 1:
+        return int(warmup_steps)
+    ratio = warmup_steps if warmup_steps > 0 else warmup_ratio
+    return int(math.ceil(ratio * total_steps))  # (both versions of TrainingArguments round up)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, num_warmup_steps: int, total_steps: int) -> Any:
