@@ -830,6 +830,7 @@ def test_vertex_dry_run_runs_the_trainers_checks(tmp_path, tiny_model):  # noqa:
     assert proc.returncode == 2 and proc.stdout == ""
     assert "the trainer flags would fail the job" in proc.stderr
     assert "ht 400 400 needs 800 content tokens but --max_seq_length 512 leaves 512" in proc.stderr
+    assert "the tokenizer bert-base-uncased is not on this machine, so its special tokens were not counted" in proc.stderr
     local = _with(TRAINER_FLAGS, model_name=tiny_model, seq_func_params="128 383")
     proc = run_script("submit-vertex.sh", "--project", "my-proj", "--base_output_dir", "gs://my-bucket/r", "--dry-run",
                       "--", *local)
@@ -840,5 +841,5 @@ def test_vertex_dry_run_runs_the_trainers_checks(tmp_path, tiny_model):  # noqa:
     assert "JOB=$(" in out
     proc = run_script("submit-vertex.sh", "--project", "my-proj", "--image_uri", IMAGE, "--base_output_dir", "gs://my-bucket/r",
                       "--dry-run", "--", *_with(TRAINER_FLAGS, seq_func_params="128 383"))
-    assert "note: the tokenizer bert-base-uncased is not on this machine" in proc.stderr
+    assert "note: --seq_func_params were checked against --max_seq_length 512, but the tokenizer bert-base-uncased is not on this machine" in proc.stderr
 

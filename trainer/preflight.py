@@ -127,9 +127,13 @@ def check_seq_offline(config: Any) -> str | None:
 
         validate_seq_config(config.seq_len_func, config.seq_func_params, config.max_seq_length, load_tokenizer(source))
         return None
-    validate_seq_config(config.seq_len_func, config.seq_func_params, config.max_seq_length, _NoSpecialTokens())
-    return (f"note: the tokenizer {source} is not on this machine; --seq_func_params were checked against "
-            f"--max_seq_length {config.max_seq_length} without its special tokens (the job checks them too)")
+    unknown = (f"the tokenizer {source} is not on this machine, so its special tokens were not counted "
+               "(the job counts them: it allows a few tokens fewer)")
+    try:
+        validate_seq_config(config.seq_len_func, config.seq_func_params, config.max_seq_length, _NoSpecialTokens())
+    except ValueError as error:
+        raise ValueError(f"{error} ({unknown})") from error
+    return f"note: --seq_func_params were checked against --max_seq_length {config.max_seq_length}, but {unknown}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
