@@ -1,10 +1,28 @@
 """Training throughput: steady-state samples/s of our loop against a Hugging Face ``Trainer``.
 
     python bench/train_throughput.py [--models tiny,minilm] [--steps_tiny 150] [--steps_minilm 20] \\
+        [--variants adamw_torch_fused,adamw_torch,group_by_length,torch_compile] [--torch_compile_backend inductor] \\
         [--warmup_steps 5] [--repeats 3] [--batch_size 8] [--max_seq_length 128] [--threads 1] \\
         [--corpus 20newsgroups|bbc] [--work_dir DIR] [--json FILE]
 
-Both sides train the same model on the same documents, batch by batch identical:
+The HF Trainer side needs ``accelerate`` (``requirements-bench.txt``). Each variant sets the same
+options on both sides, under the same names:
+
+``adamw_torch_fused``
+    ``--optim adamw_torch_fused`` (our default): torch's fused AdamW kernel.
+``adamw_torch``
+    ``--optim adamw_torch``: torch's AdamW, ``foreach`` implementation.
+``group_by_length``
+    fused AdamW + ``--group_by_length``. Ours sorts by length within each ``--shuffle_buffer``
+    window; HF (``train_sampling_strategy="group_by_length"``, transformers 5's spelling) with its
+    ``LengthGroupedSampler``, within megabatches of 50 batches of its (in-memory) examples. The batches then differ between the sides; the table gives each side's mean padded
+    length (tokens per sample) beside its rate.
+``torch_compile``
+    fused AdamW + ``--torch_compile`` with ``--torch_compile_backend`` (inductor by default, as
+    torch's and HF's). Compilation falls in the untimed warm-up steps; a new batch shape later
+    may recompile inside the timed ones (dynamic padding), on both sides alike.
+
+Without grouping both sides train the same model on the same documents, batch by batch identical:
 
 ours
     ``trainer.task.Trainer`` (``setup()`` + ``train()``), as ``python -m trainer.task --do_train
@@ -88,12 +106,29 @@ def _shape_log(model: Any) -> list[list[int]]:
     return shapes
 
 
-def _ours_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
+VARIANTS = ("adamw_torch_fused", "adamw_torch", "group_by_length", "torch_compile")
+
+
+def _variant_flags(args: argparse.Namespace, variant: str) -> list[str]:
+    """Our flags for one variant (the HF side sets the TrainingArguments of the same names)."""
+    optim = "adamw_torch" if variant == "adamw_torch" else "adamw_torch_fused"
+    flags = ["--optim", optim]
+    if variant == "group_by_length":
+        flags.append("--group_by_length")
+    if variant == "torch_compile":
+        flags += ["--torch_compile", "--torch_compile_backend", args.torch_compile_backend]
+    return flags
+
+
+def _ours_argv(args: argparse.Namespace, output_dir: str, variant: str = "adamw_torch_fused") -> list[str]:
+    device = ["--use_cpu"] if args.device == "cpu" else []
     return [
-        "--data_dir", args.data, "--model_name", args.model, "--task_name", "throughput", "--output_dir", output_dir,
-        "--do_train", "--use_cpu", "--disable_tqdm", "--max_seq_length", str(args.max_seq_length),
+        "--data_dir", args.data, "--model_name_or_path", args.model, "--task_name", "throughput", "--output_dir", output_dir,
+        "--do_train", *device, *(["--bf16"] if args.bf16 else []), "--dataloader_num_workers", str(args.dataloader_num_workers),
+        "--disable_tqdm", "--max_seq_length", str(args.max_seq_length),
         "--seq_len_func", "head", "--per_device_train_batch_size", str(args.batch_size), "--max_steps", str(args.steps),
         "--learning_rate", "5e-5", "--logging_steps", "10", "--resume_from_checkpoint", "no", "--seed", "42",
+        "--save_strategy", "no", *_variant_flags(args, variant),
     ]
 
 
@@ -105,7 +140,7 @@ def _child_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = Trainer(parse_args(_ours_argv(args, output_dir)))
+        trainer = Trainer(parse_args(_ours_argv(args, output_dir, args.variant)))
         trainer.setup()
         shapes = _shape_log(trainer.model)
         stamps = _step_clock()
@@ -142,7 +177,8 @@ def _child_hf(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as output_dir:
-        # our set-up gives the same model (same seed for the new head), tokenizer and examples
+        # our set-up gives the same model (same seed for the new head), tokenizer and examples (in our
+        # plain batch order: with group_by_length HF groups them itself)
         ours = OurTrainer(parse_args(_ours_argv(args, os.path.join(output_dir, "ours"))))
         ours.setup()
         examples = _our_examples(args, ours)
@@ -161,14 +197,25 @@ def _child_hf(args: argparse.Namespace) -> dict[str, Any]:
             def _get_train_sampler(self, train_dataset: Any = None) -> Any:
                 return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
+        variant = args.variant
+        import dataclasses
+
+        names = {field.name for field in dataclasses.fields(TrainingArguments)}
+        grouping = {"train_sampling_strategy": "group_by_length" if variant == "group_by_length" else "random"} if (
+            "train_sampling_strategy" in names) else {"group_by_length": variant == "group_by_length"}  # transformers 4
         training_args = TrainingArguments(
             output_dir=os.path.join(output_dir, "hf"), per_device_train_batch_size=args.batch_size,
             max_steps=args.steps, learning_rate=5e-5, logging_steps=10, save_strategy="no", eval_strategy="no",
-            report_to=["tensorboard"], use_cpu=True,
-            dataloader_num_workers=0, seed=42, disable_tqdm=True, max_grad_norm=1.0,
+            report_to=["tensorboard"], use_cpu=args.device == "cpu", bf16=args.bf16,
+            dataloader_num_workers=args.dataloader_num_workers, seed=42, disable_tqdm=True, max_grad_norm=1.0,
+            optim="adamw_torch" if variant == "adamw_torch" else "adamw_torch_fused",
+            torch_compile=variant == "torch_compile",
+            torch_compile_backend=args.torch_compile_backend if variant == "torch_compile" else None,
+            **grouping,
         )
-        hf = InOrderTrainer(model=model, args=training_args, train_dataset=Examples(),
-                            data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+        trainer_class = Trainer if variant == "group_by_length" else InOrderTrainer
+        hf = trainer_class(model=model, args=training_args, train_dataset=Examples(),
+                           data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
         shapes = _shape_log(model)
         stamps = _step_clock()
         hf.train()
@@ -187,6 +234,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max_seq_length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch / OMP threads of both sides (default 1)")
     parser.add_argument("--corpus", default="20newsgroups", choices=["20newsgroups", "bbc"])
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all, in this order)")
+    parser.add_argument("--torch_compile_backend", default="inductor", help="of the torch_compile variant (default inductor)")
     parser.add_argument("--work_dir", default=_common.DEFAULT_WORK_DIR)
     parser.add_argument("--json", default=None)
     # internal: one run in a fresh process
@@ -194,9 +244,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="adamw_torch_fused", choices=VARIANTS, help=argparse.SUPPRESS)
+    # (children only; bench/gpu_check.py runs them on a GPU)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup_steps < 1:
         parser.error("--repeats and --warmup_steps must be >= 1")
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     return args
 
 
@@ -204,6 +262,12 @@ def _rate(stamps: list[float], warmup: int, batch_size: int) -> float:
     if len(stamps) <= warmup:
         raise RuntimeError(f"only {len(stamps)} optimizer steps recorded; need more than --warmup_steps {warmup}")
     return (len(stamps) - warmup) * batch_size / (stamps[-1] - stamps[warmup - 1])
+
+
+def _padded_length(shapes: list[list[int]]) -> float:
+    """Mean padded input length (tokens per sample) over the batches a side trained on."""
+    shapes = [shape for shape in shapes if len(shape) == 2]
+    return sum(rows * length for rows, length in shapes) / max(sum(rows for rows, _ in shapes), 1)
 
 
 def _median_step_rate(stamps: list[float], warmup: int, batch_size: int) -> float:
@@ -230,59 +294,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (_, steps) in models.items():
         if steps <= args.warmup_steps + 1:
             raise SystemExit(f"{name}: steps {steps} must exceed --warmup_steps {args.warmup_steps} + 1")
-    cases = [(model, side) for model in models for side in ("ours", "hf")]
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {case: [] for case in cases}
+    variants = args.variants.split(",")
+    cases = [(model, variant, side) for model in models for variant in variants for side in ("ours", "hf")]
+    results: dict[tuple[str, str, str], list[dict[str, Any]]] = {case: [] for case in cases}
     for repeat in range(args.repeats):
         shift = repeat % len(cases)
-        for model, side in cases[shift:] + cases[:shift]:
+        for model, variant, side in cases[shift:] + cases[:shift]:
             path, steps = models[model]
             command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--data", str(prep_dir),
                        "--model", path, "--steps", str(steps), "--batch_size", str(args.batch_size),
-                       "--max_seq_length", str(args.max_seq_length), "--threads", str(args.threads)]
-            out = _common.run_json_child(command, _common.child_env(args.threads))
+                       "--max_seq_length", str(args.max_seq_length), "--threads", str(args.threads),
+                       "--variant", variant, "--torch_compile_backend", args.torch_compile_backend]
+            out = _common.run_json_child(command, _common.child_env(args.threads), timeout=1800)
             out["samples_per_s"] = _rate(out["stamps"], args.warmup_steps, args.batch_size)
             out["median_step_samples_per_s"] = _median_step_rate(out["stamps"], args.warmup_steps, args.batch_size)
             out["samples_per_cpu_s"] = _rate(out["cpu_stamps"], args.warmup_steps, args.batch_size)
+            out["padded_length"] = _padded_length(out["shapes"])
             out["steps"] = len(out["stamps"])
-            results[(model, side)].append(out)
-            _common.log(f"round {repeat + 1}/{args.repeats} {model:>7} {side:>4}: {out['samples_per_s']:8.1f} samples/s "
-                        f"({out['steps']} steps; by median step {out['median_step_samples_per_s']:.1f}; "
-                        f"per CPU-second {out['samples_per_cpu_s']:.1f}; "
+            results[(model, variant, side)].append(out)
+            _common.log(f"round {repeat + 1}/{args.repeats} {model:>7} {variant:>17} {side:>4}: {out['samples_per_s']:8.1f} "
+                        f"samples/s ({out['steps']} steps; by median step {out['median_step_samples_per_s']:.1f}; "
+                        f"per CPU-second {out['samples_per_cpu_s']:.1f}; padded length {out['padded_length']:.1f}; "
                         f"torch threads {out.get('threads_at_step')})")
 
     print(f"\nTraining throughput, {args.corpus} shards, head at max_seq_length {args.max_seq_length}, batch "
           f"{args.batch_size}, dynamic padding, CPU, {args.threads} thread(s), steps {args.warmup_steps + 1}..N timed, "
-          f"{args.repeats} interleaved rounds, {os.cpu_count()} cores")
-    print(f"{'model':>8} | {'steps':>5} | {'ours samples/s':>24} | {'HF Trainer samples/s':>24} | {'ours / HF':>9} | "
-          f"{'ours per CPU-s':>14} | {'HF per CPU-s':>12} | {'ours / HF (CPU)':>15}")
+          f"{args.repeats} interleaved round(s), {os.cpu_count()} cores; torch_compile backend {args.torch_compile_backend}")
+    print(f"{'model':>8} | {'variant':>17} | {'steps':>5} | {'ours samples/s':>24} | {'HF Trainer samples/s':>24} | "
+          f"{'ours / HF':>9} | {'ours / HF (CPU)':>15} | {'padded len ours / HF':>20} | same batches")
     summary: dict[str, Any] = {}
     for model in models:
-        ours = [r["samples_per_s"] for r in results[(model, "ours")]]
-        hf = [r["samples_per_s"] for r in results[(model, "hf")]]
-        ours_cpu = [r["samples_per_cpu_s"] for r in results[(model, "ours")]]
-        hf_cpu = [r["samples_per_cpu_s"] for r in results[(model, "hf")]]
-        ratio = _common.median(ours) / _common.median(hf)
-        cpu_ratio = _common.median(ours_cpu) / _common.median(hf_cpu)
-        # the median of the per-round ratios (the two sides of a round ran one after the other)
-        paired = _common.median(o / h for o, h in zip(ours, hf))
-        by_step = _common.median(r["median_step_samples_per_s"] for r in results[(model, "ours")]) / _common.median(
-            r["median_step_samples_per_s"] for r in results[(model, "hf")])
-        same = all(r["shapes"] == results[(model, "ours")][0]["shapes"] for side in ("ours", "hf") for r in results[(model, side)])
-        summary[model] = {"ours": ours, "hf": hf, "ours_cpu": ours_cpu, "hf_cpu": hf_cpu, "ratio": ratio,
-                          "cpu_ratio": cpu_ratio, "paired_ratio": paired, "median_step_ratio": by_step,
-                          "same_batch_shapes": same, "hf_optim": results[(model, "hf")][0].get("optim")}
-        print(f"{model:>8} | {models[model][1]:>5} | {_common.spread_float(ours):>24} | {_common.spread_float(hf):>24} | "
-              f"{ratio:8.2f}x | {_common.median(ours_cpu):14.1f} | {_common.median(hf_cpu):12.1f} | {cpu_ratio:14.2f}x")
-        print(f"{'':>8}   (per-round ratio {paired:.2f}x, by median step {by_step:.2f}x; identical batch shapes "
-              f"on both sides: {'yes' if same else 'NO'})")
-    met = all(s["ratio"] >= 1.0 for s in summary.values())
-    met_cpu = all(s["cpu_ratio"] >= 1.0 for s in summary.values())
-    figures = ", ".join(f"{model} {s['ratio']:.2f}x wall / {s['cpu_ratio']:.2f}x CPU" for model, s in summary.items())
-    hf_optim = next(iter(summary.values()))["hf_optim"]
-    print(f"target ours / HF >= 1.0: wall {'MET' if met else 'NOT MET'}, CPU {'MET' if met_cpu else 'NOT MET'} "
-          f"({figures}); HF optimizer: {hf_optim}")
+        for variant in variants:
+            runs = {side: results[(model, variant, side)] for side in ("ours", "hf")}
+            rate = {side: [r["samples_per_s"] for r in runs[side]] for side in runs}
+            cpu = {side: [r["samples_per_cpu_s"] for r in runs[side]] for side in runs}
+            padded = {side: _common.median(r["padded_length"] for r in runs[side]) for side in runs}
+            ratio = _common.median(rate["ours"]) / _common.median(rate["hf"])
+            cpu_ratio = _common.median(cpu["ours"]) / _common.median(cpu["hf"])
+            same = all(r["shapes"] == runs["ours"][0]["shapes"] for side in runs for r in runs[side])
+            summary[f"{model}|{variant}"] = {
+                "ours": rate["ours"], "hf": rate["hf"], "ours_cpu": cpu["ours"], "hf_cpu": cpu["hf"], "ratio": ratio,
+                "cpu_ratio": cpu_ratio, "padded_length": padded, "same_batch_shapes": same,
+                "hf_optim": runs["hf"][0].get("optim"),
+            }
+            print(f"{model:>8} | {variant:>17} | {models[model][1]:>5} | {_common.spread_float(rate['ours']):>24} | "
+                  f"{_common.spread_float(rate['hf']):>24} | {ratio:8.2f}x | {cpu_ratio:14.2f}x | "
+                  f"{padded['ours']:9.1f} / {padded['hf']:<8.1f} | {'yes' if same else 'no'}")
+    met = [key for key, item in summary.items() if item["ratio"] >= 1.0]
+    missed = [f"{key} {item['ratio']:.2f}x" for key, item in summary.items() if item["ratio"] < 1.0]
+    print(f"target ours / HF >= 1.0 (wall): met by {len(met)} of {len(summary)} rows" + (f"; not by {', '.join(missed)}" if missed else ""))
     _common.write_json(args.json, {"machine": _common.machine(), "args": vars(args), "summary": summary,
-                                   "results": {f"{m}|{s}": v for (m, s), v in results.items()}})
+                                   "results": {f"{m}|{v}|{side}": r for (m, v, side), r in results.items()}})
     return 0
 
 

@@ -28,3 +28,76 @@ quote_cmd() {
 need_value() { # an option's value: present, not empty and not the next option
   (($# >= 2)) && [[ -n "$2" && "$2" != --* ]] || die "$1 needs a value"
 }
+
+# What is wrong with a Cloud Storage bucket name by Google's naming rules, or nothing when it is
+# valid: lowercase letters, digits, -, _ and .; starts and ends with a letter or digit; 3-63
+# characters (up to 222 with dots, each dot-separated part at most 63); not an IP address; not
+# beginning with "goog"; no "google" nor a look-alike of it.
+bucket_problem() {
+  local b=$1 part
+  local -a parts
+  if [[ -z "$b" ]]; then
+    echo "it is empty"
+  elif [[ "$b" =~ [^a-z0-9._-] ]]; then
+    echo "only lowercase letters, digits, '-', '_' and '.' are allowed"
+  elif ((${#b} < 3)); then
+    echo "it has ${#b} character$( ((${#b} == 1)) || echo s); bucket names have 3 to 63"
+  elif [[ "$b" != *.* ]] && ((${#b} > 63)); then
+    echo "it has ${#b} characters; bucket names have 3 to 63 (up to 222 with dots)"
+  elif ((${#b} > 222)); then
+    echo "it has ${#b} characters; a bucket name with dots has at most 222"
+  elif [[ ! "$b" =~ ^[a-z0-9] || ! "$b" =~ [a-z0-9]$ ]]; then
+    echo "it must start and end with a letter or a digit"
+  elif [[ "$b" =~ ^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]]; then
+    echo "it looks like an IP address"
+  elif [[ "$b" == goog* ]]; then
+    echo "it begins with 'goog', which Cloud Storage reserves"
+  elif [[ "$b" =~ g[o0][o0]g[l1]e ]]; then
+    echo "it contains 'google' or a look-alike of it, which Cloud Storage reserves"
+  else
+    IFS=. read -ra parts <<<"$b"
+    for part in "${parts[@]}"; do
+      if [[ -z "$part" ]]; then
+        echo "it has an empty part between dots"
+        return
+      elif ((${#part} > 63)); then
+        echo "its part '$part' has ${#part} characters; each dot-separated part has at most 63"
+        return
+      fi
+    done
+  fi
+}
+
+# Dies unless $2 is gs://BUCKET[/PATH] with a valid bucket name; $1 names the flag in the message.
+check_gs_uri() {
+  local flag=$1 uri=$2 bucket problem
+  [[ "$uri" == gs://* ]] || die "$flag must be a gs:// URI (gs://BUCKET/PATH), got $uri"
+  bucket=${uri#gs://}
+  bucket=${bucket%%/*}
+  problem=$(bucket_problem "$bucket")
+  [[ -z "$problem" ]] || die "$flag $uri: '$bucket' is not a valid bucket name: $problem"
+}
+
+# Dies, in one line, unless gcloud is installed and has an active account (it reads only local files).
+require_gcloud() {
+  command -v gcloud >/dev/null ||
+    die "gcloud not found: install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install), then gcloud auth login (or use --dry-run)"
+  [[ -n "$(gcloud config get-value account 2>/dev/null)" ]] ||
+    die "gcloud has no active account: run gcloud auth login (or use --dry-run)"
+}
+
+# Dies, in one line, unless the Google client libraries will find Application Default Credentials:
+# $GOOGLE_APPLICATION_CREDENTIALS, gcloud's application-default file, or a Google Cloud VM.
+require_adc() {
+  local file=${GOOGLE_APPLICATION_CREDENTIALS:-}
+  if [[ -n "$file" ]]; then
+    [[ -f "$file" ]] || die "GOOGLE_APPLICATION_CREDENTIALS is $file, which does not exist"
+    return 0
+  fi
+  [[ -f "${CLOUDSDK_CONFIG:-$HOME/.config/gcloud}/application_default_credentials.json" ]] && return 0
+  grep -qs Google /sys/class/dmi/id/product_name && return 0 # a Compute Engine VM: the metadata server
+  if command -v gcloud >/dev/null; then
+    die "no Google Cloud credentials: run gcloud auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS to a key file (or use --dry-run)"
+  fi
+  die "no Google Cloud credentials and no gcloud: install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install) and run gcloud auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS to a key file (or use --dry-run)"
+}

@@ -4,8 +4,8 @@
 #   REGION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE:TAG
 # creating the Docker repository first if it does not exist. Prints the image URI last, on
 # stdout, so that IMAGE_URI=$(bin/register-image.sh --project P | tail -n1) works.
-# Needs docker and gcloud (authenticated: gcloud auth login). --dry-run prints the exact commands
-# instead of running them.
+# Needs docker and gcloud (authenticated: gcloud auth login), checked first. --dry-run prints the
+# exact commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROG=register-image
@@ -88,6 +88,12 @@ fi
 
 host="${region}-docker.pkg.dev"
 uri="${host}/${project}/${repository}/${image}:${tag}"
+
+# the tools and credentials, before anything is run (a dry run needs none of them)
+if ((!dry_run)); then
+  command -v docker >/dev/null || die "docker not found: install Docker (https://docs.docker.com/engine/install/) (or use --dry-run)"
+  require_gcloud
+fi
 
 if ((dry_run)); then
   echo "# dry run: nothing is executed; the commands would be:"

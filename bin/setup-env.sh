@@ -5,8 +5,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage() {
+  cat <<'USAGE'
+Usage: bin/setup-env.sh [--dev]
+
+Creates or refreshes the virtual environment (.venv, or $SPANWISE_VENV) with the pinned
+dependencies: torch first and alone, then requirements.txt with constraints.txt, the bundled
+assets (requirements-assets.txt) and this project (editable). Does nothing when the install is
+current (a stamp of the requirement files' hash).
+
+  --dev        add the test dependencies (requirements-dev.txt)
+  -h, --help   this text
+
+Environment: PYTHON (the interpreter for a new venv, default python3), SPANWISE_VENV.
+USAGE
+}
+
 want_dev=0
-[[ "${1:-}" == "--dev" ]] && want_dev=1
+while (($#)); do
+  case "$1" in
+    --dev) want_dev=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "setup-env: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 PYTHON=${PYTHON:-python3}
 VENV=${SPANWISE_VENV:-.venv}

@@ -15,7 +15,8 @@
 # makes .venv), authenticated as Application Default Credentials (gcloud auth application-default
 # login). It submits the job and waits for it, then prints the corpus statistics; with --no_wait it
 # returns once the job is submitted, printing its id and console URL. --dry-run prints the exact
-# command, one flag per line, shell-quoted, and runs nothing.
+# command, one flag per line, shell-quoted, and runs nothing. Without --dry-run, the credentials
+# are checked first (one line says what is missing), unless Beam's --no_auth is among the flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROG=submit-dataflow
@@ -95,14 +96,14 @@ while (($#)); do
 done
 
 # --- checks: fail here, not after the workers have started ---------------------------------
-gs_uri='^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$'
 [[ -n "$project" ]] || die "--project is required (the Google Cloud project to run the job in), or set GOOGLE_CLOUD_PROJECT; see --help"
 [[ "$project" =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]$ ]] || die "invalid project id: $project"
 [[ "$region" =~ ^[a-z]+(-[a-z]+)+[0-9]+$ ]] || die "invalid region: $region (e.g. us-central1)"
 for name in data_dir output_dir; do
   value=${!name}
   [[ -n "$value" ]] || die "--$name is required; see --help"
-  [[ "$value" =~ $gs_uri ]] || die "--$name must be a gs:// URI (the Dataflow workers read and write it), got $value"
+  [[ "$value" == gs://* ]] || die "--$name must be a gs:// URI (the Dataflow workers read and write it), got $value"
+  check_gs_uri "--$name" "$value"
 done
 [[ -n "$tokenizer" ]] || die "--tokenizer is required: a Hugging Face hub name or a gs:// folder"
 if [[ "$tokenizer" != gs://* ]]; then
@@ -111,12 +112,14 @@ if [[ "$tokenizer" != gs://* ]]; then
   fi
   [[ "$tokenizer" =~ ^[A-Za-z0-9][-A-Za-z0-9_.]*(/[A-Za-z0-9][-A-Za-z0-9_.]*)?$ ]] || die "--tokenizer must be a hub name (e.g. bert-base-uncased, org/name) or a gs:// folder, got $tokenizer"
 else
-  [[ "$tokenizer" =~ $gs_uri ]] || die "invalid --tokenizer URI: $tokenizer"
+  check_gs_uri --tokenizer "$tokenizer"
 fi
 if [[ -n "$bucket" ]]; then
   bucket=${bucket#gs://}
   bucket=${bucket%/}
-  [[ "$bucket" =~ ^[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9]$ ]] || die "--bucket takes a bucket name (e.g. my-bucket), got $bucket"
+  [[ "$bucket" != */* ]] || die "--bucket takes a bucket name (e.g. my-bucket), not a path: got $bucket"
+  problem=$(bucket_problem "$bucket")
+  [[ -z "$problem" ]] || die "--bucket $bucket is not a valid bucket name: $problem"
   temp_location=${temp_location:-gs://$bucket/dataflow/tmp}
   staging_location=${staging_location:-gs://$bucket/dataflow/staging}
 fi
@@ -131,7 +134,7 @@ if [[ -z "$staging_location" ]]; then # beside the temp location (inside it when
 fi
 staging_location=${staging_location%/}
 for name in temp_location staging_location; do
-  [[ "${!name}" =~ $gs_uri ]] || die "--$name must be a gs:// URI, got ${!name}"
+  check_gs_uri "--$name" "${!name}"
 done
 [[ "$machine_type" =~ ^[a-z0-9]+(-[a-z0-9]+)+$ ]] || die "invalid machine type: $machine_type (e.g. n1-standard-4, n2-highmem-8)"
 [[ "$max_workers" =~ ^[1-9][0-9]*$ ]] || die "--max_workers must be a positive integer, got $max_workers"
@@ -210,5 +213,10 @@ if ((dry_run)); then
 fi
 
 [[ -x "$python" ]] || command -v "$python" >/dev/null || die "no Python at $python: run bin/setup-env.sh first, or set PYTHON"
+no_auth=0
+for f in ${pipeline_flags[@]+"${pipeline_flags[@]}"}; do
+  [[ "$f" != --no_auth && "$f" != --no-auth ]] || no_auth=1 # Beam's option for endpoints that need none
+done
+((no_auth)) || require_adc
 echo "+ $(print_cmd "${cmd[@]}")" >&2
 exec "${cmd[@]}"

@@ -63,7 +63,10 @@ Job:
   -h, --help                 this text
 
 Flags may be spelled with - or _ (--machine-type, --dry_run) and as --flag=value. The trainer
-flags after -- are checked with the trainer's own parser before anything is submitted.
+flags after -- are checked here with the trainer's own checks (python -m trainer.preflight:
+the flags, and the --seq_func_params budget of --max_seq_length) before anything is submitted,
+also by --dry-run. Without --dry-run, gcloud and an active account are checked first.
+Environment: PYTHON (the Python for the flag check; default .venv/bin/python, else python3).
 EOF
 }
 
@@ -137,7 +140,7 @@ else
   ((accelerator_count == 0)) || die "--accelerator_count $accelerator_count needs --accelerator_type"
 fi
 if [[ -n "$base_output_dir" ]]; then
-  [[ "$base_output_dir" =~ ^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/.*)?$ ]] || die "--base_output_dir must be a gs:// URI, got $base_output_dir"
+  check_gs_uri --base_output_dir "$base_output_dir"
   base_output_dir=${base_output_dir%/}
 fi
 if [[ -n "$tensorboard" ]]; then
@@ -167,26 +170,26 @@ for f in "${trainer_flags[@]}"; do
 done
 ((has_output_dir)) || [[ -n "$base_output_dir" ]] || die "say where the model goes: --base_output_dir gs://... (sets AIP_MODEL_DIR) or --output_dir gs://... among the trainer flags"
 
-# The trainer's own parser checks the flags (cheap: no torch import), where this checkout has it.
+# gcloud and its credentials, before anything else is done (a dry run needs neither)
+((dry_run)) || require_gcloud
+
+# The trainer's own checks of its flags (trainer.preflight: the flag checks, and the sequence-length
+# budget with the tokenizer where it is a local folder), where this checkout has a Python for them.
 py=""
-if [[ -x .venv/bin/python ]]; then
-  py=.venv/bin/python
-elif command -v python3 >/dev/null && python3 -c "import trainer.args" 2>/dev/null; then
-  py=python3
-fi
+for candidate in "${PYTHON:-}" "${SPANWISE_VENV:-.venv}/bin/python" python3; do
+  if [[ -n "$candidate" ]] && command -v "$candidate" >/dev/null && "$candidate" -c "import trainer.preflight, transformers" 2>/dev/null; then
+    py=$candidate
+    break
+  fi
+done
 if [[ -n "$py" ]]; then
   aip_model_dir=""
   [[ -z "$base_output_dir" ]] || aip_model_dir="$base_output_dir/model/"
-  if ! check=$(AIP_MODEL_DIR="$aip_model_dir" AIP_TENSORBOARD_LOG_DIR="" "$py" -c '
-import sys
-from trainer.args import parse_args
-try:
-    parse_args(sys.argv[1:])
-except ValueError as error:
-    sys.exit(f"python -m trainer.task: error: {error}")
-' "${trainer_flags[@]}" 2>&1); then
-    die "the trainer flags do not parse:"$'\n'"$check"
+  if ! check=$(AIP_MODEL_DIR="$aip_model_dir" AIP_CHECKPOINT_DIR="" AIP_TENSORBOARD_LOG_DIR="" HF_HUB_OFFLINE=1 \
+    "$py" -m trainer.preflight "${trainer_flags[@]}" 2>&1); then
+    die "the trainer flags would fail the job:"$'\n'"$check"
   fi
+  [[ -z "$check" ]] || echo "$check" >&2
 else
   echo "submit-vertex: note: no Python with this project here; the trainer flags were not checked" >&2
 fi
@@ -296,7 +299,6 @@ if ((dry_run)); then
   exit 0
 fi
 
-command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK (or use --dry-run)"
 echo "+ $(quote_cmd "${create[@]}")" >&2
 job=$("${create[@]}")
 [[ -n "$job" ]] || die "gcloud ai custom-jobs create printed no job name"

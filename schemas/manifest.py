@@ -222,4 +222,14 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
         "token lengths are content tokens (TEXT_A + TEXT_B, no special tokens); "
         "a text cut at --max_doc_chars counts the tokens of its cut text"
     )
+    for split in sorted(manifest["splits"], key=lambda name: (order.get(name, len(order)), name)):
+        info = manifest["splits"][split]
+        if split != "train" and info["read"] and not info["records"]:
+            by_reason = info.get("rejected_by_reason") or {}
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(by_reason.items()))
+            hint = "; unseen_label: its labels are not labels of the train split" if "unseen_label" in by_reason else ""
+            lines.append(
+                f"WARNING: every row of split {split!r} was rejected ({reasons}): nothing to evaluate or predict "
+                f"on; see rejected/{split}-*.jsonl{hint}"
+            )
     return "\n".join(lines)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -280,7 +281,12 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(dockerignore, dockerfile_
 
 # --------------------------------------------------------------------------- running the scripts
 FAKE_TOOL = """#!/usr/bin/env bash
-# stand-in for {name}: records its argv (one JSON list a line), copies any --config file aside
+# stand-in for {name}: records its argv (one JSON list a line), copies any --config file aside;
+# the account probe (gcloud config get-value account, which reads local files only) is answered, not recorded
+if [[ "{name} $*" == "gcloud config get-value account" ]]; then
+  [[ -n "${{FAKE_NO_ACCOUNT:-}}" ]] || echo "dev@example.com"
+  exit 0
+fi
 {python} - "$@" <<'PY'
 import json, os, shutil, sys
 log = os.environ["FAKE_LOG"]
@@ -318,8 +324,9 @@ def fake_tools(tmp_path) -> dict[str, Any]:
 
 
 def run_script(name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``bin/NAME ARGS``; the trainer flag check runs with this Python (``PYTHON``), as with the project's .venv."""
     return subprocess.run(
-        ["bash", str(BIN / name), *args], cwd=REPO_ROOT, env=env or dict(os.environ),
+        ["bash", str(BIN / name), *args], cwd=REPO_ROOT, env={"PYTHON": sys.executable, **(env or os.environ)},
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -536,7 +543,7 @@ def test_submit_cluster_shapes(tmp_path, args, pools, nproc):
 def test_submit_passes_any_trainer_flag_through_verbatim(tmp_path):
     flags = [
         "--data_dir", "gs://my-bucket/prep dir", "--model_name", "m", "--task_name", "it's \"quoted\" $HOME `x` \\ ü\ttab",
-        "--output_dir=gs://my-bucket/out", "--seq_func_params", "1", "2",
+        "--output_dir=gs://my-bucket/out", "--seq_len_func", "ht", "--seq_func_params", "1", "2",
     ]
     spec, _, _ = submit_dry_run(tmp_path, "--image_uri", IMAGE, "--no-stream-logs", trainer_flags=flags)
     assert spec["workerPoolSpecs"][0]["containerSpec"]["args"] == flags
@@ -715,3 +722,124 @@ def test_run_local_trains_into_the_aip_directories(prep, tiny_model, tmp_path): 
     assert (aip / "model" / "config.json").is_file()
     assert (aip / "checkpoints" / "checkpoint-00000002" / "COMPLETE").is_file()
     assert any(p.name.startswith("events.out.tfevents") for p in (aip / "logs").iterdir())
+
+
+# --------------------------------------------------------------------------- tools, credentials, names
+# what the scripts run besides the cloud tools
+BASIC_TOOLS = ("bash", "cat", "cut", "date", "dirname", "env", "git", "grep", "mkdir", "mktemp", "rm", "sed", "sha256sum", "tr")
+
+
+def _path_without_gcloud(tmp_path, *tools: str) -> str:
+    """A PATH of the basic tools and stand-ins of ``tools`` only: no gcloud (this machine has one) unless named."""
+    bindir = tmp_path / ("tools-" + "-".join(tools))
+    bindir.mkdir(exist_ok=True)
+    for name in BASIC_TOOLS:
+        (bindir / name).symlink_to(shutil.which(name))
+    for name in tools:
+        tool = bindir / name
+        tool.write_text(FAKE_TOOL.format(name=name, python=sys.executable))
+        tool.chmod(0o755)
+    return str(bindir)
+
+
+def _one_line_refusal(proc: subprocess.CompletedProcess, prog: str, message: str) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"{prog}: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_register_image_without_gcloud_says_so_in_one_line(tmp_path):
+    env = dict(os.environ, PATH=_path_without_gcloud(tmp_path, "docker"), FAKE_LOG=str(tmp_path / "calls.jsonl"))
+    proc = run_script("register-image.sh", "--project", "my-proj", "--tag", "v1", env=env)
+    _one_line_refusal(proc, "register-image", "gcloud not found: install the Google Cloud SDK")
+    assert not (tmp_path / "calls.jsonl").exists()  # docker was not run either
+    proc = run_script("register-image.sh", "--project", "my-proj", "--tag", "v1",
+                      env=dict(env, PATH=_path_without_gcloud(tmp_path)))
+    _one_line_refusal(proc, "register-image", "docker not found")
+
+
+def test_submit_vertex_without_gcloud_or_an_account_says_so_in_one_line(tmp_path, fake_tools):
+    args = ["--project", "my-proj", "--image_uri", IMAGE, "--base_output_dir", "gs://my-bucket/r", "--", *TRAINER_FLAGS]
+    proc = run_script("submit-vertex.sh", *args, env=dict(os.environ, PATH=_path_without_gcloud(tmp_path)))
+    _one_line_refusal(proc, "submit-vertex", "gcloud not found: install the Google Cloud SDK")
+    proc = run_script("submit-vertex.sh", *args, env=dict(fake_tools["env"], FAKE_NO_ACCOUNT="1"))
+    _one_line_refusal(proc, "submit-vertex", "gcloud has no active account: run gcloud auth login")
+    assert fake_tools["calls"]() == []  # no job was created
+
+
+DATAFLOW_ARGS = ["--project", "my-proj", "--bucket", "my-bucket", "--data_dir", "gs://my-bucket/corpus",
+                 "--output_dir", "gs://my-bucket/prep", "--tokenizer", "bert-base-uncased"]
+
+
+def test_submit_dataflow_without_credentials_says_so_in_one_line(tmp_path):
+    """Before: 482 lines and 16 tracebacks over 2m41s from the Dataflow client; now one line, before Python runs."""
+    home = tmp_path / "home"
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")}
+    env = dict(base, HOME=str(home), PATH=_path_without_gcloud(tmp_path))
+    proc = run_script("submit-dataflow.sh", *DATAFLOW_ARGS, env=env)
+    _one_line_refusal(proc, "submit-dataflow", "no Google Cloud credentials and no gcloud: install the Google Cloud SDK")
+    proc = run_script("submit-dataflow.sh", *DATAFLOW_ARGS, env=dict(env, PATH=_path_without_gcloud(tmp_path, "gcloud")))
+    _one_line_refusal(proc, "submit-dataflow", "no Google Cloud credentials: run gcloud auth application-default login")
+    proc = run_script("submit-dataflow.sh", *DATAFLOW_ARGS,
+                      env=dict(env, GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "key.json")))
+    _one_line_refusal(proc, "submit-dataflow", f"GOOGLE_APPLICATION_CREDENTIALS is {tmp_path / 'key.json'}, which does not exist")
+    # the dry run needs no credentials
+    assert run_script("submit-dataflow.sh", *DATAFLOW_ARGS, "--dry-run", env=env).returncode == 0
+
+
+@pytest.mark.parametrize("bucket, reason", [
+    ("b", "it has 1 character; bucket names have 3 to 63"),
+    ("My-Bucket", "only lowercase letters, digits, '-', '_' and '.' are allowed"),
+    ("-bucket", "it must start and end with a letter or a digit"),
+    ("b" * 64, "it has 64 characters; bucket names have 3 to 63 (up to 222 with dots)"),
+    ("192.168.5.4", "it looks like an IP address"),
+    ("goog-data", "it begins with 'goog'"),
+    ("my-g00gle-data", "it contains 'google' or a look-alike"),
+    ("my..bucket", "it has an empty part between dots"),
+    ("a." + "b" * 64, f"its part '{'b' * 64}' has 64 characters; each dot-separated part has at most 63"),
+])
+def test_bucket_names_are_checked_by_the_real_rules(tmp_path, bucket, reason):
+    proc = run_script("submit-vertex.sh", "--project", "my-proj", "--base_output_dir", f"gs://{bucket}/runs", "--dry-run",
+                      "--", *TRAINER_FLAGS)
+    _one_line_refusal(proc, "submit-vertex", f"--base_output_dir gs://{bucket}/runs: '{bucket}' is not a valid bucket name: {reason}")
+    proc = run_script("submit-dataflow.sh", *DATAFLOW_ARGS[:2], "--bucket", bucket, *DATAFLOW_ARGS[4:], "--dry-run")
+    _one_line_refusal(proc, "submit-dataflow", f"--bucket {bucket} is not a valid bucket name: {reason}")
+
+
+@pytest.mark.parametrize("bucket", ["abc", "my_bucket-1", "b" * 63, "data.example.com", "a" * 63 + "." + "b" * 63])
+def test_valid_bucket_names_pass(tmp_path, bucket):
+    spec, _, _ = submit_dry_run(tmp_path, "--image_uri", IMAGE, "--base_output_dir", f"gs://{bucket}/runs")
+    assert spec["baseOutputDirectory"]["outputUriPrefix"] == f"gs://{bucket}/runs/"
+
+
+def _with(flags: list[str], **values: str) -> list[str]:
+    out = list(flags)
+    for flag, value in values.items():
+        i = out.index(f"--{flag}")
+        count = 2 if flag == "seq_func_params" else 1
+        out[i + 1 : i + 1 + count] = value.split()
+    return out
+
+
+def test_vertex_dry_run_runs_the_trainers_checks(tmp_path, tiny_model):  # noqa: F811
+    """ht 400 400 at max_seq_length 512 is refused here, not by the job; with the model's tokenizer
+    on this machine, its special tokens count too."""
+    proc = run_script("submit-vertex.sh", "--project", "my-proj", "--base_output_dir", "gs://my-bucket/r", "--dry-run",
+                      "--", *_with(TRAINER_FLAGS, seq_func_params="400 400"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "the trainer flags would fail the job" in proc.stderr
+    assert "ht 400 400 needs 800 content tokens but --max_seq_length 512 leaves 512" in proc.stderr
+    assert "the tokenizer bert-base-uncased is not on this machine, so its special tokens were not counted" in proc.stderr
+    local = _with(TRAINER_FLAGS, model_name=tiny_model, seq_func_params="128 383")
+    proc = run_script("submit-vertex.sh", "--project", "my-proj", "--base_output_dir", "gs://my-bucket/r", "--dry-run",
+                      "--", *local)
+    assert proc.returncode == 2 and "ht 128 383 needs 511 content tokens but --max_seq_length 512 leaves 510 after 2 special tokens" in proc.stderr
+    # a hub tokenizer that is not here: checked without special tokens, and said so
+    _, _, out = submit_dry_run(tmp_path, "--image_uri", IMAGE, "--base_output_dir", "gs://my-bucket/r",
+                               trainer_flags=_with(TRAINER_FLAGS, seq_func_params="128 383"))
+    assert "JOB=$(" in out
+    proc = run_script("submit-vertex.sh", "--project", "my-proj", "--image_uri", IMAGE, "--base_output_dir", "gs://my-bucket/r",
+                      "--dry-run", "--", *_with(TRAINER_FLAGS, seq_func_params="128 383"))
+    assert "note: --seq_func_params were checked against --max_seq_length 512, but the tokenizer bert-base-uncased is not on this machine" in proc.stderr
+

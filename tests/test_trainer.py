@@ -6,8 +6,11 @@ One synthetic topic corpus (3 labels, each label's words plus shared ones, sever
 check, with exact comparisons where the design promises exactness:
 
 * training lowers the loss, the saved model reloads and gives the trained model's logits;
-* an interrupted run (SIGTERM, or an exception) resumed with the same command equals an
-  uninterrupted one: same batches of sample ids, bit-identical final weights;
+* an interrupted run (SIGTERM, Ctrl-C, or an exception) resumed with the same command equals an
+  uninterrupted one: same batches of sample ids, bit-identical final weights, and one TensorBoard
+  run with every step once; a second Ctrl-C stops at once;
+* ``--group_by_length``: batches of similar length, the same with 0, 1 or 2 DataLoader workers,
+  resumed exactly; evaluation gives the same logits with and without DataLoader workers;
 * rs/rso/rsd draw new spans every epoch, reproducibly, whatever the DataLoader workers;
 * the sample order does not depend on the workers, and a resumed epoch is the tail of the full one;
 * ranks see disjoint samples whose union is the epoch, with equal batch counts (unit and a real
@@ -60,7 +63,8 @@ def tokenizer():
     return load_tokenizer(minilm_dir())
 
 
-def _stream(prep, tokenizer, seq_func="rs", seed=42, units=None, rank=0, world_size=1, batch_size=8, shuffle_buffer=4096):
+def _stream(prep, tokenizer, seq_func="rs", seed=42, units=None, rank=0, world_size=1, batch_size=8, shuffle_buffer=4096,
+            group_by_length=False):
     from schemas.manifest import read_manifest
     from tokenization.seq_len import validate_seq_config
     from trainer.data import ShardStream, list_units
@@ -72,7 +76,7 @@ def _stream(prep, tokenizer, seq_func="rs", seed=42, units=None, rank=0, world_s
     features = FeatureBuilder(config, SpecialTokenTemplate.from_tokenizer(tokenizer), seed)
     return ShardStream(
         units, features, batch_size=batch_size, seed=seed, pad_token_id=tokenizer.pad_token_id,
-        rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer,
+        rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, group_by_length=group_by_length,
     )
 
 
@@ -393,6 +397,94 @@ def test_resume_after_exception_is_exact(uninterrupted, prep, tiny_model, tmp_pa
     assert (records[18]["epoch"], records[18]["batch"]) == (1, 4)
     assert records[18:20] == records[16:18]
     _assert_equals_uninterrupted(uninterrupted, out, records)
+    # steps 17-18 were logged twice; the resumed run's purge_step leaves the second logging only
+    assert _train_losses(out) == _train_losses(uninterrupted["out"])
+
+
+def _train_losses(out):
+    """``(step, value)`` of every train/loss scalar of the run's TensorBoard directory (purged events left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = Path(out) / "runs"
+    assert sorted(os.listdir(runs)) == ["topics"]  # one TensorBoard run
+    accumulator = EventAccumulator(str(runs / "topics"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars("train/loss")]
+
+
+def test_resume_after_ctrl_c_is_exact_and_appends_to_one_tensorboard_run(uninterrupted, prep, tiny_model, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it, DataLoader workers included):
+    a checkpoint of the step, exit 130 with one line and no traceback; the same command resumes
+    to the uninterrupted result and logs into the same TensorBoard run, every step once."""
+    trace, out = tmp_path / "trace.jsonl", tmp_path / "out"
+    argv = _resume_argv(prep, tiny_model, out, trace, workers=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *argv], cwd=REPO_ROOT, env=subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if trace.exists() and len(trace.read_text().splitlines()) >= 6:
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+            time.sleep(0.002)
+        stdout, stderr = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 15
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_alive(proc.pid), "DataLoader workers outlived the trainer"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{stderr[-4000:]}"
+    stopped_at = len(read_trace(trace))
+    assert 6 <= stopped_at < RESUME_STEPS
+    checkpoint = out / "checkpoints" / f"checkpoint-{stopped_at:08d}"
+    assert _checkpoint_steps(out)[-1] == stopped_at and (checkpoint / "COMPLETE").exists()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"stopped by Ctrl-C after step {stopped_at}; checkpoint {checkpoint}; run the same command again to resume"
+    )
+    assert stderr.count("stopped by Ctrl-C") == 1
+    # the first Ctrl-C is acknowledged once, by the trainer only (the workers ignore it)
+    assert stderr.count("Ctrl-C: stopping after this step") == 1
+    assert not (out / "model.safetensors").exists()
+
+    resumed = _checked(run_task_subprocess(argv))
+    assert f"resumed from {checkpoint}: step {stopped_at}," in resumed.stderr
+    records = read_trace(trace)
+    assert len(records) == RESUME_STEPS
+    _assert_equals_uninterrupted(uninterrupted, out, records)
+    assert _train_losses(out) == _train_losses(uninterrupted["out"])  # steps 1..48 once each, the same losses
+
+
+def test_second_ctrl_c_stops_at_once_without_a_checkpoint(prep, tiny_model, tmp_path, monkeypatch, capsys):
+    """Two Ctrl-C in the middle of step 3: no checkpoint of step 3, exit 130, one line; the handlers are restored."""
+    from trainer import task
+
+    original = task.Trainer._forward_backward
+
+    def forward_backward(self, model, batch):
+        if self.global_step == 2 and self.next_batch == 2:  # the batch of step 3
+            os.kill(os.getpid(), signal.SIGINT)  # (delivered to this thread before kill returns)
+            assert self.signals.requested == signal.SIGINT  # the first one: a request only
+            os.kill(os.getpid(), signal.SIGINT)  # the second: KeyboardInterrupt, here
+            raise AssertionError("the second Ctrl-C did not stop the run")
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task.Trainer, "_forward_backward", forward_backward)
+    out = tmp_path / "out"
+    handler = signal.getsignal(signal.SIGINT)
+    argv = task_argv(prep["data_dir"], tiny_model, out, "--max_steps", "8", "--save_steps", "2", "--eval_strategy", "no")
+    assert task.main(argv) == 130
+    assert signal.getsignal(signal.SIGINT) is handler
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1] == (
+        "stopped at once by Ctrl-C, without a checkpoint of this step; the same command resumes from the last checkpoint"
+    )
+    assert "Traceback" not in err
+    assert _checkpoint_steps(out) == [2]
 
 
 # --------------------------------------------------------------------------- per-epoch resampling
@@ -441,6 +533,92 @@ def test_sample_order_independent_of_workers_and_start_batch_is_tail(prep, token
         for got, want in zip(tail, full[1][start:]):
             assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["labels"], want["labels"])
     assert _epoch_batches(stream, 1, 0, start_batch=num_batches) == []
+
+
+def _lengths(batch):
+    return batch["attention_mask"].sum(dim=1).tolist()
+
+
+def test_group_by_length_batches_similar_lengths_same_with_any_workers_and_resumable(prep, tokenizer):
+    """Within each shuffle window the batches hold documents of similar length (their length ranges
+    do not overlap), the batches are the same with 0, 1 or 2 DataLoader workers and epoch to
+    epoch reshuffled, and a resumed epoch (start_batch) is exactly the tail of the whole one."""
+    grouped = _stream(prep, tokenizer, "rs", shuffle_buffer=32, group_by_length=True)  # windows of 4 batches
+    plain = _stream(prep, tokenizer, "rs", shuffle_buffer=32)
+    num_batches = grouped.plan(0).num_batches
+    assert num_batches == 12
+    epochs = {}
+    for epoch in (0, 1):
+        runs = {workers: _epoch_batches(grouped, epoch, workers) for workers in (0, 1, 2)}
+        for workers in (1, 2):
+            assert _order(runs[workers]) == _order(runs[0])
+            assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(runs[workers], runs[0]))
+        batches = epochs[epoch] = runs[0]
+        assert [index for index, _ in _order(batches)] == list(range(num_batches))
+        ids = [doc for batch in batches for doc in batch["doc_ids"]]
+        assert sorted(ids) == sorted(_train_ids(prep))  # every document once
+        for window in range(0, num_batches, 4):
+            full = [batch for batch in batches[window : window + 4] if len(batch["doc_ids"]) == 8]
+            for a in full:
+                for b in full:
+                    if a is not b:
+                        assert max(_lengths(a)) <= min(_lengths(b)) or max(_lengths(b)) <= min(_lengths(a))
+        # less padding than the same windows without grouping
+        padded = lambda run: sum(batch["input_ids"].numel() for batch in run)  # noqa: E731
+        assert padded(batches) < padded(_epoch_batches(plain, epoch))
+    assert _order(epochs[0]) != _order(epochs[1])
+    for workers, start in ((0, 5), (2, 7)):
+        tail = _epoch_batches(grouped, 1, workers, start_batch=start)
+        assert _order(tail) == _order(epochs[1])[start:]
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(tail, epochs[1][start:]))
+
+
+@pytest.fixture
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_group_by_length_run_resumes_exactly(one_torch_thread, prep, tiny_model, tmp_path, monkeypatch):
+    """A --group_by_length run that crashes after step 10 (checkpoint 8) and is resumed equals one that was not."""
+    from trainer.task import run
+
+    def argv(name):
+        return task_argv(
+            prep["data_dir"], tiny_model, tmp_path / name, "--group_by_length", "--shuffle_buffer", "32",
+            "--seq_len_func", "rs", "--seq_func_params", str(SPAN), "--max_steps", "16", "--save_steps", "4",
+            "--eval_strategy", "no", "--learning_rate", "1e-2", "--sample_trace_file", str(tmp_path / f"{name}.jsonl"),
+        )
+
+    run(argv("reference"))
+    monkeypatch.setenv(FAIL_ENV, "10")
+    with pytest.raises(RuntimeError, match="injected failure after step 10"):
+        run(argv("resumed"))
+    monkeypatch.delenv(FAIL_ENV)
+    run(argv("resumed"))
+    reference, resumed = read_trace(tmp_path / "reference.jsonl"), read_trace(tmp_path / "resumed.jsonl")
+    assert len(resumed) == 16 + 2 and resumed[10:12] == resumed[8:10]  # batches 9-10 replayed, identically
+    assert trace_by_key(resumed) == trace_by_key(reference)
+    _assert_same_weights(tmp_path / "reference" / "model.safetensors", tmp_path / "resumed" / "model.safetensors")
+
+
+def test_evaluation_is_the_same_with_dataloader_workers(trained, prep):
+    from trainer.data import list_units
+    from trainer.evaluation import score_documents
+
+    trainer = trained["trainer"]
+    units = list_units(prep["data_dir"], trainer.manifest, "dev")
+    for views in ("chunks", 3):
+        results = [
+            score_documents(trainer.model, units, trainer.features, views=views, batch_size=4, device=torch.device("cpu"),
+                            pad_token_id=trainer.pad_token_id, num_workers=workers)
+            for workers in (0, 2)
+        ]
+        assert results[0][0] == results[1][0] and len(results[0][0]) == 30
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+        np.testing.assert_array_equal(results[0][2], results[1][2])
 
 
 # --------------------------------------------------------------------------- sharding across ranks

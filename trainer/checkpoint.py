@@ -39,7 +39,7 @@ import os
 import re
 import signal
 import tempfile
-from typing import Any, NamedTuple
+from typing import Any, Collection, NamedTuple
 
 import safetensors.torch
 import torch
@@ -52,6 +52,9 @@ __all__ = [
     "load_checkpoint",
     "prune_checkpoints",
     "list_checkpoints",
+    "read_state",
+    "load_weights",
+    "checkpoint_of_step",
     "KILL_IN_WRITE_ENV",
     "KILL_STAGES",
 ]
@@ -130,7 +133,9 @@ def _kill_point(step: int, stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save_checkpoint(checkpoint_dir: str, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int) -> str:
+def save_checkpoint(
+    checkpoint_dir: str, step: int, model: torch.nn.Module, state: dict[str, Any], keep: int, protect: Collection[int] = ()
+) -> str:
     """Write checkpoint ``step`` (model weights + ``state``), then keep the ``keep`` newest.
 
     Args:
@@ -139,6 +144,7 @@ def save_checkpoint(checkpoint_dir: str, step: int, model: torch.nn.Module, stat
         model: the module whose ``state_dict`` is saved as safetensors.
         state: plain tensors, numbers and strings (``torch.load(weights_only=True)`` must read it).
         keep: how many complete checkpoints to keep (<= 0: all).
+        protect: steps whose checkpoints are kept as well (the best one, for ``--load_best_model_at_end``).
 
     Returns:
         The path of the new, complete checkpoint.
@@ -165,31 +171,47 @@ def save_checkpoint(checkpoint_dir: str, step: int, model: torch.nn.Module, stat
     _kill_point(step, "state")
     spanwise_io.write_bytes(spanwise_io.join(path, COMPLETE_FILE), json.dumps({"step": step}).encode("utf-8"))
     _kill_point(step, "complete")
-    prune_checkpoints(checkpoint_dir, keep)
+    prune_checkpoints(checkpoint_dir, keep, protect)
     return path
 
 
 def load_checkpoint(path: str, model: torch.nn.Module) -> dict[str, Any]:
     """Load the weights into ``model`` and return the state dict (no arbitrary unpickling)."""
+    state = read_state(path)
+    load_weights(path, model)
+    return state
+
+
+def read_state(path: str) -> dict[str, Any]:
+    """The trainer state of a complete checkpoint (plain tensors and numbers: no arbitrary unpickling)."""
     if not spanwise_io.exists(spanwise_io.join(path, COMPLETE_FILE)):
         raise ValueError(f"{path}: checkpoint is incomplete (no {COMPLETE_FILE}); it was interrupted while written")
+    try:
+        return torch.load(io.BytesIO(spanwise_io.read_bytes(spanwise_io.join(path, STATE_FILE))), weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}/{STATE_FILE}: cannot load the trainer state ({type(error).__name__}: {error})") from error
+
+
+def load_weights(path: str, model: torch.nn.Module) -> None:
+    """Load a checkpoint's safetensors weights into ``model`` (every tensor must match)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         with open(local, "wb") as handle:
             handle.write(spanwise_io.read_bytes(spanwise_io.join(path, MODEL_FILE)))
-        missing, unexpected = safetensors.torch.load_model(model, local, strict=True)
-    try:
-        state = torch.load(io.BytesIO(spanwise_io.read_bytes(spanwise_io.join(path, STATE_FILE))), weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}/{STATE_FILE}: cannot load the trainer state ({type(error).__name__}: {error})") from error
-    return state
+        safetensors.torch.load_model(model, local, strict=True)
 
 
-def prune_checkpoints(checkpoint_dir: str, keep: int) -> None:
-    """Delete what is no longer needed; never the newest complete checkpoint.
+def checkpoint_of_step(checkpoint_dir: str, step: int) -> str | None:
+    """The current (newest complete revision) checkpoint of ``step``, or None."""
+    found = [entry.path for entry in _scan(checkpoint_dir, complete_only=True) if entry.step == step]
+    return found[-1] if found else None
 
-    Deleted: complete checkpoints beyond the ``keep`` newest steps (none when ``keep <= 0``),
-    older revisions of a step that has a newer complete revision, and interrupted writes (no
+
+def prune_checkpoints(checkpoint_dir: str, keep: int, protect: Collection[int] = ()) -> None:
+    """Delete what is no longer needed; never the newest complete checkpoint, nor one of ``protect``.
+
+    Deleted: complete checkpoints beyond the ``keep`` newest steps (none when ``keep <= 0``) that
+    are not of a step in ``protect``, older revisions of a step that has a newer complete revision, and interrupted writes (no
     ``COMPLETE``) of a step older than the newest complete checkpoint. An interrupted write of a
     newer step is left (ignored): the resumed run writes that step again, which replaces it.
     """
@@ -200,6 +222,7 @@ def prune_checkpoints(checkpoint_dir: str, keep: int) -> None:
             current[entry.step] = entry
     steps = sorted(current)
     kept = {current[step] for step in (steps[-keep:] if keep > 0 else steps)}
+    kept |= {current[step] for step in protect if step in current}
     newest_step = steps[-1] if steps else None
     for entry in entries:
         if entry in kept:

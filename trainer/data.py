@@ -38,7 +38,7 @@ import posixpath
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -56,9 +56,13 @@ __all__ = [
     "SplitScan",
     "scan_split",
     "list_units",
+    "take_first",
+    "has_labels",
     "EpochPlan",
     "ShardStream",
     "read_rows",
+    "read_rows_at",
+    "row_lengths",
     "raise_batch_error",
     "eval_plan",
     "iter_documents",
@@ -69,17 +73,51 @@ __all__ = [
 log = logging.getLogger("trainer.data")
 
 _COLUMNS = ["id", "label", "input_ids_a", "input_ids_b"]
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what DataLoader workers ignore: the main process decides
 _PARQUET_MAGIC = b"PAR1"
 _REMOTE_CHECK_THREADS = 16
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One row group of one shard file."""
+    """One row group of one shard file.
+
+    Attributes:
+        path, row_group: where it is.
+        num_rows: the rows the row group holds.
+        take: read only its first ``take`` rows (``--max_train_samples`` and friends); None: all.
+        label_max: the largest label in its footer statistics (-1: no labelled row; None: unknown).
+    """
 
     path: str
     row_group: int
     num_rows: int
+    take: int | None = field(default=None, compare=False)
+    label_max: int | None = field(default=None, compare=False)
+
+    @property
+    def rows(self) -> int:
+        """The rows of this unit that are read."""
+        return self.num_rows if self.take is None else min(self.take, self.num_rows)
+
+
+def take_first(units: Sequence[Unit], count: int | None) -> list[Unit]:
+    """The units holding the first ``count`` documents of a split (in manifest order); all for None."""
+    if count is None:
+        return list(units)
+    out: list[Unit] = []
+    left = int(count)
+    for unit in units:
+        if left <= 0:
+            break
+        out.append(Unit(unit.path, unit.row_group, unit.num_rows, take=min(unit.rows, left), label_max=unit.label_max))
+        left -= out[-1].rows
+    return out
+
+
+def has_labels(units: Sequence[Unit]) -> bool:
+    """Whether the units may hold a labelled document (by their footer statistics)."""
+    return any(unit.rows > 0 and (unit.label_max is None or unit.label_max >= 0) for unit in units)
 
 
 class ShardProblem(ValueError):
@@ -259,11 +297,14 @@ def check_shard(path: str, entry: Mapping[str, Any], limits: DataLimits = DataLi
     problem = _check_footer(path, metadata, file_size, entry, limits)
     if problem:
         raise ShardProblem(path, problem, rows=rows)
-    return [
-        Unit(path, group, metadata.row_group(group).num_rows)
-        for group in range(metadata.num_row_groups)
-        if metadata.row_group(group).num_rows > 0
-    ]
+    units = []
+    for group in range(metadata.num_row_groups):
+        rows = metadata.row_group(group).num_rows
+        if rows > 0:
+            stats = _leaf_stats(metadata, group, "label")
+            label_max = int(stats.max) if stats is not None and stats.has_min_max else None
+            units.append(Unit(path, group, rows, label_max=label_max))
+    return units
 
 
 def _describe(error: BaseException) -> str:
@@ -361,6 +402,9 @@ def list_units(data_dir: str, manifest: Mapping[str, Any], split: str, limits: D
     return scan_split(data_dir, manifest, split, limits=limits).units
 
 
+LengthFn = Callable[[np.ndarray], np.ndarray]
+
+
 class EpochPlan:
     """Which rows of which units rank ``rank`` sees in one epoch, in which batches."""
 
@@ -376,6 +420,7 @@ class EpochPlan:
         shuffle: bool = True,
         shuffle_buffer: int = 4096,
         pad: bool = True,
+        group_by_length: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -384,11 +429,12 @@ class EpochPlan:
         self.units = list(units)
         self.batch_size = int(batch_size)
         self.seed, self.epoch, self.rank, self.shuffle = int(seed), int(epoch), int(rank), bool(shuffle)
+        self.group_by_length = bool(group_by_length)
         order = np.arange(len(self.units))
         if shuffle:
             order = np.random.default_rng([self.seed, self.epoch, 0x5EED]).permutation(len(self.units))
         self.order = order
-        sizes = np.array([self.units[i].num_rows for i in order], dtype=np.int64)
+        sizes = np.array([self.units[i].rows for i in order], dtype=np.int64)
         self.cumulative = np.concatenate([[0], np.cumsum(sizes)])
         self.total_rows = int(self.cumulative[-1])
         per_rank = math.ceil(self.total_rows / world_size)
@@ -405,18 +451,34 @@ class EpochPlan:
     def num_batches(self) -> int:
         return math.ceil(self.num_rows / self.batch_size)
 
-    def window_rows(self, window_index: int) -> np.ndarray:
-        """Stream positions (modulo the epoch length) of one window, in shuffled order."""
+    def window_rows(self, window_index: int, length_of: LengthFn | None = None) -> np.ndarray:
+        """Stream positions (modulo the epoch length) of one window, in shuffled order.
+
+        With ``group_by_length`` (``length_of`` gives the lengths of positions), the shuffled rows
+        are sorted by length, longest first (ties keep the shuffled order), cut into batches, and
+        the whole batches are shuffled; a last partial batch stays last. Every batch then holds
+        documents of similar length, and the order is still a pure function of the plan.
+        """
         begin = self.start + window_index * self.window
         end = min(begin + self.window, self.stop)
         positions = np.arange(begin, end, dtype=np.int64) % max(self.total_rows, 1)
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, window_index, 0xB0F])
             positions = positions[rng.permutation(len(positions))]
+        if self.group_by_length:
+            if length_of is None:
+                raise ValueError("a group_by_length plan needs the lengths of its rows (length_of)")
+            positions = positions[np.argsort(-np.asarray(length_of(positions), dtype=np.int64), kind="stable")]
+            full = len(positions) // self.batch_size
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, window_index, 0x1E9])
+            batches = [positions[b * self.batch_size : (b + 1) * self.batch_size] for b in rng.permutation(full)]
+            positions = np.concatenate([*batches, positions[full * self.batch_size :]])
         return positions
 
-    def batch_positions(self, batch_index: int, window_cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
-        """Stream positions of one batch."""
+    def batch_positions(
+        self, batch_index: int, window_cache: dict[int, np.ndarray] | None = None, length_of: LengthFn | None = None
+    ) -> np.ndarray:
+        """Stream positions of one batch (``length_of``: see ``window_rows``)."""
         if not 0 <= batch_index < self.num_batches:
             raise ValueError(f"batch {batch_index} out of range (epoch has {self.num_batches})")
         per_window = self.window // self.batch_size
@@ -424,7 +486,7 @@ class EpochPlan:
         if window_cache is not None and window_index in window_cache:
             rows = window_cache[window_index]
         else:
-            rows = self.window_rows(window_index)
+            rows = self.window_rows(window_index, length_of)
             if window_cache is not None:
                 window_cache.clear()
                 window_cache[window_index] = rows
@@ -511,6 +573,11 @@ class _RowGroupReader:
     def clear(self) -> None:
         self.cache.clear()
 
+    def length(self, unit: Unit, index: int) -> int:
+        """Stored tokens (TEXT_A + TEXT_B) of one row."""
+        columns = self.get(unit)
+        return sum(int(offsets[index + 1] - offsets[index]) for _, offsets in (columns["input_ids_a"], columns["input_ids_b"]))
+
     def row(self, unit: Unit, index: int) -> tuple[str, int, np.ndarray, np.ndarray]:
         columns = self.get(unit)
         out = []
@@ -535,17 +602,43 @@ def read_rows(
         skipped: None to raise ``ShardProblem`` on a row group that cannot be read; a list to
             leave its rows out instead, appending the problem the first time it is met.
     """
+    return [row for _, row in read_rows_at(plan, positions, reader, skipped)]
+
+
+def read_rows_at(
+    plan: EpochPlan,
+    positions: np.ndarray,
+    reader: _RowGroupReader | None = None,
+    skipped: list[ShardProblem] | None = None,
+) -> list[tuple[int, tuple[str, int, np.ndarray, np.ndarray]]]:
+    """``read_rows``, each row with its stream position (rows of skipped row groups are left out)."""
     reader = reader or _RowGroupReader()
     rows = []
-    for unit, index in plan.locate(positions):
+    for position, (unit, index) in zip(positions, plan.locate(positions)):
         try:
-            rows.append(reader.row(unit, index))
+            rows.append((int(position), reader.row(unit, index)))
         except ShardProblem as problem:
             if skipped is None:
                 raise
             if all(problem is not known for known in skipped):
                 skipped.append(problem)
     return rows
+
+
+def row_lengths(
+    plan: EpochPlan, positions: np.ndarray, reader: _RowGroupReader, cap: int, skipped: list[ShardProblem] | None = None
+) -> np.ndarray:
+    """Stored tokens of the rows at ``positions``, capped at ``cap`` (0 for rows of a skipped row group)."""
+    lengths = np.zeros(len(positions), dtype=np.int64)
+    for i, (unit, index) in enumerate(plan.locate(positions)):
+        try:
+            lengths[i] = min(reader.length(unit, index), cap)
+        except ShardProblem as problem:
+            if skipped is None:
+                raise
+            if all(problem is not known for known in skipped):
+                skipped.append(problem)
+    return lengths
 
 
 def raise_batch_error(batch: Mapping[str, Any], hint: str = "") -> None:
@@ -586,8 +679,10 @@ class ShardStream(IterableDataset):
         pad_to_multiple_of: int | None = None,
         limits: DataLimits | None = None,
         skip_bad_row_groups: bool = False,
+        group_by_length: bool = False,
     ) -> None:
         super().__init__()
+        self.group_by_length = group_by_length
         self.limits = limits
         self.skip_bad_row_groups = skip_bad_row_groups
         self.units = list(units)
@@ -612,7 +707,26 @@ class ShardStream(IterableDataset):
             shuffle=True,
             shuffle_buffer=self.shuffle_buffer,
             pad=True,
+            group_by_length=self.group_by_length,
         )
+
+    def batch_rows(
+        self,
+        plan: EpochPlan,
+        batch_index: int,
+        reader: _RowGroupReader,
+        windows: dict[int, np.ndarray],
+        skipped: list[ShardProblem] | None = None,
+    ) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+        """The stored rows of one batch (``windows`` caches the current window's positions)."""
+        length_of = None
+        if plan.group_by_length:
+            cap = self.features.config.max_seq_length
+
+            def length_of(positions: np.ndarray) -> np.ndarray:
+                return row_lengths(plan, positions, reader, cap, skipped)
+
+        return read_rows(plan, plan.batch_positions(batch_index, windows, length_of), reader, skipped)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = int(epoch), int(start_batch)
@@ -636,7 +750,7 @@ class ShardStream(IterableDataset):
                 reader.clear()
             skipped: list[ShardProblem] | None = [] if self.skip_bad_row_groups else None
             try:
-                rows = read_rows(plan, plan.batch_positions(batch_index, windows), reader, skipped)
+                rows = self.batch_rows(plan, batch_index, reader, windows, skipped)
             except ShardProblem as problem:
                 yield {"batch_index": batch_index, "error": str(problem)}
                 return
@@ -674,27 +788,30 @@ def iter_documents(
 def worker_init_threads(_: int) -> None:
     """DataLoader workers: one intra-op thread each, so workers do not fight the main process.
 
-    Workers also ignore SIGTERM. A preemption signals the whole process group (torchrun forwards
-    SIGTERM with ``killpg``; a VM shutdown signals every process): a worker killed by it makes
-    the main process raise "DataLoader worker ... killed by signal" before it could finish its
-    step and write the preemption checkpoint. The main process stops its workers itself when it
-    drops the loader, and a worker whose parent died exits on its own (DataLoader watchdog).
+    Workers also ignore SIGTERM and SIGINT. A preemption signals the whole process group
+    (torchrun forwards SIGTERM with ``killpg``; a VM shutdown signals every process), and so does
+    Ctrl-C in a terminal: a worker killed by it makes the main process raise "DataLoader worker
+    ... killed by signal" (or exited unexpectedly) before it could finish its step and write the
+    checkpoint. The main process stops its workers itself when it drops the loader, and a worker
+    whose parent died exits on its own (DataLoader watchdog).
     """
     torch.set_num_threads(1)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (also discards one pending since the fork)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by start_loader
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # (also discards one pending since the fork)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_STOP_SIGNALS))  # blocked by start_loader
 
 
 def start_loader(loader: Any) -> Iterator[Any]:
-    """``iter(loader)`` with SIGTERM blocked while its worker processes start.
+    """``iter(loader)`` with SIGTERM and SIGINT blocked while its worker processes start.
 
     torch's worker installs a SIGTERM handler of its own (which re-raises the signal) before
     ``worker_init_threads`` makes it ignore SIGTERM: a preemption signal landing in between
-    killed the worker, and with it the run, without a checkpoint. Blocked, the signal waits in
-    the worker until it is ignored there (and discarded), and in the main process until the mask
-    is restored here, when the trainer's own handler takes it.
+    killed the worker, and with it the run, without a checkpoint (SIGINT likewise, by the
+    trainer's handler the fork copies). Blocked, the signal waits in the worker until it is
+    ignored there (and discarded), and in the main process until the mask is restored here, when
+    the trainer's own handler takes it.
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOP_SIGNALS))
     try:
         return iter(loader)  # forks the workers, which inherit the mask
     finally:

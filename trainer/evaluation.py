@@ -2,6 +2,12 @@
 
 Shared by the trainer (``evaluate``) and ``trainer.predict``. Each rank scores its own slice of
 the split (no padding, every document once) and the slices are gathered on every rank.
+
+The views are built in DataLoader workers (``--dataloader_num_workers``): a rank's slice is cut
+into blocks of documents, worker ``w`` of ``K`` takes blocks ``w, w + K, ...`` and cuts each
+block's views into batches. The batches depend on the blocks only, so the logits do not depend
+on the number of workers. The logits stay on the device, summed per document with
+``index_add_``, and come to the host once, at the end.
 """
 
 from __future__ import annotations
@@ -11,12 +17,26 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from trainer.data import DataLimits, ShardProblem, Unit, eval_plan, iter_documents
+from trainer.data import (
+    DataLimits,
+    EpochPlan,
+    ShardProblem,
+    Unit,
+    _RowGroupReader,
+    eval_plan,
+    raise_batch_error,
+    read_rows_at,
+    start_loader,
+    worker_init_threads,
+)
 from trainer.features import Example, FeatureBuilder, collate
 from trainer.metrics import classification_metrics, confusion_matrix
 
-__all__ = ["score_documents", "evaluate_split", "parse_views"]
+__all__ = ["score_documents", "evaluate_split", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
+
+BLOCK_BATCHES = 8  # documents per block: this many batches' worth
 
 
 def parse_views(value: str | int) -> int | str:
@@ -24,21 +44,76 @@ def parse_views(value: str | int) -> int | str:
     return "chunks" if str(value) == "chunks" else int(value)
 
 
-def _batches(
-    documents: Iterator[tuple[str, int, np.ndarray, np.ndarray]], features: FeatureBuilder, views: int | str, batch_size: int
-) -> Iterator[tuple[list[Example], list[int]]]:
-    """Model-input batches of at most ``batch_size`` views; ``owners`` index the document of each."""
-    pending: list[Example] = []
-    owners: list[int] = []
-    for doc_index, (doc_id, label, ids_a, ids_b) in enumerate(documents):
-        for example in features.eval_examples(doc_id, label, ids_a, ids_b, views):
-            pending.append(example)
-            owners.append(doc_index)
-            if len(pending) == batch_size:
-                yield pending, owners
-                pending, owners = [], []
-    if pending:
-        yield pending, owners
+class EvalStream(IterableDataset):
+    """Batches of the views of one rank's documents; ``owners`` index each view's document.
+
+    Every batch carries ``docs``: ``(index, doc id, label)`` of the documents whose first view
+    is in it (a block whose row groups were all skipped yields a batch of ``docs`` only).
+    A row group that cannot be read ends the stream with ``{"error": message}`` (see
+    ``raise_batch_error``) or, with ``skip_bad_row_groups``, is left out and listed under
+    ``bad_row_groups``.
+    """
+
+    def __init__(
+        self,
+        plan: EpochPlan,
+        features: FeatureBuilder,
+        *,
+        views: int | str,
+        batch_size: int,
+        pad_token_id: int,
+        limits: DataLimits | None = None,
+        skip_bad_row_groups: bool = False,
+    ) -> None:
+        super().__init__()
+        self.plan, self.features, self.views = plan, features, views
+        self.batch_size, self.pad_token_id = batch_size, pad_token_id
+        self.limits, self.skip_bad_row_groups = limits, skip_bad_row_groups
+        self.block_rows = batch_size * BLOCK_BATCHES
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.plan.num_rows // self.block_rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        reader = _RowGroupReader(capacity=2, limits=self.limits)
+        for block in range(worker, self.num_blocks, workers):
+            begin = self.plan.start + block * self.block_rows
+            positions = np.arange(begin, min(begin + self.block_rows, self.plan.stop), dtype=np.int64)
+            skipped: list[ShardProblem] | None = [] if self.skip_bad_row_groups else None
+            try:
+                rows = read_rows_at(self.plan, positions, reader, skipped)
+            except ShardProblem as problem:
+                yield {"error": str(problem)}
+                return
+            batches = list(self._batches(rows))
+            if skipped:
+                batches[0]["bad_row_groups"] = [problem.to_dict() for problem in skipped]
+            yield from batches
+
+    def _batches(self, rows: list[tuple[int, tuple[str, int, np.ndarray, np.ndarray]]]) -> Iterator[dict[str, Any]]:
+        pending: list[Example] = []
+        owners: list[int] = []
+        docs: list[tuple[int, str, int]] = []
+        for position, (doc_id, label, ids_a, ids_b) in rows:
+            index = position - self.plan.start
+            docs.append((index, doc_id, int(label)))
+            for example in self.features.eval_examples(doc_id, label, ids_a, ids_b, self.views):
+                pending.append(example)
+                owners.append(index)
+                if len(pending) == self.batch_size:
+                    yield self._batch(pending, owners, docs)
+                    pending, owners, docs = [], [], []
+        if pending or docs or not rows:
+            yield self._batch(pending, owners, docs)
+
+    def _batch(self, examples: list[Example], owners: list[int], docs: list[tuple[int, str, int]]) -> dict[str, Any]:
+        batch: dict[str, Any] = collate(examples, self.pad_token_id) if examples else {}
+        batch["owners"] = torch.as_tensor(owners, dtype=torch.long)
+        batch["docs"] = docs
+        return batch
 
 
 @torch.no_grad()
@@ -56,41 +131,61 @@ def score_documents(
     world_size: int = 1,
     limits: DataLimits | None = None,
     skipped: list[ShardProblem] | None = None,
+    num_workers: int = 0,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Doc ids, labels and mean-pooled logits of every document of the split (all ranks).
 
     A row group that cannot be read raises ValueError naming the file and row group or, when
     ``skipped`` is a list, its documents are left out and the problem is appended to it (this
-    rank's problems only). ``limits`` bounds the labels and token ids read.
+    rank's problems only). ``limits`` bounds the labels
+    and token ids read; ``num_workers`` DataLoader workers build the views.
     """
     plan = eval_plan(units, batch_size=batch_size, rank=rank, world_size=world_size)
-    doc_ids: list[str] = []
-    labels: list[int] = []
-    sums: list[np.ndarray] = []
-    counts: list[int] = []
-
-    def documents() -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-        for doc_id, label, ids_a, ids_b in iter_documents(plan, limits=limits, skipped=skipped):
-            doc_ids.append(doc_id)
-            labels.append(label)
-            yield doc_id, label, ids_a, ids_b
-
+    stream = EvalStream(
+        plan, features, views=views, batch_size=batch_size, pad_token_id=pad_token_id, limits=limits,
+        skip_bad_row_groups=skipped is not None,
+    )
+    loader = DataLoader(
+        stream, batch_size=None, num_workers=num_workers,
+        worker_init_fn=worker_init_threads if num_workers else None,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
+    )
+    num_docs = plan.num_rows
+    doc_ids: list[str | None] = [None] * num_docs
+    labels = np.full(num_docs, -1, dtype=np.int64)
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_docs, device=device)
+    seen_problems: set[tuple[str, int]] = set()
     was_training = model.training
     model.eval()
-    for examples, owners in _batches(documents(), features, views, batch_size):
-        batch = collate(examples, pad_token_id)
-        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(**inputs).logits.float().cpu().numpy()
-        for owner, row in zip(owners, logits):
-            while len(sums) <= owner:
-                sums.append(np.zeros_like(row, dtype=np.float64))
-                counts.append(0)
-            sums[owner] += row
-            counts[owner] += 1
-    model.train(was_training)
-    pooled = np.stack([s / c for s, c in zip(sums, counts)]) if sums else np.zeros((0, 0))
-    result = (doc_ids, np.asarray(labels, dtype=np.int64), pooled)
+    try:
+        for batch in start_loader(loader) if num_workers else iter(loader):
+            raise_batch_error(batch, "; a run with --skip_bad_shards skips it" if skipped is None else "")
+            for problem in batch.get("bad_row_groups", ()):
+                key = (problem["path"], problem["row_group"])
+                if skipped is not None and key not in seen_problems:
+                    seen_problems.add(key)
+                    skipped.append(ShardProblem(problem["path"], problem["problem"], problem.get("row_group"), problem["rows"]))
+            for index, doc_id, label in batch["docs"]:
+                doc_ids[index], labels[index] = doc_id, label
+            if "input_ids" not in batch:
+                continue
+            inputs = {key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "attention_mask", "token_type_ids")}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(**inputs).logits.float()
+            if sums is None:
+                sums = torch.zeros(num_docs, logits.shape[1], device=device)
+            owners = batch["owners"].to(device, non_blocking=True)
+            sums.index_add_(0, owners, logits)
+            counts.index_add_(0, owners, torch.ones_like(owners, dtype=counts.dtype))
+    finally:
+        model.train(was_training)
+    present = [index for index, doc_id in enumerate(doc_ids) if doc_id is not None]
+    if sums is not None and present:
+        pooled = (sums / counts.clamp(min=1).unsqueeze(1)).cpu().numpy()[present]  # the one transfer to the host
+    else:
+        pooled = np.zeros((0, 0), dtype=np.float32)
+    result = ([doc_ids[i] for i in present], labels[present], pooled)
     if world_size > 1:
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, result)
@@ -112,10 +207,30 @@ def evaluate_split(
     labelled = labels >= 0
     if not labelled.any():
         raise ValueError("the evaluation split has no labelled documents")
-    logits_t = torch.from_numpy(logits[labelled])
+    logits_t = torch.from_numpy(np.asarray(logits[labelled], dtype=np.float64))
     labels_t = torch.from_numpy(labels[labelled])
     loss = float(torch.nn.functional.cross_entropy(logits_t, labels_t))
     predictions = logits_t.argmax(dim=1).numpy()
     metrics = classification_metrics(confusion_matrix(labels_t.numpy(), predictions, len(label_names)), label_names)
     metrics["loss"] = loss
     return metrics
+
+
+def render_predictions(path: str, doc_ids: Sequence[str], logits: np.ndarray, label_names: Sequence[str]) -> bytes:
+    """Predictions as TSV (``id``, ``label``, one probability column per label) for a ``.tsv`` path,
+    else JSONL (``id``, ``label``, ``probabilities``)."""
+    import io
+    import json
+
+    probabilities = torch.softmax(torch.from_numpy(np.asarray(logits)), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
+    predicted = probabilities.argmax(axis=1) if len(doc_ids) else np.zeros(0, dtype=np.int64)
+    out = io.StringIO()
+    if path.endswith(".tsv"):
+        out.write("\t".join(["id", "label", *(f"p_{name}" for name in label_names)]) + "\n")
+        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
+            out.write("\t".join([doc_id, label_names[index], *(f"{p:.6f}" for p in row)]) + "\n")
+    else:
+        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
+            record = {"id": doc_id, "label": label_names[index], "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, row)}}
+            out.write(json.dumps(record) + "\n")
+    return out.getvalue().encode("utf-8")

@@ -9,7 +9,6 @@ whose logits are averaged. Output: JSONL (``id``, ``label``, ``probabilities``) 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -24,7 +23,7 @@ from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
-from trainer.evaluation import parse_views, score_documents
+from trainer.evaluation import parse_views, render_predictions, score_documents
 from trainer.features import FeatureBuilder, SpecialTokenTemplate
 from trainer.task import RUN_CONFIG_NAME, load_classifier, local_model_path
 
@@ -34,15 +33,19 @@ log = logging.getLogger("trainer.predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="a model saved by trainer.task (local or gs://)")
     parser.add_argument("--data_dir", required=True, help="shards + manifest.json made by beam_pipelines.preprocess")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="the split to predict")
     parser.add_argument("--output", required=True, help="predictions file (.jsonl or .tsv; local or gs://)")
     parser.add_argument("--eval_views", default=None, help="1, K or 'chunks' (default: as in training)")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--use_cpu", action="store_true")
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=32,
+                        help="views per batch")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers building the views")
+    parser.add_argument("--use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU with bf16, or CPU)")
+    parser.add_argument("--fp16", action="store_true", help="float16 autocast (GPU only)")
     parser.add_argument("--skip_bad_shards", action="store_true",
                         help="skip (and count) missing, corrupt or foreign shards and unreadable row groups instead of stopping")
     return parser
@@ -51,8 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the predictions; return a summary (documents, output path, accuracy where labelled)."""
     args = build_parser().parse_args(argv)
+    if args.bf16 and args.fp16:
+        raise ValueError("choose one of --bf16 and --fp16")
+    if args.batch_size < 1 or args.dataloader_num_workers < 0:
+        raise ValueError("--batch_size must be >= 1 and --dataloader_num_workers >= 0")
     ctx = init_distributed(args.use_cpu)
     try:
+        if args.fp16 and ctx.device.type != "cuda":
+            raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
         model_dir = local_model_path(args.model_dir)
         config_path = spanwise_io.join(args.model_dir, RUN_CONFIG_NAME)
         if not spanwise_io.exists(config_path):
@@ -86,18 +95,19 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             batch_size=args.batch_size,
             device=ctx.device,
             pad_token_id=int(tokenizer.pad_token_id or 0),
-            autocast_dtype=torch.bfloat16 if args.bf16 else None,
+            autocast_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
             rank=ctx.rank,
             world_size=ctx.world_size,
             limits=limits,
             skipped=skipped_row_groups,
+            num_workers=args.dataloader_num_workers,
         )
         for problem in skipped_row_groups or ():
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
         predicted = probabilities.argmax(axis=1) if len(doc_ids) else np.zeros(0, dtype=np.int64)
         if ctx.is_main:
-            spanwise_io.write_bytes(args.output, _render(args.output, doc_ids, predicted, probabilities, label_names))
+            spanwise_io.write_bytes(args.output, render_predictions(args.output, doc_ids, logits, label_names))
         labelled = labels >= 0
         summary: dict[str, Any] = {"documents": len(doc_ids), "output": args.output, "eval_views": str(views)}
         if scan.skipped or skipped_row_groups:
@@ -108,19 +118,6 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return summary
     finally:
         shutdown_distributed()
-
-
-def _render(path: str, doc_ids: list[str], predicted: np.ndarray, probabilities: np.ndarray, label_names: Sequence[str]) -> bytes:
-    out = io.StringIO()
-    if path.endswith(".tsv"):
-        out.write("\t".join(["id", "label", *(f"p_{name}" for name in label_names)]) + "\n")
-        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
-            out.write("\t".join([doc_id, label_names[index], *(f"{p:.6f}" for p in row)]) + "\n")
-    else:
-        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
-            record = {"id": doc_id, "label": label_names[index], "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, row)}}
-            out.write(json.dumps(record) + "\n")
-    return out.getvalue().encode("utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,11 +1,17 @@
 """``python -m trainer.task``: fine-tune a sequence classifier on preprocessed shards.
 
-Set-up / train / evaluate / save as methods of one ``Trainer``, with the training loop readable in
-one sitting. What comes from libraries: the model, tokenizer and linear schedule from
-transformers; AdamW, autocast, the gradient scaler, DDP and the process group from torch;
-TensorBoard's SummaryWriter; tqdm. What is ours: the streaming data order (``trainer.data``),
-checkpoints with the exact data position (``trainer.checkpoint``), the per-document views for
-evaluation and the metrics.
+Set-up / train / evaluate / predict / save as methods of one ``Trainer``. The training loop
+reads in one sitting, as nanoGPT's does: forward and backward, optimizer step, log, evaluate,
+save, stop; the special cases (empty batches under DDP, skipped row groups, the accumulation
+group, SIGTERM and Ctrl-C) live in the named helpers it calls.
+
+What comes from libraries: the flags parser (transformers' ``HfArgumentParser``), the model,
+tokenizer and schedules from transformers; AdamW, autocast, the gradient scaler, DDP,
+torch.compile and the process group from torch; TensorBoard's SummaryWriter; tqdm. What is ours:
+the streaming data order (``trainer.data``), checkpoints with the exact data position
+(``trainer.checkpoint``), the resume rules (``trainer.resume``), the checks before the first
+step (``trainer.preflight``), stopping on signals (``trainer.stopping``), the per-document views
+for evaluation and the metrics.
 """
 
 from __future__ import annotations
@@ -15,12 +21,10 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 import tempfile
 import time
-import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,22 +36,28 @@ from schemas.manifest import check_compatible, read_manifest
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
+from trainer import resume
 from trainer.args import TrainConfig, parse_args
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
-from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, scan_split, start_loader, worker_init_threads
+from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, scan_split, start_loader, take_first, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
-from trainer.evaluation import evaluate_split, parse_views
+from trainer.evaluation import evaluate_split, parse_views, render_predictions, score_documents
 from trainer.features import FeatureBuilder, SpecialTokenTemplate, collate
-from trainer.tensorboard_logs import TensorBoardLogger
+from trainer.optimization import build_optimizer, build_scheduler, optimizer_step, warmup_steps
+from trainer.preflight import check_device, check_model_fits, check_splits
+from trainer.stopping import StopSignals, Stopped
+from trainer.tensorboard_logs import NullLogger, TensorBoardLogger
 
-__all__ = ["Trainer", "Preempted", "run", "main", "rank_trace_path"]
+__all__ = ["Trainer", "Stopped", "Preempted", "run", "main", "rank_trace_path", "load_classifier"]
 
 log = logging.getLogger("trainer")
 RUN_CONFIG_NAME = "run_config.json"
 EVAL_RESULTS_NAME = "eval_results.json"
+PREDICT_RESULTS_NAME = "predict_results.tsv"
 PREPROCESS_MANIFEST_NAME = "preprocess_manifest.json"
 # Test hook: raise after this optimizer step, to check that an exception-interrupted run resumes.
 FAIL_AFTER_STEP_ENV = "SPANWISE_TEST_FAIL_AFTER_STEP"
+Preempted = Stopped  # the name of earlier versions
 
 
 def rank_trace_path(path: str, rank: int, world_size: int) -> str:
@@ -56,10 +66,6 @@ def rank_trace_path(path: str, rank: int, world_size: int) -> str:
         return path
     root, ext = os.path.splitext(path)
     return f"{root}.rank{rank}{ext}"
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was written and the run should exit for a restart."""
 
 
 def local_model_path(name_or_path: str) -> str:
@@ -88,33 +94,61 @@ def load_classifier(name_or_path: str, **kwargs: Any) -> Any:
         ) from error
 
 
+class LossMeter:
+    """The training loss of the steps since the last log line, summed on the device (no sync per batch)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.steps, self.samples, self.start = 0, 0, time.perf_counter()
+
+    def add_batch(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss += loss
+        self.samples += samples
+
+    def read(self) -> tuple[float, float]:
+        """(mean loss per step, samples per second) of the window; the one host sync of a log step."""
+        loss = float(self.loss.item()) / max(self.steps, 1)
+        rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
+        self.reset()
+        return loss, rate
+
+
 class Trainer:
-    """One training run: ``setup()``, then ``train()`` and/or ``evaluate()``, then ``save()``."""
+    """One run: ``setup()``, then ``train()`` + ``save()`` and/or ``evaluate()``, ``predict()``."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.stop_requested = False
+        self.signals = StopSignals()
         self.global_step = 0
         self.epoch = 0
         self.next_batch = 0
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        self.evals_without_improvement = 0
+        self.stopped_early = False
         self.eval_history: list[dict[str, Any]] = []
         self.writer: Any = None
         self.hypertune: HypertuneReporter | None = None
         self.scans: dict[str, SplitScan] = {}
+        self.finished_run: str | None = None  # set when --output_dir holds this very run, finished
+        self._resume_from: tuple[str, dict[str, Any]] | None = None
+        self._checkpoint_step: int | None = None
         # row groups found corrupt while reading (--skip_bad_shards): (split, path, row group) -> record
         self.bad_row_groups: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
+        """Everything that can fail, checked before the first step; then the model and optimizer."""
+        from transformers import AutoConfig
+
         c = self.config
         self.ctx: DistContext = init_distributed(c.use_cpu)
-        if c.fp16 and self.ctx.device.type != "cuda":
-            raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
-        if self.ctx.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        check_device(c, self.ctx.device)
+        self._set_tf32()
         self.manifest = read_manifest(c.data_dir)
         tokenizer_source = c.tokenizer_name or c.model_name
         self.tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=c.trust_remote_code)
@@ -123,35 +157,67 @@ class Trainer:
         self.views = parse_views(c.eval_views)
         label_map = self.manifest["label_map"]
         self.label_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
+        self.model_path = local_model_path(c.model_name)
+        model_config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=c.trust_remote_code)
+        check_model_fits(c, model_config, self.tokenizer, self.label_names)
         self.features = FeatureBuilder(
             self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed, fixed_spans=c.fixed_spans
         )
         self.pad_token_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self._scan_shards()
-        self.train_units = self.scans[c.train_split].units if c.do_train else []
-        self.eval_units = self.scans[c.eval_split].units if c.do_eval else []
+        check_splits(c, self.manifest, self.scans)
+        self.train_units = take_first(self.scans[c.train_split].units, c.max_train_samples) if c.do_train else []
+        self.eval_units = take_first(self.scans[c.eval_split].units, c.max_eval_samples) if c.do_eval else []
+        self.test_units = take_first(self.scans[c.test_split].units, c.max_predict_samples) if c.do_predict else []
         self.autocast_dtype = torch.bfloat16 if c.bf16 else torch.float16 if c.fp16 else None
+        if c.do_train:
+            self._plan_training()
+            self._decide_resume()
+            if self.finished_run:
+                return
 
         torch.manual_seed(c.seed)  # the new classifier head is initialised from this
         self.model = load_classifier(
-            c.model_name,
+            self.model_path,
             num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)),
             label2id=dict(label_map),
             trust_remote_code=c.trust_remote_code,
+            ignore_mismatched_sizes=c.ignore_mismatched_sizes,
         ).to(self.ctx.device)
+        if c.gradient_checkpointing:  # (transformers 5 renamed gradient_checkpointing_enable)
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.ddp: torch.nn.Module | None = None
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            self.ddp: torch.nn.Module | None = DistributedDataParallel(self.model, device_ids=device_ids)
-        else:
-            self.ddp = None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        # what the training loop calls; evaluation and saving use the plain model
+        self.train_model: torch.nn.Module = self.ddp or self.model
+        if c.torch_compile:
+            self.train_model = torch.compile(self.train_model, mode=c.torch_compile_mode, backend=c.torch_compile_backend or "inductor")
         if c.do_train:
             self._setup_optimization()
+            self._apply_resume()
+            self.signals.use_group(self.ctx.distributed)
         if self.ctx.is_main:
-            self.writer = TensorBoardLogger(c.resolved_logging_dir)
+            purge = self.global_step + 1 if self.global_step else None  # a resumed run replaces what followed its checkpoint
+            self.writer = TensorBoardLogger(c.resolved_logging_dir, purge_step=purge) if c.report_to == "tensorboard" else NullLogger()
             if is_tuning_trial():
                 self.hypertune = HypertuneReporter(c.hypertune_metric_tag or c.metric_for_best_model)
-            self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2) + "\n```")
+            if c.do_train:
+                self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2, default=str) + "\n```",
+                                     self.global_step)
+
+    def _set_tf32(self) -> None:
+        """``--tf32``: TF32 matmuls and convolutions on a GPU (on by default, as before the flag)."""
+        if self.ctx.device.type != "cuda":
+            return
+        enabled = True if self.config.tf32 is None else self.config.tf32
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            torch.backends.cuda.matmul.fp32_precision = "tf32" if enabled else "ieee"
+            torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
 
     def data_limits(self, split: str) -> DataLimits:
         """Allowed labels and token ids of ``split``: the training split must be labelled."""
@@ -166,7 +232,8 @@ class Trainer:
         same message, or with ``--skip_bad_shards`` is skipped by every rank.
         """
         c = self.config
-        splits = list(dict.fromkeys(([c.train_split] if c.do_train else []) + ([c.eval_split] if c.do_eval else [])))
+        wanted = [(c.do_train, c.train_split), (c.do_eval, c.eval_split), (c.do_predict, c.test_split)]
+        splits = list(dict.fromkeys(split for on, split in wanted if on))
         outcome: Any = None
         failure: Exception | None = None
         if self.ctx.rank == 0:
@@ -232,7 +299,8 @@ class Trainer:
             for record in records:
                 self.bad_row_groups.setdefault((record["split"], record["path"], record["row_group"]), record)
 
-    def _setup_optimization(self) -> None:
+    def _plan_training(self) -> None:
+        """The data stream and the number of steps (needed to decide whether a checkpoint fits this run)."""
         c = self.config
         self.dataset = ShardStream(
             self.train_units,
@@ -246,6 +314,7 @@ class Trainer:
             pad_to_multiple_of=c.pad_to_multiple_of or None,
             limits=self.data_limits(c.train_split),
             skip_bad_row_groups=c.skip_bad_shards,
+            group_by_length=c.group_by_length,
         )
         self.batches_per_epoch = self.dataset.plan(0).num_batches
         if self.batches_per_epoch == 0:
@@ -253,26 +322,76 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / c.gradient_accumulation_steps)
         self.total_steps = c.max_steps if c.max_steps > 0 else math.ceil(self.steps_per_epoch * c.num_train_epochs)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-        groups = [
-            {"params": [p for n, p in self.model.named_parameters() if not n.endswith(no_decay)], "weight_decay": c.weight_decay},
-            {"params": [p for n, p in self.model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
-        options = dict(lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_epsilon)
-        try:
-            self.optimizer = torch.optim.AdamW(groups, fused=True, **options)
-        except (RuntimeError, TypeError):  # fused not supported for this device/dtype
-            self.optimizer = torch.optim.AdamW(groups, foreach=True, **options)
-        from transformers import get_linear_schedule_with_warmup
-
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, int(round(c.warmup_ratio * self.total_steps)), self.total_steps
+        self.num_warmup_steps = warmup_steps(c.warmup_steps, c.warmup_ratio, self.total_steps)
+        self.result_args = resume.result_args(
+            c, world_size=self.ctx.world_size, total_steps=self.total_steps, warmup_steps=self.num_warmup_steps,
+            data_created_at=self.manifest.get("created_at"),
         )
+
+    def _decide_resume(self) -> None:
+        """Resume, start afresh, or refuse, by what ``--output_dir`` holds (``trainer.resume``)."""
+        c = self.config
+        checkpoint_dir = c.resolved_checkpoint_dir
+        if c.overwrite_output_dir:
+            self._barrier()
+            if self.ctx.is_main:
+                resume.clear_output_dir(c)
+            self._barrier()
+            return
+        run_config_path = spanwise_io.join(c.output_dir, RUN_CONFIG_NAME)
+        finished = json.loads(spanwise_io.read_bytes(run_config_path)) if spanwise_io.exists(run_config_path) else None
+        choice = c.resume_from_checkpoint
+        latest = ckpt.latest_checkpoint(checkpoint_dir)
+        if choice == "no":
+            if latest or finished:
+                raise ValueError(
+                    f"{c.output_dir} holds a run ({latest or run_config_path}) and --resume_from_checkpoint no would "
+                    "start afresh over it: add --overwrite_output_dir (its checkpoints and model are deleted), or give "
+                    "a new --output_dir"
+                )
+            return
+        path = latest if choice == "auto" else choice
+        if path is None:
+            if finished is not None:
+                self._check_same_run(finished.get("result_args"), run_config_path)
+                self.finished_run = run_config_path
+            return
+        state = ckpt.read_state(path)
+        if "result_args" in state:
+            self._check_same_run(json.loads(state["result_args"]), path)
+        elif state["plan"] != self._plan_signature():  # a checkpoint of an earlier version
+            raise ValueError(
+                f"{path}: checkpoint was made with {state['plan']}, this run has {self._plan_signature()}; "
+                "resume with the same values, add --overwrite_output_dir, or give a new --output_dir"
+            )
+        done = state["global_step"] >= self.total_steps or bool(state.get("stopped_early", False))
+        if done and finished is not None and choice == "auto":
+            self.finished_run = path
+            return
+        self._resume_from = (path, state)
+
+    def _check_same_run(self, saved: dict[str, Any] | None, where: str) -> None:
+        if saved is None:  # written by an earlier version: its arguments cannot be compared
+            log.warning("%s records no arguments to compare with; assuming they are this run's", where)
+            return
+        diffs = resume.differences(saved, json.loads(json.dumps(self.result_args, default=str)))
+        if diffs:
+            raise resume.refusal(where, self.config.output_dir, diffs)
+
+    def _setup_optimization(self) -> None:
+        c = self.config
+        self.optimizer = build_optimizer(
+            self.model.named_parameters(), optim=c.optim, learning_rate=c.learning_rate, weight_decay=c.weight_decay,
+            betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_epsilon,
+        )
+        self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler_type, self.num_warmup_steps, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=c.fp16)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.meter = LossMeter(self.ctx.device)
 
     def run_config(self) -> dict[str, Any]:
         """What made this model: flags, seq function with budgets, data, world size."""
-        return {
+        config: dict[str, Any] = {
             "args": self.config.to_dict(),
             "seq_len": self.seq_config.to_dict(),
             "label_names": self.label_names,
@@ -282,6 +401,9 @@ class Trainer:
             "tokenizer": tokenizer_identity(self.tokenizer, self.config.tokenizer_name or self.config.model_name),
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         }
+        if self.config.do_train:
+            config["result_args"] = self.result_args
+        return config
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -300,9 +422,12 @@ class Trainer:
             "rng": rngs,
             "best_metric": self.best_metric,
             "best_step": self.best_step,
+            "evals_without_improvement": self.evals_without_improvement,
+            "stopped_early": self.stopped_early,
             "eval_history": json.dumps(self.eval_history),
             "bad_row_groups": json.dumps(list(self.bad_row_groups.values())),
             "plan": self._plan_signature(),
+            "result_args": json.dumps(self.result_args, default=str),
         }
 
     def _plan_signature(self) -> dict[str, int]:
@@ -316,29 +441,31 @@ class Trainer:
             "fixed_spans": int(c.fixed_spans),
         }
 
-    def save_checkpoint(self) -> None:
-        state = self._state()  # every rank takes part (RNG gather)
+    def _protected_steps(self) -> set[int]:
+        """Checkpoints that pruning keeps: the best one, for ``--load_best_model_at_end``."""
+        return {self.best_step} if self.config.load_best_model_at_end and self.best_step is not None else set()
+
+    def save_checkpoint(self) -> str | None:
+        """Write the checkpoint of this step (main rank; every rank takes part in the RNG gather)."""
+        state = self._state()
+        path = None
         if self.ctx.is_main:
             path = ckpt.save_checkpoint(
-                self.config.resolved_checkpoint_dir, self.global_step, self.model, state, self.config.save_total_limit
+                self.config.resolved_checkpoint_dir, self.global_step, self.model, state, self.config.save_total_limit,
+                self._protected_steps(),
             )
             log.info("checkpoint %s (epoch %d, batch %d)", path, self.epoch, self.next_batch)
             self.writer.sync()
+        self._checkpoint_step = self.global_step
         self._barrier()
+        return path
 
-    def maybe_resume(self) -> None:
-        choice = self.config.resume_from_checkpoint
-        if choice == "no":
+    def _apply_resume(self) -> None:
+        """Continue from the checkpoint chosen by ``_decide_resume``: weights, optimizer, RNG, data position."""
+        if self._resume_from is None:
             return
-        path = ckpt.latest_checkpoint(self.config.resolved_checkpoint_dir) if choice == "auto" else choice
-        if path is None:
-            return
-        state = ckpt.load_checkpoint(path, self.model)
-        if state["plan"] != self._plan_signature():
-            raise ValueError(
-                f"{path}: checkpoint was made with {state['plan']}, this run has {self._plan_signature()}; "
-                "resume with the same values or start a new --output_dir"
-            )
+        path, state = self._resume_from
+        ckpt.load_weights(path, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -348,35 +475,55 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.global_step, self.epoch, self.next_batch = state["global_step"], state["epoch"], state["next_batch"]
         self.best_metric, self.best_step = state["best_metric"], state["best_step"]
+        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
+        self.stopped_early = bool(state.get("stopped_early", False))
         self.eval_history = json.loads(state["eval_history"])
         for record in json.loads(state.get("bad_row_groups", "[]")):
             self.bad_row_groups.setdefault((record["split"], record["path"], record["row_group"]), record)
+        self._checkpoint_step = self.global_step
         if self.ctx.is_main:
             log.info("resumed from %s: step %d, epoch %d, batch %d", path, self.global_step, self.epoch, self.next_batch)
 
     # ------------------------------------------------------------------ training
-    def _barrier(self) -> None:
-        if self.ctx.distributed:
-            dist.barrier()
+    @property
+    def training_done(self) -> bool:
+        return self.global_step >= self.total_steps or self.stopped_early
 
-    def _should_stop(self) -> bool:
-        """SIGTERM on any rank stops every rank at the same step."""
-        flag = self.stop_requested
-        if self.ctx.distributed:
-            tensor = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-            flag = bool(tensor.item())
-        return flag
+    def train(self) -> None:
+        """The loop: forward and backward per batch; at the end of each accumulation group an
+        optimizer step, then log, evaluate, save and stop as the flags and signals say."""
+        c = self.config
+        model = self.train_model
+        model.train()
+        self.signals.armed = True
+        with self._sample_trace() as trace, self._progress() as progress:
+            while not self.training_done:
+                for batch in self._epoch_batches():
+                    trace(batch)
+                    self.meter.add_batch(self._forward_backward(model, batch), len(batch["doc_ids"]) * self.ctx.world_size)
+                    if not self._ends_group(batch):
+                        continue
+                    self._optimizer_step()
+                    progress.update(1)
+                    if self.global_step % c.logging_steps == 0 or self.training_done:
+                        self._log_train(progress)
+                    if self._evaluation_due():
+                        self.evaluate()
+                    if self._checkpoint_due():
+                        self.save_checkpoint()
+                    self._stop_if_requested()
+                    if self.training_done or self.next_batch == 0:
+                        break
+        self.signals.armed = False
+        self.signals.finish()
+        if c.do_eval and not any(entry["step"] == self.global_step for entry in self.eval_history):
+            self.evaluate()  # every run ends evaluated
 
-    def _start_batches(self) -> Iterator[dict[str, Any]]:
-        """This epoch's batches, from the position to resume at (workers started SIGTERM-safe)."""
-        loader = self._loader()
-        return start_loader(loader) if self.config.dataloader_num_workers else iter(loader)
-
-    def _loader(self) -> DataLoader:
+    def _epoch_batches(self) -> Iterator[dict[str, Any]]:
+        """This epoch's batches from the position to resume at, checked, with skipped row groups noted."""
         c = self.config
         self.dataset.set_epoch(self.epoch, self.next_batch)
-        return DataLoader(
+        loader = DataLoader(
             self.dataset,
             batch_size=None,
             num_workers=c.dataloader_num_workers,
@@ -386,112 +533,125 @@ class Trainer:
             pin_memory=self.ctx.device.type == "cuda",
             prefetch_factor=4 if c.dataloader_num_workers else None,
         )
+        for batch in start_loader(loader) if c.dataloader_num_workers else iter(loader):
+            # a row group that could not be read (in a DataLoader worker), raised here with its own message
+            raise_batch_error(batch, "; a run with --skip_bad_shards skips it")
+            self._note_bad_row_groups(c.train_split, batch.get("bad_row_groups", ()))
+            if batch["batch_index"] != self.next_batch:
+                raise RuntimeError(f"data order broken: got batch {batch['batch_index']}, expected {self.next_batch}")
+            yield batch
 
-    def train(self) -> None:
-        c = self.config
-        self.maybe_resume()
-        # line-buffered: every batch is on disk as soon as it is trained on, so the trace of a run
-        # that is killed, preempted or fails is complete up to that batch
-        trace = (
-            open(rank_trace_path(c.sample_trace_file, self.ctx.rank, self.ctx.world_size), "a", encoding="utf-8", buffering=1)
-            if c.sample_trace_file
-            else None
-        )
-        model = self.ddp or self.model
-        model.train()
-        fail_after = int(os.environ.get(FAIL_AFTER_STEP_ENV, "0") or 0)
-        accum = c.gradient_accumulation_steps
-        progress = None
-        if self.ctx.is_main and not c.disable_tqdm:
-            from tqdm.auto import tqdm
+    def _group_of(self, batch_index: int) -> tuple[int, bool]:
+        """(batches in the accumulation group of this batch, whether it is the group's last)."""
+        accum = self.config.gradient_accumulation_steps
+        start = (batch_index // accum) * accum
+        size = min(accum, self.batches_per_epoch - start)
+        return size, batch_index - start == size - 1
 
-            progress = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
-        window_loss, window_steps, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
-        done = self.global_step >= self.total_steps
-        while not done and self.epoch < self.num_epochs:
-            step_loss = 0.0
-            for batch in self._start_batches():
-                # a row group that could not be read (in a DataLoader worker), raised here with its own message
-                raise_batch_error(batch, "; a run with --skip_bad_shards skips it")
-                self._note_bad_row_groups(c.train_split, batch.get("bad_row_groups", ()))
-                batch_index = batch["batch_index"]
-                if batch_index != self.next_batch:
-                    raise RuntimeError(f"data order broken: got batch {batch_index}, expected {self.next_batch}")
-                group_start = (batch_index // accum) * accum
-                group_size = min(accum, self.batches_per_epoch - group_start)
-                last_in_group = batch_index - group_start == group_size - 1
-                if trace is not None:
-                    trace.write(json.dumps({"epoch": self.epoch, "batch": batch_index, "ids": batch["doc_ids"]}) + "\n")
-                empty = not batch["doc_ids"]  # every row of it was in a skipped row group
-                if empty and self.ddp is None:
-                    loss = torch.zeros(())
-                else:
-                    # an empty batch under DDP still runs a backward (of zero) so the gradient all-reduce matches the other ranks
-                    source = self._dummy_batch() if empty else batch
-                    inputs = {k: source[k].to(self.ctx.device, non_blocking=True) for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
-                    sync = contextlib.nullcontext() if (self.ddp is None or last_in_group) else self.ddp.no_sync()
-                    with sync:
-                        with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                            loss = model(**inputs).loss
-                            loss = loss * 0.0 if empty else loss / group_size
-                        self.scaler.scale(loss).backward()
-                step_loss += float(loss.detach())
-                self.next_batch = batch_index + 1
-                window_samples += len(batch["doc_ids"]) * self.ctx.world_size
-                if not last_in_group:
-                    continue
-                # no gradient at all when every batch of the group was empty (skipped row groups, one process):
-                # no optimizer step, but the schedule advances with global_step as usual
-                if any(p.grad is not None for p in self.model.parameters()):
-                    self.scaler.unscale_(self.optimizer)
-                    if c.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
-                window_loss += step_loss
-                window_steps += 1
-                step_loss = 0.0
-                if self.next_batch == self.batches_per_epoch:
-                    self.epoch, self.next_batch = self.epoch + 1, 0
-                if progress is not None:
-                    progress.update(1)
-                if self.global_step % max(c.logging_steps, 1) == 0 or self.global_step == self.total_steps:
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    self._log_train(window_loss / window_steps, window_samples / elapsed, progress)
-                    window_loss, window_steps, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
-                done = self.global_step >= self.total_steps
-                epoch_ended = self.next_batch == 0
-                if c.do_eval and ((c.eval_strategy == "steps" and self.global_step % c.eval_steps == 0)
-                                  or (c.eval_strategy == "epoch" and epoch_ended)):
-                    self.evaluate()
-                if (c.save_steps and self.global_step % c.save_steps == 0) or (not c.save_steps and epoch_ended) or done:
-                    self.save_checkpoint()
-                if fail_after and self.global_step == fail_after:
-                    raise RuntimeError(f"{FAIL_AFTER_STEP_ENV}={fail_after}: injected failure after step {fail_after}")
-                if self._should_stop():
-                    if not ((c.save_steps and self.global_step % c.save_steps == 0) or (not c.save_steps and epoch_ended) or done):
-                        self.save_checkpoint()
-                    raise Preempted(f"stopped by SIGTERM after step {self.global_step}; checkpoint saved")
-                if done or epoch_ended:
-                    break
-        if progress is not None:
-            progress.close()
-        if trace is not None:
-            trace.close()
+    def _forward_backward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Loss / group size, backward; returns the detached loss (on the device: no sync).
+
+        A batch whose rows were all in skipped row groups is empty: with one process it is a
+        no-op; under DDP it still runs a backward, of zero on a dummy document, so the gradient
+        all-reduce matches the other ranks'. DDP syncs gradients on the group's last batch only.
+        """
+        size, last = self._group_of(batch["batch_index"])
+        empty = not batch["doc_ids"]
+        if empty and self.ddp is None:
+            return torch.zeros((), device=self.ctx.device)
+        source = self._dummy_batch() if empty else batch
+        inputs = {k: source[k].to(self.ctx.device, non_blocking=True) for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+        sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
+        with sync:
+            with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                loss = model(**inputs).loss
+                loss = loss * 0.0 if empty else loss / size
+            self.scaler.scale(loss).backward()
+        return loss.detach()
 
     def _dummy_batch(self) -> dict[str, Any]:
         """One empty document (special tokens only), for the zero-weight step of an empty batch under DDP."""
         return collate([self.features.train_example("", 0, [], [], self.epoch)], self.pad_token_id)
 
-    def _log_train(self, loss: float, samples_per_second: float, progress: Any) -> None:
+    def _ends_group(self, batch: dict[str, Any]) -> bool:
+        """Move the data position past ``batch``; True when its accumulation group is complete."""
+        self.next_batch = batch["batch_index"] + 1
+        return self._group_of(batch["batch_index"])[1]
+
+    def _optimizer_step(self) -> None:
+        """One optimizer step (skipped fp16 steps leave the schedule alone), and the position after it."""
+        optimizer_step(self.optimizer, self.scheduler, self.scaler, self.parameters, self.config.max_grad_norm)
+        self.global_step += 1
+        self.meter.steps += 1
+        if self.next_batch == self.batches_per_epoch:
+            self.epoch, self.next_batch = self.epoch + 1, 0
+
+    def _evaluation_due(self) -> bool:
+        c = self.config
+        if not c.evaluates_during_training:
+            return False
+        if c.eval_strategy == "steps":
+            return self.global_step % c.eval_steps == 0
+        return self.next_batch == 0  # epoch
+
+    def _checkpoint_due(self) -> bool:
+        c = self.config
+        new_best = self.best_step == self.global_step and bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
+        return (
+            self.training_done
+            or (c.save_strategy == "steps" and self.global_step % c.save_steps == 0)
+            or (c.save_strategy == "epoch" and self.next_batch == 0)
+            or (new_best and (c.save_strategy == "best" or c.load_best_model_at_end))
+        )
+
+    def _stop_if_requested(self) -> None:
+        """The test hook's failure, or a stop all ranks agreed on: checkpoint (if not yet), then ``Stopped``."""
+        fail_after = int(os.environ.get(FAIL_AFTER_STEP_ENV, "0") or 0)
+        if fail_after and self.global_step == fail_after:
+            raise RuntimeError(f"{FAIL_AFTER_STEP_ENV}={fail_after}: injected failure after step {fail_after}")
+        signum = self.signals.agreed()
+        if signum is None:
+            return
+        path = None
+        if self._checkpoint_step != self.global_step:
+            path = self.save_checkpoint()
+        elif self.ctx.is_main:
+            path = ckpt.checkpoint_of_step(self.config.resolved_checkpoint_dir, self.global_step)
+        self.signals.finish()
+        raise self.signals.stopped(signum, self.global_step, path)
+
+    @contextlib.contextmanager
+    def _sample_trace(self) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """``--sample_trace_file``: one line per batch, line-buffered, so the trace of a run that is
+        killed, stopped or fails is complete up to the batch it was training."""
+        c = self.config
+        if not c.sample_trace_file:
+            yield lambda batch: None
+            return
+        path = rank_trace_path(c.sample_trace_file, self.ctx.rank, self.ctx.world_size)
+        with open(path, "a", encoding="utf-8", buffering=1) as handle:
+            yield lambda batch: handle.write(
+                json.dumps({"epoch": self.epoch, "batch": batch["batch_index"], "ids": batch["doc_ids"]}) + "\n"
+            )
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[Any]:
+        """A tqdm bar on the main rank (a stand-in elsewhere or with ``--disable_tqdm``)."""
+        if not self.ctx.is_main or self.config.disable_tqdm:
+            yield _NoProgress()
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    def _log_train(self, progress: Any) -> None:
+        loss, samples_per_second = self.meter.read()
         lr = self.scheduler.get_last_lr()[0]
-        if progress is not None:
-            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_second:.1f}")
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_second:.1f}")
         if self.ctx.is_main:
             log.info("step %d epoch %d loss %.4f lr %.3e samples/s %.1f", self.global_step, self.epoch, loss, lr, samples_per_second)
             self.writer.add_scalar("train/loss", loss, self.global_step)
@@ -516,17 +676,14 @@ class Trainer:
             world_size=self.ctx.world_size,
             limits=self.data_limits(c.eval_split),
             skipped=skipped,
+            num_workers=c.dataloader_num_workers,
         )
         self._note_bad_row_groups(c.eval_split, [problem.to_dict() for problem in skipped or ()])
         self._sync_bad_row_groups()
         metrics.update(step=self.global_step, epoch=self.epoch, split=c.eval_split, eval_views=str(self.views))
         self.eval_history.append(metrics)
         value = metrics[c.metric_for_best_model]
-        better = self.best_metric is None or (value < self.best_metric if c.metric_for_best_model == "loss" else value > self.best_metric)
-        if better:
-            self.best_metric, self.best_step = value, self.global_step
-            if self.ctx.is_main and c.load_best_model_at_end:
-                self._save_model(spanwise_io.join(c.output_dir, "best_model"))
+        self._track_best(value)
         if self.ctx.is_main:
             log.info(
                 "eval step %d: loss %.4f accuracy %.4f macro_f1 %.4f mcc %.4f",
@@ -541,15 +698,60 @@ class Trainer:
         self._barrier()
         return metrics
 
+    def _track_best(self, value: float) -> None:
+        """The best evaluation so far, and ``--early_stopping_patience`` (HF's EarlyStoppingCallback rule)."""
+        c = self.config
+        lower = c.metric_for_best_model == "loss"
+        if self.best_metric is None or (value < self.best_metric if lower else value > self.best_metric):
+            improved = self.best_metric is None or abs(value - self.best_metric) > c.early_stopping_threshold
+            self.best_metric, self.best_step = value, self.global_step
+        else:
+            improved = False
+        self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+        patience = c.early_stopping_patience
+        if c.do_train and patience is not None and self.evals_without_improvement >= patience and self.global_step < self.total_steps:
+            if not self.stopped_early and self.ctx.is_main:
+                log.info("early stopping after step %d: %d evaluations without improvement of %s (best %.4f at step %d)",
+                         self.global_step, self.evals_without_improvement, c.metric_for_best_model, self.best_metric,
+                         self.best_step)
+            self.stopped_early = True
+
+    def final_metrics(self) -> dict[str, Any] | None:
+        """The evaluation of the saved model: the best one with ``--load_best_model_at_end``, else the last."""
+        if not self.eval_history:
+            return None
+        if self.config.load_best_model_at_end and self.best_step is not None:
+            for entry in reversed(self.eval_history):
+                if entry["step"] == self.best_step:
+                    return entry
+        return self.eval_history[-1]
+
     def eval_results(self) -> dict[str, Any]:
         return {
             "metric_for_best_model": self.config.metric_for_best_model,
             "best_metric": self.best_metric,
             "best_step": self.best_step,
-            "final": self.eval_history[-1] if self.eval_history else None,
+            "final": self.final_metrics(),
             "history": self.eval_history,
+            "stopped_early": self.stopped_early,
             "data_problems": self.data_problems(),
         }
+
+    def predict(self) -> str:
+        """``--do_predict``: the split's predictions into ``<output_dir>/predict_results.tsv``."""
+        c = self.config
+        doc_ids, _, logits = score_documents(
+            self.model, self.test_units, self.features, views=self.views, batch_size=c.per_device_eval_batch_size,
+            device=self.ctx.device, pad_token_id=self.pad_token_id, autocast_dtype=self.autocast_dtype,
+            rank=self.ctx.rank, world_size=self.ctx.world_size, limits=self.data_limits(c.test_split),
+            skipped=[] if c.skip_bad_shards else None, num_workers=c.dataloader_num_workers,
+        )
+        path = spanwise_io.join(c.output_dir, PREDICT_RESULTS_NAME)
+        if self.ctx.is_main:
+            spanwise_io.write_bytes(path, render_predictions(path, doc_ids, logits, self.label_names))
+            log.info("predictions of split %r (%d documents): %s", c.test_split, len(doc_ids), path)
+        self._barrier()
+        return path
 
     # ------------------------------------------------------------------ output
     def _write_json(self, name: str, payload: Any) -> None:
@@ -572,32 +774,44 @@ class Trainer:
         with open(os.path.join(directory, RUN_CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(self.run_config(), handle, indent=2, sort_keys=True, default=str)
 
+    def _load_best(self) -> None:
+        """``--load_best_model_at_end``: the best checkpoint's weights become the model's."""
+        if not self.config.load_best_model_at_end or self.best_step is None or self.best_step == self.global_step:
+            return
+        path = ckpt.checkpoint_of_step(self.config.resolved_checkpoint_dir, self.best_step)
+        if path is None:
+            log.warning("--load_best_model_at_end: no checkpoint of the best step %d is left; saving the last model", self.best_step)
+            return
+        ckpt.load_weights(path, self.model)
+        if self.ctx.is_main:
+            log.info("--load_best_model_at_end: the model of step %d (%s %.4f), from %s", self.best_step,
+                     self.config.metric_for_best_model, self.best_metric, path)
+
     def save(self) -> None:
+        """The final model (the best one with ``--load_best_model_at_end``), run_config.json and the results."""
         c = self.config
         self._sync_bad_row_groups()
+        self._load_best()
         if self.ctx.is_main:
-            best_dir = spanwise_io.join(c.output_dir, "best_model")
-            if c.load_best_model_at_end and self.best_step is not None and spanwise_io.exists(best_dir):
-                from transformers import AutoModelForSequenceClassification
-
-                best = AutoModelForSequenceClassification.from_pretrained(local_model_path(best_dir))
-                self.model.load_state_dict(best.state_dict())
             self._save_model(c.output_dir)
             # a prune that a kill interrupted (after a checkpoint's COMPLETE) is caught up at the
             # next save, or here when no save followed (the run resumed at its last step)
-            ckpt.prune_checkpoints(c.resolved_checkpoint_dir, c.save_total_limit)
+            ckpt.prune_checkpoints(c.resolved_checkpoint_dir, c.save_total_limit, self._protected_steps())
             self._write_json(PREPROCESS_MANIFEST_NAME, self.manifest)
             if self.eval_history:
                 self._write_json(EVAL_RESULTS_NAME, self.eval_results())
-            if self.writer is not None:
-                final = self.eval_history[-1] if self.eval_history else {}
-                hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-                hparams["seq_func_params"] = " ".join(map(str, self.config.seq_func_params))
-                self.writer.add_hparams(
-                    hparams, {f"hparam/{k}": final[k] for k in ("accuracy", "macro_f1", "mcc", "loss") if k in final}, run_name="."
-                )
-                self.writer.sync()
+            final = self.final_metrics() or {}
+            hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            hparams["seq_func_params"] = " ".join(map(str, self.config.seq_func_params))
+            self.writer.add_hparams(
+                hparams, {f"hparam/{k}": final[k] for k in ("accuracy", "macro_f1", "mcc", "loss") if k in final}, run_name="."
+            )
+            self.writer.sync()
         self._barrier()
+
+    def _barrier(self) -> None:
+        if self.ctx.distributed:
+            dist.barrier()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -605,47 +819,56 @@ class Trainer:
         shutdown_distributed()
 
 
+class _NoProgress:
+    """tqdm's interface, doing nothing (other ranks, ``--disable_tqdm``)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Train and/or evaluate as the flags say; returns the eval results (empty without eval)."""
+    """Train, evaluate and predict as the flags say; returns the eval results (empty without eval)."""
     config = parse_args(argv)
     trainer = Trainer(config)
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def request_stop(signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: checkpointing after the current step, then exiting")
-        trainer.stop_requested = True
-
-    signal.signal(signal.SIGTERM, request_stop)
     def is_main() -> bool:  # RANK may come from Vertex AI's CLUSTER_SPEC during setup
         return int(os.environ.get("RANK", "0")) == 0
 
+    def notify(status: str, error: str | None = None) -> None:
+        if is_main():
+            last = trainer.final_metrics()
+            notify_webhook(config.notify_webhook_env, run_summary(config.task_name, status, config.output_dir, last, error))
+
+    trainer.signals.install()
     try:
         trainer.setup()
+        if trainer.finished_run:
+            log.info("%s holds this run, finished (%s): nothing to train. To train again: --overwrite_output_dir, "
+                     "or a new --output_dir", config.output_dir, trainer.finished_run)
+            path = spanwise_io.join(config.output_dir, EVAL_RESULTS_NAME)
+            return json.loads(spanwise_io.read_bytes(path)) if spanwise_io.exists(path) else {}
         if config.do_train:
             trainer.train()
+            trainer.save()
         elif config.do_eval:
             trainer.evaluate()
-        trainer.save()
+        if config.do_predict:
+            trainer.predict()
         results = trainer.eval_results() if trainer.eval_history else {}
-    except Preempted:
-        if is_main():
-            notify_webhook(config.notify_webhook_env, run_summary(config.task_name, "preempted (checkpoint saved)", config.output_dir, _last(trainer)))
+    except Stopped as stop:
+        notify("preempted (checkpoint saved)" if stop.exit_code == 143 else "stopped by Ctrl-C (checkpoint saved)")
         raise
     except BaseException as error:
-        if is_main():
-            message = f"{type(error).__name__}: {error}"[:500]
-            notify_webhook(config.notify_webhook_env, run_summary(config.task_name, "failed", config.output_dir, _last(trainer), message))
+        notify("failed", f"{type(error).__name__}: {error}"[:500])
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        trainer.signals.restore()
         trainer.close()
-    if is_main():
-        notify_webhook(config.notify_webhook_env, run_summary(config.task_name, "finished", config.output_dir, _last(trainer)))
+    notify("finished")
     return results
-
-
-def _last(trainer: Trainer) -> dict[str, Any] | None:
-    return trainer.eval_history[-1] if trainer.eval_history else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -655,9 +878,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             results = run(argv)
-    except Preempted as stop:
-        log.warning("%s; run the same command again to resume", stop)
-        return 143
+    except Stopped as stop:
+        print(f"{stop}; run the same command again to resume", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:
+        print("stopped at once by Ctrl-C, without a checkpoint of this step; the same command resumes from the "
+              "last checkpoint", file=sys.stderr)
+        return 130
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
