@@ -207,8 +207,6 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
         if info.get("rejected_by_reason"):
             reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(info["rejected_by_reason"].items()))
             lines.append(f"       rejected: {reasons}")
-        if info["read"] and not info["records"] and split != "train":
-            lines.append(f"       WARNING: every {split} row was rejected: nothing to evaluate on (see the reasons above)")
         if info.get("derived_ids"):
             lines.append("       IDs made from file and line (the input has no ID column)")
         capped = [
@@ -230,6 +228,6 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
             hint = "; unseen_label: its labels are not labels of the train split" if "unseen_label" in by_reason else ""
             lines.append(
                 f"WARNING: every row of split {split!r} was rejected ({reasons}): nothing to evaluate or predict "
-                f"on; see rejected/{split}-*.jsonl{hint}"
+                f"on; see {manifest['run'] + '/' if manifest.get('run') else ''}rejected/{split}-*.jsonl{hint}"
             )
     return "\n".join(lines)
