@@ -11,7 +11,7 @@ usage() {
   cat <<'USAGE'
 Usage: bin/demo.sh
 
-The whole job on this machine (CPU, Beam's DirectRunner, bundled data and model): BBC News ->
+The whole job on this machine (CPU, Beam's local runner, bundled data and model): BBC News ->
 TSV -> preprocessing with the MiniLM tokenizer -> corpus statistics -> fine-tuning MiniLM with
 head+tail at 128 tokens for one epoch -> dev accuracy and macro-F1 -> test predictions.
 About 4 minutes on 2 cores after the first install (bin/setup-env.sh, run first).
