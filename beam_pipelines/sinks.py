@@ -73,9 +73,14 @@ def new_run_name(now: _dt.datetime | None = None) -> str:
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as Parquet bytes: zstd, row groups of ``ROW_GROUP_SIZE`` rows."""
+    """A table as Parquet bytes: zstd, row groups of ``ROW_GROUP_SIZE`` rows.
+
+    Dictionary encoding only for ALPHA (a few distinct values): on token ids (tens of thousands
+    of distinct values) and unique IDs, pyarrow's default dictionary pages made 20 Newsgroups
+    shards 2.5x larger (11.6 MiB instead of 4.7 for 34k documents) and took 35% more CPU.
+    """
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE)
+    pq.write_table(table, buffer, compression=COMPRESSION, row_group_size=ROW_GROUP_SIZE, use_dictionary=["alpha"])
     return buffer.getvalue()
 
 

@@ -289,49 +289,51 @@ class TokenizeFn(beam.DoFn):
     def process(self, element: tuple[TaskKey, Sequence[Row]]) -> Iterator[Any]:
         (split, file_index, range_start), rows = element
         shards = self._shard_counts[split]
-        columns: dict[str, list[Any]] = {name: [] for name in RECORD_SCHEMA.names}
-        shard_keys: list[int] = []
-        for start in range(0, len(rows), self._tokenize_batch_size):
-            chunk = rows[start : start + self._tokenize_batch_size]
-            texts_a = [cap_chars(row.text_a, self._max_doc_chars) for row in chunk]
-            texts_b = [cap_chars(row.text_b, self._max_doc_chars) for row in chunk]
-            for group_start, group_end in _char_bounded_groups(texts_a, texts_b, MAX_CHARS_PER_TOKENIZER_CALL):
-                ids_a = tokenize_batch(self._tokenizer, texts_a[group_start:group_end])
-                with_b = [i for i in range(group_start, group_end) if texts_b[i]]
-                ids_b = dict(zip(with_b, tokenize_batch(self._tokenizer, [texts_b[i] for i in with_b])))
-                for offset_in_group, a in enumerate(ids_a):
-                    index = group_start + offset_in_group
-                    row = chunk[index]
-                    if not a:
-                        yield beam.pvalue.TaggedOutput(REJECTED, dataclasses.replace(
-                            Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"),
-                            file_index=file_index, range_start=range_start,
-                        ))
-                        continue
-                    b = ids_b.get(index, [])
-                    kept_a, kept_b = cap_tokens(a, self._max_doc_tokens), cap_tokens(b, self._max_doc_tokens)
-                    if self._seq_config is not None:
-                        kept_a, kept_b = apply_seq_len(kept_a, kept_b, self._seq_config, rng=None)
-                    columns["id"].append(row.id or None)
-                    columns["label"].append(row.label)
-                    columns["input_ids_a"].append(kept_a)
-                    columns["input_ids_b"].append(kept_b)
-                    columns["num_tokens_a"].append(len(a))
-                    columns["num_tokens_b"].append(len(b))
-                    columns["alpha"].append(row.alpha)
-                    columns["file_index"].append(file_index)
-                    columns["range_start"].append(range_start)
-                    columns["line"].append(row.line)
-                    columns["offset"].append(row.offset)
-                    columns["raw"].append(row.line_as_read())
-                    columns["char_cut"].append(texts_a[index] is not row.text_a or texts_b[index] is not row.text_b)
-                    shard_keys.append(shard_of(row.id, file_index, row.offset, shards))
-                del ids_a, ids_b  # the uncapped ids of this group: free them before the next call
-        if not shard_keys:
+        kept: list[Row] = []
+        ids_a: list[Sequence[int]] = []  # capped (and given the preprocess-time function)
+        ids_b: list[Sequence[int]] = []
+        lengths_a: list[int] = []  # uncapped
+        lengths_b: list[int] = []
+        char_cut: list[bool] = []
+        for row, a, b, cut in self._tokenized(rows):
+            if not a:
+                yield beam.pvalue.TaggedOutput(REJECTED, dataclasses.replace(
+                    Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"),
+                    file_index=file_index, range_start=range_start,
+                ))
+                continue
+            lengths_a.append(len(a))
+            lengths_b.append(len(b))
+            a, b = cap_tokens(a, self._max_doc_tokens), cap_tokens(b, self._max_doc_tokens)
+            if self._seq_config is not None:
+                a, b = apply_seq_len(a, b, self._seq_config, rng=None)
+            kept.append(row)
+            ids_a.append(a)
+            ids_b.append(b)
+            char_cut.append(cut)
+        if not kept:
             return
         signal_point("tokenize")
-        table = pa.table(columns, schema=RECORD_SCHEMA)
-        keys = np.asarray(shard_keys)
+        count = len(kept)
+        table = pa.table(
+            {
+                "id": [row.id or None for row in kept],
+                "label": [row.label for row in kept],
+                "input_ids_a": ids_a,
+                "input_ids_b": ids_b,
+                "num_tokens_a": lengths_a,
+                "num_tokens_b": lengths_b,
+                "alpha": [row.alpha for row in kept],
+                "file_index": np.full(count, file_index, dtype=np.int32),
+                "range_start": np.full(count, range_start, dtype=np.int64),
+                "line": [row.line for row in kept],
+                "offset": [row.offset for row in kept],
+                "raw": [row.line_as_read() for row in kept],
+                "char_cut": char_cut,
+            },
+            schema=RECORD_SCHEMA,
+        )
+        keys = np.fromiter((shard_of(row.id, file_index, row.offset, shards) for row in kept), dtype=np.int64, count=count)
         if (keys == keys[0]).all():
             yield (split, int(keys[0]), shards), table
             return
@@ -340,6 +342,23 @@ class TokenizeFn(beam.DoFn):
         bounds = np.flatnonzero(np.diff(keys)) + 1
         for start, end in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(keys)]))):
             yield (split, int(keys[start]), shards), table.slice(int(start), int(end - start))
+
+    def _tokenized(self, rows: Sequence[Row]) -> Iterator[tuple[Row, Sequence[int], Sequence[int], bool]]:
+        """``(row, TEXT_A ids, TEXT_B ids, cut at max_doc_chars)``, uncapped, one tokenizer call
+        per ``tokenize_batch_size`` texts (fewer when they exceed ``MAX_CHARS_PER_TOKENIZER_CALL``
+        characters); the caller caps each document before the next call."""
+        for start in range(0, len(rows), self._tokenize_batch_size):
+            chunk = rows[start : start + self._tokenize_batch_size]
+            texts_a = [cap_chars(row.text_a, self._max_doc_chars) for row in chunk]
+            texts_b = [cap_chars(row.text_b, self._max_doc_chars) for row in chunk]
+            for group_start, group_end in _char_bounded_groups(texts_a, texts_b, MAX_CHARS_PER_TOKENIZER_CALL):
+                ids_a = tokenize_batch(self._tokenizer, texts_a[group_start:group_end])
+                with_b = [i for i in range(group_start, group_end) if texts_b[i]]
+                ids_b = dict(zip(with_b, tokenize_batch(self._tokenizer, [texts_b[i] for i in with_b])))
+                for index, a in enumerate(ids_a, start=group_start):
+                    row = chunk[index]
+                    yield row, a, ids_b.get(index, []), texts_a[index] is not row.text_a or texts_b[index] is not row.text_b
+                del ids_a, ids_b  # the uncapped ids of this group: free them before the next call
 
 
 def _char_bounded_groups(texts_a: Sequence[str], texts_b: Sequence[str], max_chars: int) -> Iterator[tuple[int, int]]:

@@ -84,12 +84,15 @@ class ColumnMap:
     alpha: str | None = None
     positional: bool = False
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    # the field position of each of ROLES (id, label, text, text_b, alpha), None where absent
+    positions: tuple[int | None, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         index = {}
         for position, name in enumerate(self.columns):
             index.setdefault(name, position)
         object.__setattr__(self, "_index", index)
+        object.__setattr__(self, "positions", tuple(index.get(getattr(self, role)) for role in ROLES))
 
     def index(self, role: str) -> int | None:
         """The position of ``role``'s column (TSV and CSV fields), or None if it has none."""

@@ -129,29 +129,24 @@ def parse_line(
             cut_raw(raw.decode("utf-8", errors="backslashreplace")), offset,
         )
     fields = text.split("\t")
-    if not _field_count_ok(len(fields), layout):
+    count = len(fields)
+    if not _field_count_ok(count, layout):
         return Rejection(
             split, file, line, Reason.WRONG_FIELD_COUNT,
-            f"expected {_expected_fields(layout)}, got {len(fields)}", cut_raw(text), offset,
+            f"expected {_expected_fields(layout)}, got {count}", cut_raw(text), offset,
         )
-
-    def get(role: str) -> str:
-        index = layout.index(role)
-        return fields[index] if index is not None and index < len(fields) else ""
-
-    # TEXT_B: its column, or the optional 5th field of a GLUE-shaped 4-column header
-    text_b = get("text_b") if layout.text_b is not None else (fields[4] if len(fields) > len(layout.columns) else "")
-    row_id, label = get("id").strip(), get("label").strip()
+    at_id, at_label, at_text, at_text_b, at_alpha = layout.positions
+    row_id = fields[at_id].strip() if at_id is not None else ""
+    label = fields[at_label].strip() if at_label is not None else ""
+    if at_text_b is not None:
+        text_b = fields[at_text_b] if at_text_b < count else ""
+    else:  # the optional 5th field of a GLUE-shaped 4-column header
+        text_b = fields[4] if count > len(layout.columns) else ""
     # Rebuilt from the fields, the line would lose outer spaces, an empty 5th field, or the order.
-    rebuilds = (
-        layout.positional
-        and row_id == fields[0]
-        and label == fields[2]
-        and (len(fields) == 4 or fields[4] != "")
-    )
+    rebuilds = layout.positional and row_id == fields[0] and label == fields[2] and (count == 4 or fields[4] != "")
     row = Row(
-        split=split, file=file, line=line, id=row_id, alpha=get("alpha"), label=label,
-        text_a=get("text"), text_b=text_b, raw="" if rebuilds else cut_raw(text), offset=offset,
+        split=split, file=file, line=line, id=row_id, alpha=fields[at_alpha] if at_alpha is not None else "",
+        label=label, text_a=fields[at_text], text_b=text_b, raw="" if rebuilds else cut_raw(text), offset=offset,
     )
     # Rejections here carry the line as read, not one rebuilt from the stripped fields.
     if layout.id is not None and not row.id:
