@@ -15,7 +15,8 @@ raw
     the texts already in memory. Its CPU time is that of the tokenizing loop alone: the limit.
 pipeline
     the command a user runs, ``python -m beam_pipelines.preprocess --train_files ...
-    --dev_files ... --test_files ...``, on its default local runner (Beam's FnApiRunner,
+    --dev_files ... --test_files ...`` (run through ``main`` in a child that counts the CPU of its
+    tokenizer calls, nothing else changed), on its default local runner (Beam's FnApiRunner,
     in_memory, one process) unless ``--pipeline_args`` says otherwise: read, parse, tokenize,
     group by shard (spill files), dedupe, label, write Parquet, statistics, manifest. Its
     tokens are read from the manifest it wrote.
@@ -28,9 +29,14 @@ datasets
 For each side: content tokens (the three must agree, or the benchmark fails), wall seconds,
 CPU seconds of the whole process tree (the side's process and every process it started and
 waited for, from ``wait4``; for ``raw``, the loop's own CPU time), tokens per CPU-second and per
-wall second, and the peak resident memory of the process tree, sampled every 0.1 s with psutil:
-the sum of RSS (what the issue asked for; it counts pages shared by forked workers once per
-process) and the sum of PSS (shared pages split between the processes that share them).
+wall second, and the peak resident memory of the process tree, sampled with psutil: the sum of
+RSS every 0.1 s (what the issue asked for; it counts pages shared by forked workers once per
+process) and the sum of PSS every second (shared pages split between the processes sharing them).
+
+Separate processes on a shared machine swing by 10% or more in CPU per token, so the pipeline
+side also counts, in its own process, the CPU seconds spent inside its tokenizer calls (all
+threads: the Rust pool's too): ``tokenizer share`` = those / all the pipeline's CPU seconds is the
+pipeline's efficiency against the raw tokenizer measured side by side in one run.
 
 Needs the bench extras (``.venv/bin/pip install --no-deps -r requirements-bench.txt``: psutil)
 and ``datasets`` (requirements-dev.txt).
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import resource
 import shlex
 import shutil
@@ -164,17 +171,40 @@ def _side_datasets(files: dict[str, list[str]], out_dir: str, num_proc: int) -> 
     return {"tokens": tokens, "documents": documents, "datasets": datasets.__version__}
 
 
-def _pipeline_result(out_dir: Path, stderr: str) -> dict[str, Any]:
+def _pipeline_result(out_dir: Path) -> dict[str, Any]:
     """What the pipeline wrote: tokens and documents from its manifest, and which runner ran."""
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    options = manifest["options"]
     return {
         "tokens": sum(int(info["stats"].get("total_tokens", 0)) for info in manifest["splits"].values()),
         "documents": sum(info["records"] for info in manifest["splits"].values()),
-        "runner": options["runner"] + (" (Prism tried first, unavailable)" if "PrismRunner" in stderr else ""),
-        "shuffle": options["shuffle"],
+        "runner": manifest["options"]["runner"],
+        "shuffle": manifest["options"]["shuffle"],
         "shards": {split: len(info["files"]) for split, info in manifest["splits"].items()},
     }
+
+
+def _side_pipeline(argv: list[str]) -> int:
+    """The command line ``python -m beam_pipelines.preprocess ARGV``, exactly (torch kept out, as its
+    ``__main__`` does), with the CPU seconds spent inside the tokenizer calls counted: all threads
+    of this process, so the Rust pool's too (the local runner tokenizes in this process)."""
+    import atexit
+
+    sys.modules["torch"] = None  # type: ignore[assignment]  (what beam_pipelines/preprocess.py's __main__ does)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from beam_pipelines import preprocess, transforms
+
+    tokenize, spent = transforms.tokenize_batch, [0.0]
+
+    def counted(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+        start = time.process_time()
+        try:
+            return tokenize(tokenizer, texts)
+        finally:
+            spent[0] += time.process_time() - start
+
+    transforms.tokenize_batch = counted
+    atexit.register(lambda: print(json.dumps({"tokenizer_cpu_s": round(spent[0], 2)}), file=sys.stderr, flush=True))
+    return preprocess.main(argv)
 
 
 # --------------------------------------------------------------------------- measuring a side (parent)
@@ -196,20 +226,26 @@ class _TreeMemory(threading.Thread):
             root = psutil.Process(self._pid)
         except psutil.Error:
             return
+        ticks = 0
         while not self._done.is_set():
             rss = pss = 0
             try:
                 processes = [root, *root.children(recursive=True)]
             except psutil.Error:
                 break
+            full = ticks % 10 == 0  # PSS (reading smaps) once a second, RSS ten times
             for process in processes:
                 try:
-                    info = process.memory_full_info()
-                    rss += info.rss
-                    pss += getattr(info, "pss", info.rss)
+                    if full:
+                        info = process.memory_full_info()
+                        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+                    else:
+                        rss += process.memory_info().rss
                 except psutil.Error:
                     pass
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_pss = max(self.peak_pss, pss) if full else self.peak_pss
+            ticks += 1
             self._done.wait(self._interval)
 
     def stop(self) -> None:
@@ -223,9 +259,10 @@ def _measure(side: str, args: argparse.Namespace, corpus_dir: Path, out_dir: Pat
         shutil.rmtree(out_dir)
     if side == "pipeline":
         files = json.loads((corpus_dir / "files.json").read_text())
-        command = [sys.executable, "-m", "beam_pipelines.preprocess", "--train_files", *files["train"],
-                   "--dev_files", *files["dev"], "--test_files", *files["test"], "--output_dir", str(out_dir),
-                   "--tokenizer", minilm_dir(), "--tokenize_batch_size", str(args.batch_size), *shlex.split(args.pipeline_args)]
+        command = [sys.executable, str(Path(__file__).resolve()), "--side", "pipeline", "--corpus_dir", str(corpus_dir),
+                   "--out_dir", str(out_dir), "--", "--train_files", *files["train"], "--dev_files", *files["dev"],
+                   "--test_files", *files["test"], "--output_dir", str(out_dir), "--tokenizer", minilm_dir(),
+                   "--tokenize_batch_size", str(args.batch_size), *shlex.split(args.pipeline_args)]
     else:
         command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--corpus_dir", str(corpus_dir),
                    "--out_dir", str(out_dir), "--num_proc", str(args.num_proc), "--batch_size", str(args.batch_size)]
@@ -242,13 +279,17 @@ def _measure(side: str, args: argparse.Namespace, corpus_dir: Path, out_dir: Pat
     wall = time.perf_counter() - started
     sampler.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if child.returncode != 0 or (not lines and side != "pipeline"):
+    lines = [line for line in stderr.splitlines() + stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines:
         raise RuntimeError(f"side {side} failed (exit {child.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    result = _pipeline_result(out_dir, stderr) if side == "pipeline" else json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    if side == "pipeline":
+        result.update(_pipeline_result(out_dir))
     tree_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     result.update(side=side, wall_s=round(wall, 2), tree_cpu_s=round(tree_cpu, 2),
                   peak_rss_mib=round(sampler.peak_rss / 2**20), peak_pss_mib=round(sampler.peak_pss / 2**20))
+    if side == "pipeline":  # its own tokenizer calls' CPU against all of its CPU, in one process
+        result["tokenizer_share_of_cpu"] = round(result["tokenizer_cpu_s"] / tree_cpu, 3)
     cpu = result["loop_cpu_s"] if side == "raw" else tree_cpu
     seconds = result["loop_wall_s"] if side == "raw" else wall
     result["tokens_per_cpu_s"] = round(result["tokens"] / cpu)
@@ -286,6 +327,8 @@ def _summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[side] = {key: median(r[key] for r in runs) for key in
                              ("tokens_per_cpu_s", "tokens_per_s", "wall_s", "tree_cpu_s", "peak_rss_mib", "peak_pss_mib")}
         pipe = row.get("pipeline")
+        if pipe:
+            pipe["tokenizer_share_of_cpu"] = median(r["tokenizer_share_of_cpu"] for r in by_side["pipeline"])
         for other in ("raw", "datasets"):
             if pipe and other in row:
                 row[f"pipeline_vs_{other}_per_cpu_s"] = round(pipe["tokens_per_cpu_s"] / row[other]["tokens_per_cpu_s"], 3)
@@ -306,16 +349,19 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
                 s = row[side]
                 print(f"| x{row['scale']} | {side} | {s['tokens_per_cpu_s']:,.0f} | {s['tokens_per_s']:,.0f} | {s['wall_s']:.1f} "
                       f"| {s['tree_cpu_s']:.1f} | {s['peak_rss_mib']:,.0f} | {s['peak_pss_mib']:,.0f} |")
-    print("\n| scale | tokens | pipeline/raw per CPU-s | pipeline/datasets per CPU-s | pipeline/datasets wall | "
-          "pipeline/datasets peak RSS | pipeline/datasets peak PSS |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| scale | tokens | pipeline/raw per CPU-s | tokenizer share of the pipeline's CPU | pipeline/datasets per CPU-s | "
+          "pipeline/datasets wall | pipeline/datasets peak RSS | pipeline/datasets peak PSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| x{row['scale']} | {row['tokens']:,} | {row.get('pipeline_vs_raw_per_cpu_s', '-')} | "
+        share = row["pipeline"]["tokenizer_share_of_cpu"] if "pipeline" in row else "-"
+        print(f"| x{row['scale']} | {row['tokens']:,} | {row.get('pipeline_vs_raw_per_cpu_s', '-')} | {share} | "
               f"{row.get('pipeline_vs_datasets_per_cpu_s', '-')} | {row.get('pipeline_vs_datasets_wall', '-')} | "
               f"{row.get('pipeline_vs_datasets_peak_rss', '-')} | {row.get('pipeline_vs_datasets_peak_pss', '-')} |")
 
 
-def _child(args: argparse.Namespace) -> int:
+def _child(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.side == "pipeline":
+        return _side_pipeline(rest)
     files = json.loads((Path(args.corpus_dir) / "files.json").read_text())
     if args.side == "raw":
         result = _side_raw(files, args.batch_size)
@@ -326,9 +372,11 @@ def _child(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = _parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.side:
-        return _child(args)
+        return _child(args, rest)
     from beam_pipelines.datasets import convert
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="spanwise-bench-preprocess-"))
