@@ -328,7 +328,7 @@ def _summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                              ("tokens_per_cpu_s", "tokens_per_s", "wall_s", "tree_cpu_s", "peak_rss_mib", "peak_pss_mib")}
         pipe = row.get("pipeline")
         if pipe:
-            pipe["tokenizer_share_of_cpu"] = median(r["tokenizer_share_of_cpu"] for r in by_side["pipeline"])
+            pipe["tokenizer_share_of_cpu"] = round(median(r["tokenizer_share_of_cpu"] for r in by_side["pipeline"]), 3)
         for other in ("raw", "datasets"):
             if pipe and other in row:
                 row[f"pipeline_vs_{other}_per_cpu_s"] = round(pipe["tokens_per_cpu_s"] / row[other]["tokens_per_cpu_s"], 3)
