@@ -337,6 +337,33 @@ def _group_alive(pgid):
     return True
 
 
+def _signal_group_after_batches(argv: list[str], trace, sig: int, batches: int = 6) -> tuple[int, str, str]:
+    """Run ``trainer.task`` in its own process group; once the trace shows ``batches`` batches,
+    send ``sig`` to the whole group (as torchrun, a VM shutdown or a terminal's Ctrl-C do).
+    Returns ``(exit code, stdout, stderr)``; the DataLoader workers must not outlive the trainer."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *argv], cwd=REPO_ROOT, env=subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if trace.exists() and len(trace.read_text().splitlines()) >= batches:
+                os.killpg(proc.pid, sig)
+                break
+            time.sleep(0.002)
+        stdout, stderr = proc.communicate(timeout=120)
+        # the workers ignore the signal but the trainer stops them: nothing of the group is left
+        deadline = time.monotonic() + 15
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_alive(proc.pid), "DataLoader workers outlived the trainer"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stdout, stderr
+
+
 def test_resume_after_sigterm_is_exact(uninterrupted, prep, tiny_model, tmp_path):
     """SIGTERM once the trace shows 6 batches: checkpoint, exit 143; the same command resumes.
 
@@ -345,27 +372,8 @@ def test_resume_after_sigterm_is_exact(uninterrupted, prep, tiny_model, tmp_path
     """
     trace, out = tmp_path / "trace.jsonl", tmp_path / "out"
     argv = _resume_argv(prep, tiny_model, out, trace, workers=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", *argv], cwd=REPO_ROOT, env=subprocess_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if trace.exists() and len(trace.read_text().splitlines()) >= 6:
-                os.killpg(proc.pid, signal.SIGTERM)
-                break
-            time.sleep(0.002)
-        stdout, stderr = proc.communicate(timeout=120)
-        # the workers ignored SIGTERM but the trainer stopped them: nothing of the group is left
-        deadline = time.monotonic() + 15
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _group_alive(proc.pid), "DataLoader workers outlived the trainer"
-    finally:
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143, f"exit {proc.returncode}\n{stderr[-4000:]}"
+    returncode, stdout, stderr = _signal_group_after_batches(argv, trace, signal.SIGTERM)
+    assert returncode == 143, f"exit {returncode}\n{stderr[-4000:]}"
     assert "stopped by SIGTERM after step" in stderr
     stopped_at = len(read_trace(trace))
     assert 6 <= stopped_at < RESUME_STEPS
@@ -418,26 +426,8 @@ def test_resume_after_ctrl_c_is_exact_and_appends_to_one_tensorboard_run(uninter
     to the uninterrupted result and logs into the same TensorBoard run, every step once."""
     trace, out = tmp_path / "trace.jsonl", tmp_path / "out"
     argv = _resume_argv(prep, tiny_model, out, trace, workers=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", *argv], cwd=REPO_ROOT, env=subprocess_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if trace.exists() and len(trace.read_text().splitlines()) >= 6:
-                os.killpg(proc.pid, signal.SIGINT)
-                break
-            time.sleep(0.002)
-        stdout, stderr = proc.communicate(timeout=120)
-        deadline = time.monotonic() + 15
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _group_alive(proc.pid), "DataLoader workers outlived the trainer"
-    finally:
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, f"exit {proc.returncode}\n{stderr[-4000:]}"
+    returncode, stdout, stderr = _signal_group_after_batches(argv, trace, signal.SIGINT)
+    assert returncode == 130, f"exit {returncode}\n{stderr[-4000:]}"
     stopped_at = len(read_trace(trace))
     assert 6 <= stopped_at < RESUME_STEPS
     checkpoint = out / "checkpoints" / f"checkpoint-{stopped_at:08d}"

@@ -618,11 +618,16 @@ def read_rows_at(
         try:
             rows.append((int(position), reader.row(unit, index)))
         except ShardProblem as problem:
-            if skipped is None:
-                raise
-            if all(problem is not known for known in skipped):
-                skipped.append(problem)
+            _skip_or_raise(problem, skipped)
     return rows
+
+
+def _skip_or_raise(problem: ShardProblem, skipped: list[ShardProblem] | None) -> None:
+    """Note a bad row group once in ``skipped`` (skipping its rows), or raise when not skipping."""
+    if skipped is None:
+        raise problem
+    if all(problem is not known for known in skipped):
+        skipped.append(problem)
 
 
 def row_lengths(
@@ -634,10 +639,7 @@ def row_lengths(
         try:
             lengths[i] = min(reader.length(unit, index), cap)
         except ShardProblem as problem:
-            if skipped is None:
-                raise
-            if all(problem is not known for known in skipped):
-                skipped.append(problem)
+            _skip_or_raise(problem, skipped)
     return lengths
 
 
