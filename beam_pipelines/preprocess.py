@@ -465,6 +465,8 @@ class PreprocessJob:
             if state != PipelineState.DONE:
                 raise JobFailedError(f"preprocessing job ended in state {state}{self._where}; see its logs")
         except BaseException as error:
+            if isinstance(error, KeyboardInterrupt) and self.job_id:
+                raise  # a remote job runs on whatever happens here: its folder is its own
             if not self.run_dir or self.run_dir not in str(error):
                 _discard(self.run_dir, "the folder of the failed run")
             corpus_error = _corpus_error_in(error, self._where) if isinstance(error, Exception) else None
@@ -507,8 +509,10 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
         raise ValueError("--seq_func_params given without --seq_len_func")
     local = runner.lower() in LOCAL_RUNNERS
     on_disk = opts.shuffle == "disk" or (opts.shuffle == "auto" and local)
-    if on_disk and not local and not (opts.spill_dir and spanwise_io.is_remote(opts.spill_dir)):
-        raise ValueError(f"--shuffle disk on {runner} needs --spill_dir on storage every worker reaches (gs://...)")
+    if on_disk and not local:
+        raise ValueError(f"--shuffle disk is for the local runners; on {runner} records meet through its shuffle (--shuffle runner)")
+    if opts.spill_dir and spanwise_io.is_remote(opts.spill_dir):
+        raise ValueError(f"--spill_dir must be a folder on this machine, got {opts.spill_dir}")
     run_name = sinks.new_run_name()
     previous = _previous_run(opts.output_dir, opts.overwrite, run_name)
     plan = plan_inputs(patterns, opts.input_format, spec)
@@ -595,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_not_an_interrupt)
     output_dir = PipelineOptions(argv).view_as(PreprocessOptions).output_dir
+    job: PreprocessJob | None = None
     try:
         job = submit(argv)
         if job.no_wait and not PipelineState.is_terminal(job.result.state):
@@ -605,7 +610,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         manifest = job.wait()
     except KeyboardInterrupt:
-        print(f"\ninterrupted: nothing was published; {output_dir} is as it was before this run", file=sys.stderr)
+        if job is not None and job.job_id:
+            print(f"\ninterrupted: stopped waiting; {job.runner} job {job.job_id} runs on and commits "
+                  f"{spanwise_io.join(output_dir, MANIFEST_NAME)} when done (cancel it at {job.console_url})", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: nothing was published; {output_dir} is as it was before this run", file=sys.stderr)
         return 130
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -5,13 +5,14 @@ the tables of a key concatenated. Two ways, one result:
 
 * ``spill_dir=None``: a ``GroupByKey`` of the tables as Arrow IPC bytes. On Dataflow the
   shuffle service holds them, not a worker; use this on distributed runners.
-* ``spill_dir=DIR``: each bundle writes its tables to Arrow IPC files under DIR (one file per
-  ``flush_bytes`` of data, every key of the bundle in it, one record batch per key), and only
+* ``spill_dir=DIR`` (a local folder: the local runners only): each bundle writes its tables to
+  Arrow IPC files under DIR (one file per ``flush_bytes`` of data, every key of the bundle in
+  it, one record batch per key), and only
   ``(key, file, batch)`` references go through the ``GroupByKey``. The local runner's
   ``GroupByKey`` (the FnApiRunner's ``GroupingBuffer``) keeps everything it groups in memory
   until the next stage starts; with the references only, memory no longer grows with the
-  corpus. Spill files are read back memory-mapped when local. A retried bundle writes new
-  files under new names; only the references of the bundle that committed are read.
+  corpus. Spill files are read back memory-mapped. A retried bundle writes new files under new
+  names; only the references of the bundle that committed are read.
 
 The files are left for the caller to delete with its temporary folder.
 """
@@ -103,10 +104,7 @@ def _read_spilled(element: tuple[Hashable, Iterable[tuple[str, int]]], schema: p
     key, refs = element
     tables = []
     for path, batch in sorted(refs):
-        if spanwise_io.is_remote(path):
-            reader = pa.ipc.open_file(pa.py_buffer(spanwise_io.read_bytes(path)))
-        else:
-            reader = pa.ipc.open_file(pa.memory_map(path, "r"))
+        reader = pa.ipc.open_file(pa.memory_map(path, "r"))
         tables.append(pa.Table.from_batches([reader.get_batch(batch)], schema=schema))
     return key, _concat(tables, schema)
 

@@ -392,3 +392,39 @@ def test_the_runner_shuffle_gives_the_same_output_as_spill_files(tmp_path):
         run = out / manifest["run"]
         outputs[shuffle] = {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     assert outputs["disk"] == outputs["runner"] and len(outputs["disk"]) == 6
+
+
+def test_shuffle_options_are_checked(tmp_path):
+    corpus = _write_mixed_corpus(str(tmp_path))
+    base = [*corpus["argv"], "--output_dir", str(tmp_path / "out"), "--tokenizer", tokenizer_path()]
+    with pytest.raises(ValueError, match="--spill_dir must be a folder on this machine, got gs://b/spill"):
+        preprocess.run([*base, "--spill_dir", "gs://b/spill"])
+    with pytest.raises(ValueError, match="--rows_per_shard is gone: .* Use --num_shards N, or --shard_size_mb"):
+        preprocess.run([*base, "--rows_per_shard", "100"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_while_waiting_for_a_remote_job_leaves_its_folder(tmp_path, capsys, monkeypatch):
+    """A Dataflow job runs on when the command stops waiting: its run folder is not deleted, and
+    the message says where the job is; a local run's folder is."""
+    class Interrupted:
+        state = "RUNNING"
+
+        def wait_until_finish(self):
+            raise KeyboardInterrupt
+
+    for job_id in ("2026-11-29_job", None):
+        run_dir = tmp_path / f"run-{job_id}"
+        run_dir.mkdir()
+        job = preprocess.PreprocessJob(Interrupted(), str(tmp_path), "DataflowRunner", str(run_dir), None, job_id,
+                                       "https://console/job" if job_id else None)
+        with pytest.raises(KeyboardInterrupt):
+            job.wait()
+        assert run_dir.exists() == bool(job_id)
+    monkeypatch.setattr(preprocess, "submit", lambda argv: preprocess.PreprocessJob(
+        Interrupted(), str(tmp_path), "DataflowRunner", str(tmp_path / "run-x"), None, "2026-11-29_job", "https://console/job"))
+    assert preprocess.main(["--output_dir", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted: stopped waiting; DataflowRunner job 2026-11-29_job runs on and commits {tmp_path}/manifest.json "
+        "when done (cancel it at https://console/job)"
+    )
