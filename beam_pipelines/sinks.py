@@ -224,8 +224,9 @@ class BatchRejectionsFn(beam.DoFn):
 
 
 class WriteRejectedFn(beam.DoFn):
-    """One bucket of a split's rejected rows -> ``rejected/<split>-SSSSS-of-NNNNN.jsonl``, in
-    file order; emit ``{"split", "name", "rows", "by_reason"}``."""
+    """One bucket of a split's rejected rows -> ``rejected/<split>-SSSSS-of-NNNNN.jsonl`` in the run
+    folder (``run_name``; empty: ``output_dir`` itself), in file order; emit ``{"split", "name",
+    "rows", "by_reason"}``."""
 
     def __init__(self, output_dir: str, run_name: str):
         self._output_dir = output_dir
@@ -246,10 +247,11 @@ class WriteRejectedFn(beam.DoFn):
         rejections.sort(key=lambda r: (r.file_index, r.offset, r.reason, r.detail))
         name = f"{REJECTED_DIR}/{split}-{bucket:05d}-of-{buckets:05d}.jsonl"
         data = "".join(r.to_json() + "\n" for r in rejections).encode("utf-8")
-        spanwise_io.write_bytes(spanwise_io.join(self._output_dir, self._run_name, name), data)
+        folder = spanwise_io.join(self._output_dir, self._run_name) if self._run_name else self._output_dir
+        spanwise_io.write_bytes(spanwise_io.join(folder, name), data)
         yield {
             "split": split,
-            "name": f"{self._run_name}/{name}",
+            "name": f"{self._run_name}/{name}" if self._run_name else name,
             "rows": len(rejections),
             "by_reason": dict(Counter(r.reason for r in rejections)),
         }

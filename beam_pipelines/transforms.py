@@ -45,7 +45,8 @@ from beam_pipelines.records import RECORD_SCHEMA
 from schemas.rows import Reason, Rejection, Row
 from tokenization.rng import stable_hash64
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
-from tokenization.tokenizer import load_tokenizer, tokenize_batch
+from tokenization.documents import MAX_CHARS_PER_TOKENIZER_CALL, cap_chars, cap_tokens, tokenize_texts
+from tokenization.tokenizer import load_tokenizer
 
 __all__ = [
     "REJECTED",
@@ -75,14 +76,6 @@ LENGTH_THRESHOLDS = (126, 254, 510)
 READ_BATCH_ROWS = 1024
 # ... or fewer, once their texts add up to this many characters (bounds an element's size).
 _READ_BATCH_CHARS = 8_000_000
-# Characters of text given to one tokenizer call at most. A batch of long texts is tokenized in
-# several calls below this, so that a batch of 64 texts of --max_doc_chars each does not need
-# 64 times the memory of one (measured: ~0.7 GB per million tokens while the fast tokenizer
-# works, so ~0.3-0.4 GB for 2M characters of English). Ordinary batches (64 x a few thousand
-# characters) stay one call.
-MAX_CHARS_PER_TOKENIZER_CALL = 2_000_000
-# How far from a cut point ``cap_chars`` looks for whitespace, so that it does not split a word.
-_CUT_WHITESPACE_WINDOW = 100
 # Example labels a too-many-labels error shows, and how many characters of each.
 _EXAMPLE_LABELS = 5
 _EXAMPLE_LABEL_CHARS = 40
@@ -112,38 +105,6 @@ class CorpusError(ValueError):
     """
 
     _tagged_with_step = True
-
-
-def cap_chars(text: str, max_doc_chars: int) -> str:
-    """Bound a pathological text before tokenizing: keep its first and last halves of ``max_doc_chars``.
-
-    The same head-and-tail rule as ``cap_tokens``, in characters, so that the tokenizer never
-    sees more than ``max_doc_chars`` characters of one text. The cuts move back (head) or
-    forward (tail) to whitespace within ``_CUT_WHITESPACE_WINDOW`` characters, so no word is
-    split when the text has spaces, and head and tail are joined by one space (counted in the
-    budget), so the last word of the head does not merge with the first word of the tail.
-
-    Args:
-        text: one TEXT_A or TEXT_B.
-        max_doc_chars: the most characters to keep; 0 keeps every text whole.
-
-    Returns:
-        ``text`` itself when it is short enough, else a string of at most ``max_doc_chars``
-        characters: ``head + " " + tail``.
-    """
-    if max_doc_chars <= 0 or len(text) <= max_doc_chars:
-        return text
-    head_end = max_doc_chars // 2
-    tail_start = len(text) - (max_doc_chars - head_end - 1)  # one character for the joining space
-    for position in range(head_end, max(head_end - _CUT_WHITESPACE_WINDOW, 0) - 1, -1):
-        if text[position].isspace():  # text[:position] ends a word
-            head_end = position
-            break
-    for position in range(tail_start - 1, min(tail_start - 1 + _CUT_WHITESPACE_WINDOW, len(text) - 1) + 1):
-        if text[position].isspace():  # text[position + 1:] starts a word
-            tail_start = position + 1
-            break
-    return text[:head_end] + " " + text[tail_start:]
 
 
 TaskKey = tuple[str, int, int]  # (split, file index, first byte of the task)
@@ -234,19 +195,6 @@ def build_label_map(labels: Sequence[str], max_labels: int | None = None, found:
     except ValueError:
         ordered = sorted(distinct)
     return {label: index for index, label in enumerate(ordered)}
-
-
-def cap_tokens(ids: Sequence[int], max_doc_tokens: int) -> Sequence[int]:
-    """Bound a pathological document: keep its first half and last half of ``max_doc_tokens``.
-
-    Keeping both ends means ``head``, ``tail`` and ``ht`` still see the true head and tail for
-    any budget up to ``max_doc_tokens / 2``.
-    """
-    if len(ids) <= max_doc_tokens:
-        return ids
-    keep_head = max_doc_tokens // 2
-    keep_tail = max_doc_tokens - keep_head
-    return list(ids[:keep_head]) + list(ids[len(ids) - keep_tail :])
 
 
 def shard_of(row_id: str, file_index: int, offset: int, shards: int) -> int:
@@ -344,36 +292,11 @@ class TokenizeFn(beam.DoFn):
             yield (split, int(keys[start]), shards), table.slice(int(start), int(end - start))
 
     def _tokenized(self, rows: Sequence[Row]) -> Iterator[tuple[Row, Sequence[int], Sequence[int], bool]]:
-        """``(row, TEXT_A ids, TEXT_B ids, cut at max_doc_chars)``, uncapped, one tokenizer call
-        per ``tokenize_batch_size`` texts (fewer when they exceed ``MAX_CHARS_PER_TOKENIZER_CALL``
-        characters); the caller caps each document before the next call."""
-        for start in range(0, len(rows), self._tokenize_batch_size):
-            chunk = rows[start : start + self._tokenize_batch_size]
-            texts_a = [cap_chars(row.text_a, self._max_doc_chars) for row in chunk]
-            texts_b = [cap_chars(row.text_b, self._max_doc_chars) for row in chunk]
-            for group_start, group_end in _char_bounded_groups(texts_a, texts_b, MAX_CHARS_PER_TOKENIZER_CALL):
-                ids_a = tokenize_batch(self._tokenizer, texts_a[group_start:group_end])
-                with_b = [i for i in range(group_start, group_end) if texts_b[i]]
-                ids_b = dict(zip(with_b, tokenize_batch(self._tokenizer, [texts_b[i] for i in with_b])))
-                for index, a in enumerate(ids_a, start=group_start):
-                    row = chunk[index]
-                    yield row, a, ids_b.get(index, []), texts_a[index] is not row.text_a or texts_b[index] is not row.text_b
-                del ids_a, ids_b  # the uncapped ids of this group: free them before the next call
-
-
-def _char_bounded_groups(texts_a: Sequence[str], texts_b: Sequence[str], max_chars: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ``(start, end)`` ranges of texts whose TEXT_A (and TEXT_B) characters add up
-    to at most ``max_chars`` each; a range holds at least one row whatever its length."""
-    start = 0
-    chars_a = chars_b = 0
-    for index, (a, b) in enumerate(zip(texts_a, texts_b)):
-        if index > start and (chars_a + len(a) > max_chars or chars_b + len(b) > max_chars):
-            yield start, index
-            start, chars_a, chars_b = index, 0, 0
-        chars_a += len(a)
-        chars_b += len(b)
-    if start < len(texts_a):
-        yield start, len(texts_a)
+        """``(row, TEXT_A ids, TEXT_B ids, cut at max_doc_chars)``, uncapped (``tokenize_texts``)."""
+        texts = tokenize_texts(self._tokenizer, [row.text_a for row in rows], [row.text_b for row in rows],
+                               max_doc_chars=self._max_doc_chars, batch_size=self._tokenize_batch_size)
+        for index, a, b, cut in texts:
+            yield rows[index], a, b, cut
 
 
 class LengthStatsFn(beam.CombineFn):
@@ -430,3 +353,4 @@ class LengthStatsFn(beam.CombineFn):
             # lengths above are those of the cut text (the true length was never computed)
             "capped_at_max_doc_chars": cut,
         }
+

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from beam_pipelines import preprocess, transforms
+from beam_pipelines import preprocess
 from beam_pipelines.transforms import CorpusError, cap_chars
+from tokenization.documents import char_bounded_groups
 from pipeline_helpers import (
     Doc,
     load_reference_tokenizer,
@@ -172,10 +173,10 @@ def test_cap_chars_without_whitespace_cuts_exactly():
 
 def test_tokenizer_calls_are_bounded_in_characters():
     texts_a = ["x" * chars for chars in (10, 700, 400, 2000, 5)]
-    groups = list(transforms._char_bounded_groups(texts_a, [""] * 5, 1000))
+    groups = list(char_bounded_groups(texts_a, [""] * 5, 1000))
     assert groups == [(0, 2), (2, 3), (3, 4), (4, 5)]  # in order, each row once, a long one alone
     texts_b = ["y" * chars for chars in (900, 200, 0, 0, 0)]
-    assert list(transforms._char_bounded_groups(["a"] * 5, texts_b, 1000)) == [(0, 1), (1, 5)]  # TEXT_B too
+    assert list(char_bounded_groups(["a"] * 5, texts_b, 1000)) == [(0, 1), (1, 5)]  # TEXT_B too
 
 
 # --------------------------------------------------------------------------- labels

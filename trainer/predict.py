@@ -1,9 +1,18 @@
 """``python -m trainer.predict``: one prediction per document with a trained model.
 
-Uses the sequence-length function the model was trained with (from its ``run_config.json``),
-with deterministic draws, and optionally several views per long document (``--eval_views``)
-whose logits are averaged. Output: JSONL (``id``, ``label``, ``probabilities``) or, for a
-``.tsv`` path, a TSV with one probability column per label.
+Two kinds of input:
+
+* ``--data_dir DIR --split test``: a split of a preprocessing run (shards and manifest.json);
+* ``--input_files PATTERN...``: raw documents, in any input format of preprocessing (TSV, CSV,
+  JSONL, Parquet; plain or compressed; local or ``gs://``; columns found by name, labels
+  optional), read, tokenized and scored in a stream (``trainer.classifier``, the path the Beam
+  pipeline and the Python API share). Bad rows go to ``--rejected_output`` with a reason.
+
+Uses the sequence-length function the model was trained with (recorded in its folder), with
+deterministic draws, and optionally several views per long document (``--eval_views``) whose
+logits are averaged. Output: JSONL (``id``, ``label``, ``probabilities``) or, for a ``.tsv``
+path, a TSV with one probability column per label. Prints a summary (counts; accuracy and
+macro-F1 where the documents carry labels).
 """
 
 from __future__ import annotations
@@ -18,16 +27,27 @@ import numpy as np
 import torch
 
 import spanwise_io
+from beam_pipelines.inputs import plan_inputs
+from beam_pipelines.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
+from schemas.columns import ColumnSpec
+from schemas.rows import Reason, Rejection, Row
 from schemas.manifest import check_compatible, read_manifest
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.evaluation import parse_views, render_predictions, score_documents
-from trainer.features import FeatureBuilder, SpecialTokenTemplate
+from trainer.classifier import Classifier, parse_views as parse_view_option, pool_mean, score_views
+from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate
+from trainer.prediction_output import PredictionWriter, Tally
 from trainer.task import RUN_CONFIG_NAME, load_classifier, local_model_path
 
-__all__ = ["predict", "main"]
+__all__ = ["predict", "main", "RAW_SPLIT", "ROWS_PER_CHUNK"]
+
+# The split name of raw documents (their messages say --input_files).
+RAW_SPLIT = "input"
+# Documents read, tokenized and scored at a time with --input_files (bounds memory).
+ROWS_PER_CHUNK = 512
 
 log = logging.getLogger("trainer.predict")
 
@@ -36,9 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="a model saved by trainer.task (local or gs://)")
-    parser.add_argument("--data_dir", required=True, help="shards + manifest.json made by beam_pipelines.preprocess")
-    parser.add_argument("--split", default="test", help="the split to predict")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data_dir", help="shards + manifest.json made by beam_pipelines.preprocess")
+    source.add_argument("--input_files", nargs="+", metavar="FILE_OR_PATTERN",
+                        help="raw documents: files or glob patterns, local or gs://, plain or .gz/.bz2/.zst")
+    parser.add_argument("--split", default="test", help="with --data_dir: the split to predict")
     parser.add_argument("--output", required=True, help="predictions file (.jsonl or .tsv; local or gs://)")
+    raw = parser.add_argument_group("raw documents (--input_files)")
+    raw.add_argument("--input_format", default=None, choices=FORMATS,
+                     help="format of every input file (default: from each file's extension)")
+    for role, default in (("id", "id, idx, guid, doc_id; none: IDs are made from file and line"),
+                          ("label", "label, labels, class, category, target; none: no metrics"),
+                          ("text", "text, text_a, sentence, sentence1"),
+                          ("text_b", "text_b, sentence2")):
+        raw.add_argument(f"--{role}_column", default=None, help=f"the {role} column (default: the first of {default})")
+    raw.add_argument("--rejected_output", default=None,
+                     help="rejected rows as JSONL, each with its file, line, reason and the row as read "
+                          "(default: the --output path with .rejected.jsonl)")
+    raw.add_argument("--decode_errors", default="strict", choices=["strict", "replace"],
+                     help="strict: reject rows with invalid UTF-8; replace: keep them with U+FFFD")
     parser.add_argument("--eval_views", default=None, help="1, K or 'chunks' (default: as in training)")
     parser.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=32,
                         help="views per batch")
@@ -58,6 +94,8 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("choose one of --bf16 and --fp16")
     if args.batch_size < 1 or args.dataloader_num_workers < 0:
         raise ValueError("--batch_size must be >= 1 and --dataloader_num_workers >= 0")
+    if args.input_files:
+        return predict_raw(args)
     ctx = init_distributed(args.use_cpu)
     try:
         if args.fp16 and ctx.device.type != "cuda":
@@ -118,6 +156,86 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return summary
     finally:
         shutdown_distributed()
+
+
+def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """``--input_files``: read, tokenize, score and write in chunks of ``ROWS_PER_CHUNK`` documents.
+
+    A row that cannot be read, or whose text gives no tokens, goes to the rejected output with
+    its file, line and reason; read = predicted + rejected. A file without an ID column gives
+    its rows the IDs preprocessing would (``<file>:<line>``, Parquet ``<file>:<row>``).
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--input_files runs in one process; to predict on many GPUs or machines use "
+                         "python -m beam_pipelines.predict")
+    spec = ColumnSpec(args.id_column, args.label_column, args.text_column, args.text_b_column)
+    plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec)  # columns checked first
+    classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
+                                            bf16=args.bf16, fp16=args.fp16)
+    views = parse_view_option(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
+    rejected_path = args.rejected_output or _rejected_path(args.output)
+    tally = Tally(classifier.label_names)
+    read = 0
+    with spanwise_io.atomic_write(args.output) as out, spanwise_io.atomic_write(rejected_path) as rejected_out:
+        writer = PredictionWriter(out, classifier.label_names, tsv=args.output.endswith(".tsv"))
+
+        def reject(rejection: Rejection) -> None:
+            tally.rejected[rejection.reason] += 1
+            rejected_out.write((rejection.to_json() + "\n").encode("utf-8"))
+
+        for file in plan.files[RAW_SPLIT]:
+            for task in plan_tasks(file, 1 << 62):  # one task per file: line numbers are the file's
+                counts = TaskCounts()
+                chunk: list[Row] = []
+                for item in read_task(task, counts, args.decode_errors):
+                    if isinstance(item, Rejection):
+                        reject(item)
+                        continue
+                    chunk.append(item)
+                    if len(chunk) == ROWS_PER_CHUNK:
+                        _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject)
+                        chunk = []
+                if chunk:
+                    _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject)
+                read += counts.lines - counts.headers
+    summary: dict[str, Any] = {"read": read, **tally.summary(), "output": args.output, "rejected_output": rejected_path,
+                               "eval_views": str(views)}
+    if summary["documents"] + summary["rejected"] != read:
+        raise RuntimeError(f"read {read} rows but predicted {summary['documents']} and rejected {summary['rejected']}")
+    return summary
+
+
+def _rejected_path(output: str) -> str:
+    for suffix in (".jsonl", ".tsv"):
+        if output.endswith(suffix):
+            return output[: -len(suffix)] + ".rejected.jsonl"
+    return output + ".rejected.jsonl"
+
+
+def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row], views: int | str, batch_size: int,
+                   writer: PredictionWriter, tally: Tally, reject: Any) -> None:
+    """Score one chunk of rows and write their predictions (rows without tokens are rejected)."""
+    doc_ids = [row.id or f"{file.name}:{row.line or row.offset}" for row in rows]
+    examples: list[Example] = []
+    owners: list[int] = []
+    kept: list[int] = []
+    documents = classifier.documents
+    for index, ids_a, ids_b in documents.token_ids([r.text_a for r in rows], [r.text_b for r in rows]):
+        if not len(ids_a):
+            reject(Rejection.of_row(rows[index], Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"))
+            continue
+        for example in documents.views(doc_ids[index], ids_a, ids_b, views):
+            examples.append(example)
+            owners.append(len(kept))
+        kept.append(index)
+    if not kept:
+        return
+    logits = score_views(classifier.model, examples, device=classifier.device, pad_token_id=documents.pad_token_id,
+                         batch_size=batch_size, autocast=classifier.autocast)
+    predicted = writer.write([doc_ids[i] for i in kept], pool_mean(logits, owners, len(kept)))
+    tally.add([rows[i].label for i in kept], predicted, len(examples))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
 from trainer import resume
 from trainer.args import TrainConfig, parse_args
+from trainer.classifier import CONFIG_KEY, TrainedView
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
 from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, scan_split, start_loader, take_first, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
@@ -769,6 +770,8 @@ class Trainer:
 
     def _save_model_local(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
+        # what prediction must repeat travels in config.json, with the weights (trainer.classifier)
+        setattr(self.model.config, CONFIG_KEY, TrainedView.from_run(self.run_config(), self.manifest).to_dict())
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         with open(os.path.join(directory, RUN_CONFIG_NAME), "w", encoding="utf-8") as handle:

@@ -1,0 +1,186 @@
+"""The batch-prediction steps as Beam DoFns, CombineFns and a RunInference model handler.
+
+They wrap the one prediction path of ``trainer.classifier`` (tokenize as preprocessing, the
+model's views with the deterministic draws of evaluation, length-sorted batches, the mean of a
+document's view logits), so the pipeline predicts what ``trainer.predict`` and
+``Classifier.predict`` predict:
+
+* ``ViewsFn``: a batch of read rows -> ``(document key, view)`` pairs, the views of the batch
+  sorted by length so that RunInference's batches (consecutive elements) pad little; rows whose
+  text gives no tokens -> ``rejected``. The tokenizer is loaded once per worker (``setup``).
+* ``ViewModelHandler``: Beam's ``ModelHandler`` for those views: the model is loaded once per
+  worker process and shared by its threads (RunInference's default), on the GPU when there is
+  one; a batch is padded to its longest view.
+* ``MeanLogitsFn``: the mean of a document's view logits, combined per document key wherever
+  its views were scored.
+* ``TallyFn``: counts and the confusion matrix of the documents that carry a label.
+
+A document's key is ``(id, label as read, file index, offset)``: unique per row, so two rows
+with one ID are predicted apart, and it carries what the output needs, so no join is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from beam_pipelines.transforms import REJECTED, TaskKey
+from schemas.rows import Reason, Rejection, Row
+from trainer.features import Example
+from trainer.prediction_output import Tally, prediction_record, softmax
+
+__all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "MeanLogitsFn", "TallyFn", "to_record", "view_tokens"]
+
+DocKey = tuple[str, str, int, int]  # (id, label as read, file index, offset)
+
+
+def view_tokens(element: tuple[DocKey, Example]) -> int:
+    """A keyed view's length in tokens (for batching by size)."""
+    return len(element[1].input_ids)
+
+
+class ViewsFn(beam.DoFn):
+    """``(task key, rows)`` -> ``(document key, view)`` per view, sorted by length; no tokens -> rejected."""
+
+    def __init__(self, model_dir: str, views: int | str, file_names: dict[int, str]):
+        self._model_dir = model_dir
+        self._views = views
+        self._file_names = dict(file_names)
+        self._documents: Any = None
+
+    def setup(self) -> None:
+        from tokenization.tokenizer import load_tokenizer
+        from trainer.classifier import DocumentViews, TrainedView
+        import spanwise_io
+
+        local = spanwise_io.copy_dir_to_local(self._model_dir) if spanwise_io.is_remote(self._model_dir) else self._model_dir
+        self._documents = DocumentViews(load_tokenizer(local), TrainedView.read(local))
+
+    def process(self, element: tuple[TaskKey, Sequence[Row]]) -> Iterator[Any]:
+        (_, file_index, range_start), rows = element
+        name = self._file_names[file_index]
+        keyed: list[tuple[DocKey, Example]] = []
+        for index, ids_a, ids_b in self._documents.token_ids([r.text_a for r in rows], [r.text_b for r in rows]):
+            row = rows[index]
+            if not len(ids_a):
+                rejection = Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer")
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED, dataclasses.replace(rejection, file_index=file_index, range_start=range_start)
+                )
+                continue
+            doc_id = row.id or f"{name}:{row.line or row.offset}"  # (files without IDs are read whole)
+            key: DocKey = (doc_id, row.label, file_index, row.offset)
+            for view in self._documents.views(doc_id, ids_a, ids_b, self._views):
+                keyed.append((key, view))
+        keyed.sort(key=view_tokens)
+        yield from keyed
+
+
+class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
+    """RunInference's handler of our views: load the saved classifier, score a batch of views.
+
+    Args:
+        model_dir: the model folder (local or ``gs://``).
+        batch_size: views per forward pass (RunInference batches at most this many).
+        device: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``.
+        bf16, fp16: autocast the forward pass.
+        large_model: one copy of the model per worker machine, shared by its processes
+            (Beam's ``share_model_across_processes``) instead of one per process.
+    """
+
+    def __init__(self, model_dir: str, batch_size: int, device: str = "auto", bf16: bool = False, fp16: bool = False,
+                 large_model: bool = False):
+        super().__init__(min_batch_size=1, max_batch_size=batch_size, large_model=large_model)
+        self._model_dir = model_dir
+        self._device_name = device
+        self._bf16, self._fp16 = bf16, fp16
+        self._pad_token_id: int | None = None
+
+    def load_model(self) -> Any:
+        import spanwise_io
+        from tokenization.tokenizer import load_tokenizer
+        from trainer.classifier import load_scoring_model, pick_device
+
+        local = spanwise_io.copy_dir_to_local(self._model_dir) if spanwise_io.is_remote(self._model_dir) else self._model_dir
+        tokenizer = load_tokenizer(local)
+        model = load_scoring_model(local, pick_device(self._device_name))
+        model.spanwise_pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        return model
+
+    def run_inference(self, batch: Sequence[Example], model: Any, inference_args: dict[str, Any] | None = None
+                      ) -> Iterable[PredictionResult]:
+        from trainer.classifier import autocast_dtype, forward_batch
+
+        device = next(model.parameters()).device
+        logits = forward_batch(model, batch, device=device, pad_token_id=model.spanwise_pad_token_id,
+                               autocast=autocast_dtype(self._bf16, self._fp16, device))
+        return [PredictionResult(None, row) for row in logits]
+
+    def get_num_bytes(self, batch: Sequence[Example]) -> int:
+        return sum(16 * len(example.input_ids) for example in batch)  # ids and type ids, int64
+
+    def get_metrics_namespace(self) -> str:
+        return "spanwise_predict"
+
+
+class MeanLogitsFn(beam.CombineFn):
+    """A document's view logits -> ``(mean logits, views)``."""
+
+    def create_accumulator(self) -> tuple[np.ndarray | None, int]:
+        return None, 0
+
+    def add_input(self, accumulator: tuple[np.ndarray | None, int], logits: np.ndarray) -> tuple[np.ndarray, int]:
+        total, count = accumulator
+        row = np.asarray(logits, dtype=np.float64)
+        return (row.copy() if total is None else total + row), count + 1
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[np.ndarray | None, int]]) -> tuple[np.ndarray | None, int]:
+        total: np.ndarray | None = None
+        count = 0
+        for part, n in accumulators:
+            if part is not None:
+                total = part.copy() if total is None else total + part
+            count += n
+        return total, count
+
+    def extract_output(self, accumulator: tuple[np.ndarray | None, int]) -> tuple[np.ndarray, int]:
+        total, count = accumulator
+        if total is None:
+            raise ValueError("a document has no scored view")
+        return (total / count).astype(np.float32), count
+
+
+def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_names: Sequence[str]) -> dict[str, Any]:
+    """A pooled document -> its output record (``id``, ``label``, ``probabilities``, ``views``)."""
+    (doc_id, _, _, _), (logits, views) = element
+    record = prediction_record(doc_id, softmax(logits[None, :])[0], label_names)
+    record["views"] = views
+    return record
+
+
+class TallyFn(beam.CombineFn):
+    """Pooled documents -> a ``trainer.prediction_output.Tally`` (counts and confusion matrix)."""
+
+    def __init__(self, label_names: Sequence[str]):
+        self._label_names = list(label_names)
+
+    def create_accumulator(self) -> Tally:
+        return Tally(self._label_names)
+
+    def add_input(self, tally: Tally, element: tuple[DocKey, tuple[np.ndarray, int]]) -> Tally:
+        (_, label, _, _), (logits, views) = element
+        tally.add([label], [int(np.argmax(logits))], views)
+        return tally
+
+    def merge_accumulators(self, tallies: Iterable[Tally]) -> Tally:
+        out = Tally(self._label_names)
+        for tally in tallies:
+            out.merge(tally)
+        return out
+
+    def extract_output(self, tally: Tally) -> Tally:
+        return tally

@@ -1,0 +1,313 @@
+"""Batch prediction of raw documents with a trained model, as a Beam job (local or Dataflow GPUs).
+
+    python -m beam_pipelines.predict --model_dir DIR_OR_GS --input_files PATTERN [PATTERN ...] \\
+        --output_dir DIR_OR_GS [--input_format tsv|csv|jsonl|parquet] \\
+        [--id_column C --label_column C --text_column C --text_b_column C] \\
+        [--eval_views 1|K|chunks] [--batch_size N] [--output_format jsonl|parquet] [--num_shards N] \\
+        [--device auto|cpu|cuda] [--bf16 | --fp16] [--overwrite] \\
+        [Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \\
+         --dataflow_service_options 'worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver']
+
+Reads the documents with preprocessing's readers (labels optional; bad rows go to
+``rejected/input-SSSSS-of-NNNNN.jsonl`` with a reason), tokenizes them with the model's own
+tokenizer, applies the sequence-length function it was trained with (with the deterministic
+draws of ``trainer.predict``) and expands each long document into its views, scores the views
+with Beam's RunInference (the model loaded once per worker process), averages each document's
+view logits and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
+``label``, ``probabilities`` per label name and ``views``. Last, ``summary.json``: counts (read =
+predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the input carries
+labels. Without ``--runner`` the job runs here on Beam's FnApiRunner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Any, Mapping, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import spanwise_io
+from beam_pipelines import sinks, transforms
+from beam_pipelines.inference import MeanLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
+from beam_pipelines.inputs import InputPlan, plan_inputs
+from beam_pipelines.preprocess import DEFAULT_RUNNER, _interrupted, _not_an_interrupt, _runner_name
+from beam_pipelines.readers import FORMATS, plan_tasks
+from beam_pipelines.records import REJECTION_SCHEMA
+from beam_pipelines.shuffle import GroupTablesByKey
+from schemas.columns import ColumnSpec
+from trainer.classifier import TrainedView, parse_views
+from trainer.prediction_output import Tally
+
+__all__ = ["build_parser", "SPLIT", "SUMMARY_NAME", "PREDICTIONS_PREFIX", "build_pipeline", "run", "main"]
+
+_LOG = logging.getLogger(__name__)
+
+# The split name of the documents: messages name --input_files, rejected rows go to rejected/input-*.
+SPLIT = "input"
+SUMMARY_NAME = "summary.json"
+PREDICTIONS_PREFIX = "predictions"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """spanwise's prediction flags. Every other flag is Beam's (runner, project, temp_location...).
+
+    A plain parser, not a ``PipelineOptions`` subclass: those share one parser in every process
+    that imports them, and these flags have the names of preprocessing's.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipelines.predict", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        epilog="Any other flag is a Beam pipeline option (--runner, --project, --region, --temp_location, "
+               f"--dataflow_service_options, ...). Without --runner the job runs here on Beam's {DEFAULT_RUNNER}.",
+    )
+    group = parser.add_argument_group("spanwise prediction")
+    group.add_argument("--model_dir", help="a model folder saved by trainer.task (local or gs://)")
+    group.add_argument("--input_files", nargs="+", default=None, metavar="FILE_OR_PATTERN",
+                       help="the documents: files or glob patterns, local or gs://, plain or .gz/.bz2/.zst")
+    group.add_argument("--input_format", default=None, choices=FORMATS,
+                       help="format of every input file (default: from each file's extension)")
+    for role, default in (("id", "id, idx, guid, doc_id; none: IDs are made from file and line"),
+                          ("label", "label, labels, class, category, target; none: no metrics"),
+                          ("text", "text, text_a, sentence, sentence1"),
+                          ("text_b", "text_b, sentence2")):
+        group.add_argument(f"--{role}_column", default=None,
+                           help=f"the {role} column (default: the first of {default})")
+    group.add_argument("--output_dir", help="folder (local or gs://) for the predictions, rejected/ and summary.json")
+    group.add_argument("--eval_views", default=None,
+                       help="views per long document: 1, K random draws or 'chunks' (default: as the model was evaluated)")
+    group.add_argument("--batch_size", type=int, default=32, help="views per forward pass (default 32)")
+    group.add_argument("--output_format", default="jsonl", choices=["jsonl", "parquet"],
+                       help="predictions as JSON Lines or Parquet (default jsonl)")
+    group.add_argument("--num_shards", type=int, default=0,
+                       help="prediction files; 0 = one per --shard_size_mb of input (default 0)")
+    group.add_argument("--shard_size_mb", type=int, default=512,
+                       help="with --num_shards 0: MiB of input per prediction file (default 512)")
+    group.add_argument("--read_range_mb", type=float, default=64,
+                       help="plain TSV/JSONL files with an ID column and larger than this are read in byte "
+                            "ranges of this many MiB by different workers (default 64)")
+    group.add_argument("--decode_errors", default="strict", choices=["strict", "replace"],
+                       help="strict: reject rows with invalid UTF-8; replace: keep them with U+FFFD")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="where the model runs: auto = the worker's GPU when it has one (default auto)")
+    group.add_argument("--bf16", action="store_true", default=False, help="bfloat16 autocast")
+    group.add_argument("--fp16", action="store_true", default=False, help="float16 autocast (GPU only)")
+    group.add_argument("--large_model", action="store_true", default=False,
+                       help="one copy of the model per worker machine, shared by its processes (Beam's "
+                            "share_model_across_processes), for models too large for one copy per process")
+    group.add_argument("--overwrite", action="store_true", default=False,
+                       help="replace the predictions already in --output_dir")
+    return parser
+
+
+def _check_options(opts: argparse.Namespace) -> None:
+    for name in ("model_dir", "input_files", "output_dir"):
+        if not getattr(opts, name):
+            raise ValueError(f"--{name} is required")
+    if opts.batch_size < 1 or opts.num_shards < 0 or opts.shard_size_mb < 1 or not opts.read_range_mb > 0:
+        raise ValueError("--batch_size and --shard_size_mb must be >= 1, --num_shards >= 0 and --read_range_mb > 0")
+    if opts.bf16 and opts.fp16:
+        raise ValueError("choose one of --bf16 and --fp16")
+    if opts.fp16 and opts.device == "cpu":
+        raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
+
+
+def _previous_output(output_dir: str, overwrite: bool) -> list[str]:
+    """What an earlier prediction run left in ``output_dir`` (names), refused without ``--overwrite``."""
+    if not spanwise_io.exists(output_dir):
+        return []
+    names = spanwise_io.listdir(output_dir)
+    ours = [n for n in names if n == SUMMARY_NAME or n.startswith(PREDICTIONS_PREFIX + "-") or n == sinks.REJECTED_DIR]
+    if ours and not overwrite:
+        raise ValueError(f"{output_dir} already holds predictions ({', '.join(sorted(ours)[:3])}); "
+                         "choose another --output_dir or pass --overwrite")
+    return ours
+
+
+def _num_shards(opts: argparse.Namespace, plan: InputPlan) -> int:
+    if opts.num_shards:
+        return opts.num_shards
+    return max(1, math.ceil(plan.estimated_bytes(SPLIT) / (opts.shard_size_mb << 20)))
+
+
+def _parquet_schema(label_names: Sequence[str]) -> pa.Schema:
+    return pa.schema([
+        pa.field("id", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("probabilities", pa.struct([pa.field(name, pa.float64()) for name in label_names])),
+        pa.field("views", pa.int32()),
+    ], metadata={"spanwise": json.dumps({"label_names": list(label_names)})})
+
+
+class FinalizePredictFn(beam.DoFn):
+    """Runs once, after every write: check read = predicted + rejected, write ``summary.json``."""
+
+    def __init__(self, output_dir: str, base: Mapping[str, Any]):
+        self._output_dir = output_dir
+        self._base = dict(base)
+
+    def process(self, _: Any, predictions: Sequence[str], rejected_files: Sequence[dict], counts: Mapping,
+                tally: Tally) -> Any:
+        for info in rejected_files:
+            tally.rejected.update(info["by_reason"])
+        read = sum(c["lines"] - c["headers"] for c in counts.values())
+        summary = {**self._base, "read": read, **tally.summary()}
+        summary["files"] = {
+            "predictions": sorted(spanwise_io.join(self._output_dir, p.rsplit("/", 1)[-1]) for p in predictions),
+            "rejected": sorted(spanwise_io.join(self._output_dir, info["name"]) for info in rejected_files if info["rows"]),
+        }
+        if summary["documents"] + summary["rejected"] != read:
+            raise RuntimeError(
+                f"read {read} rows but predicted {summary['documents']} and rejected {summary['rejected']}: rows were lost"
+            )
+        spanwise_io.write_bytes(spanwise_io.join(self._output_dir, SUMMARY_NAME),
+                                json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+        yield summary
+
+
+def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: InputPlan, view: TrainedView,
+                   views: int | str, shards: int, base: Mapping[str, Any]) -> beam.PCollection:
+    """Add the prediction graph to ``pipeline``; return the PCollection holding the summary.
+
+    read task -> read and parse -> tokenize and build views (fused) -> RunInference ->
+    mean of each document's view logits (combined per document) -> sharded predictions;
+    rejected rows -> rejected/; counts and the confusion matrix -> summary.json.
+    """
+    read_range = max(1, int(opts.read_range_mb * (1 << 20)))
+    # a file without IDs is read by one task, so that its derived IDs (<file>:<line>) are its own line numbers
+    tasks = [task for file in plan.files[SPLIT]
+             for task in plan_tasks(file, read_range if file.layout.id is not None else 1 << 62)]
+    names = {file.index: file.name for file in plan.files[SPLIT]}
+    read = (
+        pipeline
+        | "ListTasks" >> beam.Create(tasks, reshuffle=False)
+        | "SpreadTasks" >> beam.Reshuffle()
+        | "Read" >> beam.ParDo(transforms.ReadTaskFn(opts.decode_errors)).with_outputs(
+            transforms.REJECTED, transforms.COUNTS, main="batches")
+    )
+    counts = read[transforms.COUNTS]
+    viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names)).with_outputs(
+        transforms.REJECTED, main="views")
+    handler = KeyedModelHandler(ViewModelHandler(opts.model_dir, opts.batch_size, opts.device, opts.bf16, opts.fp16,
+                                                 opts.large_model))
+    pooled = (
+        viewed.views
+        | "RunInference" >> RunInference(handler)
+        | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
+        | "PoolViews" >> beam.CombinePerKey(MeanLogitsFn())
+    )
+    records = pooled | "ToRecord" >> beam.Map(to_record, label_names=list(view.label_names))
+    prefix = spanwise_io.join(opts.output_dir, PREDICTIONS_PREFIX)
+    if opts.output_format == "parquet":
+        written = records | "WritePredictions" >> beam.io.WriteToParquet(
+            prefix, _parquet_schema(view.label_names), file_name_suffix=".parquet", num_shards=shards,
+            shard_name_template="-SSSSS-of-NNNNN")
+    else:
+        written = (
+            records
+            | "ToJson" >> beam.Map(lambda record: json.dumps(record, ensure_ascii=False))
+            | "WritePredictions" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", num_shards=shards,
+                                                        shard_name_template="-SSSSS-of-NNNNN")
+        )
+    tally = pooled | "Tally" >> beam.CombineGlobally(TallyFn(view.label_names))
+    rejected_files = (
+        (read[transforms.REJECTED], viewed[transforms.REJECTED])
+        | "AllRejected" >> beam.Flatten()
+        | "BatchRejected" >> beam.ParDo(sinks.BatchRejectionsFn({SPLIT: shards}))
+        | "GroupRejected" >> GroupTablesByKey(REJECTION_SCHEMA, None)
+        | "WriteRejected" >> beam.ParDo(sinks.WriteRejectedFn(opts.output_dir, ""), beam.pvalue.AsDict(counts))
+    )
+    return (
+        pipeline
+        | "FinalizeTrigger" >> beam.Create([None])
+        | "Finalize" >> beam.ParDo(
+            FinalizePredictFn(opts.output_dir, base),
+            predictions=beam.pvalue.AsList(written),
+            rejected_files=beam.pvalue.AsList(rejected_files),
+            counts=beam.pvalue.AsDict(counts),
+            tally=beam.pvalue.AsSingleton(tally),
+        )
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Check the options, model and inputs, run the job to its end; return the summary it wrote.
+
+    Raises:
+        ValueError: an option is missing or invalid, the model folder is not one of ours, or an
+            input file does not give the columns asked for (nothing has started).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts, beam_argv = build_parser().parse_known_args(argv)
+    _check_options(opts)
+    options = PipelineOptions(beam_argv)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = DEFAULT_RUNNER
+    runner = _runner_name(standard.runner)
+    view = TrainedView.read(opts.model_dir)
+    views = parse_views(opts.eval_views if opts.eval_views is not None else view.eval_views)
+    spec = ColumnSpec(opts.id_column, opts.label_column, opts.text_column, opts.text_b_column)
+    plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec)
+    previous = _previous_output(opts.output_dir, opts.overwrite)
+    for name in previous:
+        path = spanwise_io.join(opts.output_dir, name)
+        spanwise_io.remove_tree(path) if name == sinks.REJECTED_DIR else spanwise_io.remove(path)
+    spanwise_io.makedirs(opts.output_dir)
+    shards = _num_shards(opts, plan)
+    base = {
+        "model_dir": opts.model_dir,
+        "input_files": list(opts.input_files),
+        "output_dir": opts.output_dir,
+        "output_format": opts.output_format,
+        "eval_views": str(views),
+        "seq_len": {"name": view.seq_len_func, "params": list(view.seq_func_params),
+                    "max_seq_length": view.max_seq_length},
+        "label_names": list(view.label_names),
+        "runner": runner,
+        "derived_ids": plan.derived_ids(SPLIT),
+    }
+    _LOG.info("predicting %s with %s -> %s", ", ".join(opts.input_files), opts.model_dir, opts.output_dir)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, opts, plan, view, views, shards, base)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except BaseException as error:
+        if _interrupted(error):
+            raise KeyboardInterrupt from None
+        raise
+    return json.loads(spanwise_io.read_bytes(spanwise_io.join(opts.output_dir, SUMMARY_NAME)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        build_parser().print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_an_interrupt)
+    try:
+        summary = run(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the prediction job was stopped; summary.json was not written", file=sys.stderr)
+        return 130
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    shown = {k: summary[k] for k in ("read", "documents", "rejected", "rejected_by_reason", "accuracy", "macro_f1")
+             if k in summary}
+    print(json.dumps(shown))
+    print(f"wrote {spanwise_io.join(summary['output_dir'], SUMMARY_NAME)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""Classify raw documents with a trained model: the one prediction path.
+
+``trainer.predict --input_files``, the Beam batch-prediction pipeline (``beam_pipelines.predict``)
+and the Python API (``Classifier``) all turn a document into model inputs and scores here:
+
+1. ``DocumentViews.token_ids``: text -> token ids exactly as preprocessing stores them
+   (``tokenization.documents``: the ``--max_doc_chars`` cut, the ``--max_doc_tokens`` cap and a
+   preprocess-time sequence function, read from the model's record of its training data);
+2. ``DocumentViews.views``: token ids -> the views the model was trained to see, with the
+   deterministic draws of evaluation (``FeatureBuilder.eval_examples``: one view, K random draws
+   or consecutive chunks);
+3. ``score_views``: views -> logits, in length-sorted batches (little padding);
+4. ``pool_mean``: the mean of a document's view logits, as ``trainer.predict`` on shards does.
+
+What the model saw in training is recorded in its ``config.json`` under ``"spanwise"``
+(``TrainedView``), so that a model folder copied or pushed without ``run_config.json`` still
+predicts as it was trained; folders saved before that record are read from ``run_config.json``.
+
+Example::
+
+    from trainer.classifier import Classifier
+
+    classifier = Classifier.from_pretrained("out/model")
+    for p in classifier.predict(["a long text ...", "another ..."], views="chunks"):
+        print(p.label, p.probabilities)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+import spanwise_io
+from tokenization.documents import cap_tokens, tokenize_texts
+from tokenization.seq_len import SeqLenConfig, apply_seq_len, validate_seq_config
+from tokenization.tokenizer import load_tokenizer
+from trainer.features import EVAL_VIEWS_CHUNKS, Example, FeatureBuilder, SpecialTokenTemplate, collate
+from trainer.prediction_output import softmax
+
+__all__ = [
+    "CONFIG_KEY",
+    "DEFAULT_MAX_DOC_TOKENS",
+    "DEFAULT_MAX_DOC_CHARS",
+    "TrainedView",
+    "DocumentViews",
+    "Prediction",
+    "Classifier",
+    "parse_views",
+    "score_views",
+    "forward_batch",
+    "pool_mean",
+    "text_id",
+    "load_scoring_model",
+    "pick_device",
+    "autocast_dtype",
+]
+
+# The key of the training record in the model's config.json.
+CONFIG_KEY = "spanwise"
+# Preprocessing's defaults (beam_pipelines.preprocess), for a model without a record of its data.
+DEFAULT_MAX_DOC_TOKENS = 32768
+DEFAULT_MAX_DOC_CHARS = 1_000_000
+_RUN_CONFIG = "run_config.json"
+_PREPROCESS_MANIFEST = "preprocess_manifest.json"
+
+
+def parse_views(value: str | int) -> int | str:
+    """``--eval_views``: a positive int or ``"chunks"``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = str(value).strip()
+    if text == EVAL_VIEWS_CHUNKS:
+        return EVAL_VIEWS_CHUNKS
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(f"views must be a positive integer or 'chunks', got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainedView:
+    """What a model saw in training, which prediction must repeat.
+
+    Attributes:
+        label_names: the classes, in the order of the model's logits.
+        seq_len_func, seq_func_params, max_seq_length: the sequence-length function and budget.
+        seed: the seed of the deterministic evaluation draws.
+        eval_views: the views evaluation used (``"1"``, ``"K"`` or ``"chunks"``): prediction's default.
+        max_doc_tokens, max_doc_chars: preprocessing's caps on a text (its token ids are those
+            of the capped text).
+        preprocess_seq_len: a deterministic function applied at preprocessing time
+            (``{"name", "params", "max_seq_length"}``), or None.
+    """
+
+    label_names: tuple[str, ...]
+    seq_len_func: str
+    seq_func_params: tuple[int, ...]
+    max_seq_length: int
+    seed: int
+    eval_views: str = "1"
+    max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
+    max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
+    preprocess_seq_len: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["label_names"] = list(self.label_names)
+        out["seq_func_params"] = list(self.seq_func_params)
+        out["preprocess_seq_len"] = dict(self.preprocess_seq_len) if self.preprocess_seq_len else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainedView":
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        known["label_names"] = tuple(known.get("label_names", ()))
+        known["seq_func_params"] = tuple(int(p) for p in known.get("seq_func_params", ()))
+        return cls(**known)
+
+    @classmethod
+    def from_run(cls, run_config: Mapping[str, Any], manifest: Mapping[str, Any] | None) -> "TrainedView":
+        """The record of a trainer run (its ``run_config.json``) and the manifest of its data."""
+        args, seq = run_config["args"], run_config["seq_len"]
+        manifest = manifest or {}
+        pre = manifest.get("preprocess_seq_len")
+        return cls(
+            label_names=tuple(run_config["label_names"]),
+            seq_len_func=seq["name"],
+            seq_func_params=tuple(int(p) for p in seq["params"]),
+            max_seq_length=int(seq["max_seq_length"]),
+            seed=int(args["seed"]),
+            eval_views=str(args.get("eval_views", "1")),
+            max_doc_tokens=int(manifest.get("max_doc_tokens", DEFAULT_MAX_DOC_TOKENS)),
+            max_doc_chars=int(manifest.get("max_doc_chars", DEFAULT_MAX_DOC_CHARS)),
+            preprocess_seq_len={k: pre[k] for k in ("name", "params", "max_seq_length")} if pre else None,
+        )
+
+    @classmethod
+    def read(cls, model_dir: str) -> "TrainedView":
+        """From ``config.json``'s ``"spanwise"`` record; else from ``run_config.json`` (older models).
+
+        Raises:
+            ValueError: the folder has neither (not a model saved by ``trainer.task``).
+        """
+        config_path = spanwise_io.join(model_dir, "config.json")
+        if not spanwise_io.exists(config_path):
+            raise ValueError(f"{model_dir}: no config.json; give a model folder saved by trainer.task")
+        config = json.loads(spanwise_io.read_bytes(config_path))
+        if isinstance(config.get(CONFIG_KEY), dict):
+            return cls.from_dict(config[CONFIG_KEY])
+        run_path = spanwise_io.join(model_dir, _RUN_CONFIG)
+        if not spanwise_io.exists(run_path):
+            raise ValueError(
+                f"{model_dir}: its config.json has no {CONFIG_KEY!r} record and there is no {_RUN_CONFIG}, so the "
+                "sequence-length function it was trained with is unknown; give a model saved by trainer.task"
+            )
+        manifest_path = spanwise_io.join(model_dir, _PREPROCESS_MANIFEST)
+        manifest = json.loads(spanwise_io.read_bytes(manifest_path)) if spanwise_io.exists(manifest_path) else None
+        return cls.from_run(json.loads(spanwise_io.read_bytes(run_path)), manifest)
+
+
+def text_id(text_a: str, text_b: str = "") -> str:
+    """The ID of a text given without one: a hash of its content, so that a text always gets the
+    same random views whatever else it is predicted with."""
+    digest = hashlib.sha256(f"{text_a}\x00{text_b}".encode("utf-8")).hexdigest()[:16]
+    return f"text:{digest}"
+
+
+class DocumentViews:
+    """Raw text -> token ids (as preprocessing stores them) -> the model's views (as evaluation)."""
+
+    def __init__(self, tokenizer: Any, view: TrainedView) -> None:
+        self.tokenizer = tokenizer
+        self.view = view
+        self.seq_config: SeqLenConfig = validate_seq_config(
+            view.seq_len_func, list(view.seq_func_params), view.max_seq_length, tokenizer
+        )
+        pre = view.preprocess_seq_len
+        self.preprocess_seq: SeqLenConfig | None = (
+            validate_seq_config(pre["name"], list(pre["params"]), int(pre["max_seq_length"]), tokenizer) if pre else None
+        )
+        self.features = FeatureBuilder(self.seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), view.seed)
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    def token_ids(
+        self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None, batch_size: int = 64
+    ) -> Iterator[tuple[int, Sequence[int], Sequence[int]]]:
+        """``(index, TEXT_A ids, TEXT_B ids)`` per text, in order; TEXT_A ids may be empty (no tokens)."""
+        texts_b = texts_b if texts_b is not None else [""] * len(texts_a)
+        if len(texts_b) != len(texts_a):
+            raise ValueError(f"{len(texts_a)} texts but {len(texts_b)} second texts")
+        for index, a, b, _ in tokenize_texts(self.tokenizer, texts_a, texts_b, max_doc_chars=self.view.max_doc_chars,
+                                             batch_size=batch_size):
+            if not a:
+                yield index, [], []
+                continue
+            a, b = cap_tokens(a, self.view.max_doc_tokens), cap_tokens(b, self.view.max_doc_tokens)
+            if self.preprocess_seq is not None:
+                a, b = apply_seq_len(a, b, self.preprocess_seq, rng=None)
+            yield index, a, b
+
+    def views(self, doc_id: str, ids_a: Sequence[int], ids_b: Sequence[int], views: int | str) -> list[Example]:
+        """The model inputs of one document (label -1): 1, K random draws, or its chunks."""
+        return self.features.eval_examples(doc_id, -1, ids_a, ids_b, views)
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """``cuda`` when a GPU is present (or asked for), else ``cpu``.
+
+    Raises:
+        ValueError: ``cuda`` asked for on a machine without one.
+    """
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this machine has no GPU that torch can use")
+    return device
+
+
+def load_scoring_model(model_dir: str, device: torch.device) -> torch.nn.Module:
+    """The saved classifier in eval mode on ``device`` (``gs://`` folders are copied locally first)."""
+    from trainer.task import load_classifier  # (trainer.task imports this module's callers)
+
+    model = load_classifier(model_dir)
+    return model.to(device).eval()
+
+
+def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--bf16``/``--fp16``.
+
+    Raises:
+        ValueError: both given, or fp16 without a GPU.
+    """
+    if bf16 and fp16:
+        raise ValueError("choose one of --bf16 and --fp16")
+    if fp16 and device.type != "cuda":
+        raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
+
+
+@torch.no_grad()
+def score_views(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    *,
+    device: torch.device,
+    pad_token_id: int,
+    batch_size: int = 32,
+    autocast: torch.dtype | None = None,
+) -> np.ndarray:
+    """The logits (float32, ``[len(examples), labels]``) of each view, in the order given.
+
+    Views are sorted by length and cut into batches of ``batch_size``, so that a batch pads to a
+    length close to its own views'; the results are put back in the given order.
+    """
+    if not examples:
+        raise ValueError("no views to score")
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    parts = []
+    for start in range(0, len(order), batch_size):
+        picked = [examples[i] for i in order[start : start + batch_size]]
+        parts.append(forward_batch(model, picked, device=device, pad_token_id=pad_token_id, autocast=autocast))
+    out = np.empty((len(examples), parts[0].shape[1]), dtype=np.float32)
+    out[order] = np.concatenate(parts)
+    return out
+
+
+@torch.no_grad()
+def forward_batch(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    *,
+    device: torch.device,
+    pad_token_id: int,
+    autocast: torch.dtype | None = None,
+) -> np.ndarray:
+    """The logits of one batch of views (padded to its longest), on the host as float32."""
+    batch = collate(examples, pad_token_id)
+    inputs = {key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        logits = model(**inputs).logits
+    return logits.float().cpu().numpy()
+
+
+def pool_mean(logits: np.ndarray, owners: Sequence[int], documents: int) -> np.ndarray:
+    """The mean of each document's view logits (``owners[i]``: the document of view ``i``)."""
+    sums = np.zeros((documents, logits.shape[1]), dtype=np.float64)
+    np.add.at(sums, np.asarray(owners, dtype=np.int64), logits.astype(np.float64))
+    counts = np.bincount(np.asarray(owners, dtype=np.int64), minlength=documents).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError("a document has no view")
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One document's prediction: its label, each label's probability, and how many views were pooled."""
+
+    id: str
+    label: str
+    probabilities: dict[str, float] = field(repr=False)
+    views: int = 1
+
+
+class Classifier:
+    """A trained spanwise model, loaded once, that classifies raw texts as it was trained to see them.
+
+    ``predict`` tokenizes like preprocessing, applies the model's sequence-length function with
+    the deterministic draws of evaluation, scores every view and averages a document's logits:
+    the same path as ``trainer.predict --input_files`` and ``beam_pipelines.predict``.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, view: TrainedView, *, device: torch.device,
+                 autocast: torch.dtype | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.view = view
+        self.documents = DocumentViews(tokenizer, view)
+        self.device = device
+        self.autocast = autocast
+        num_labels = int(getattr(model.config, "num_labels", len(view.label_names)))
+        if num_labels != len(view.label_names):
+            raise ValueError(f"the model has {num_labels} outputs but its record names {len(view.label_names)} labels")
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str, *, device: str | None = None, bf16: bool = False,
+                        fp16: bool = False) -> "Classifier":
+        """Load a model folder saved by ``trainer.task`` (local or ``gs://``).
+
+        Args:
+            model_dir: the folder (its config.json, weights, tokenizer and training record).
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: a GPU when there is one.
+            bf16, fp16: autocast the forward passes.
+        """
+        local = spanwise_io.copy_dir_to_local(model_dir) if spanwise_io.is_remote(model_dir) else model_dir
+        if not os.path.isdir(local):
+            raise ValueError(f"{model_dir}: not a folder; give a model folder saved by trainer.task")
+        view = TrainedView.read(local)
+        torch_device = pick_device(device)
+        dtype = autocast_dtype(bf16, fp16, torch_device)
+        return cls(load_scoring_model(local, torch_device), load_tokenizer(local), view, device=torch_device,
+                   autocast=dtype)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.view.label_names)
+
+    def predict(
+        self,
+        texts: Sequence[str],
+        texts_b: Sequence[str] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        views: int | str | None = None,
+        batch_size: int = 32,
+    ) -> list[Prediction]:
+        """One prediction per text.
+
+        Args:
+            texts: the documents (TEXT_A).
+            texts_b: optional second texts (sentence pairs), one per text.
+            ids: the documents' IDs: random views are drawn per ID, so the IDs of a corpus give
+                the very predictions of ``trainer.predict`` and the Beam pipeline; default: a
+                hash of each text (``text_id``).
+            views: 1, K or ``"chunks"``; default: what the model was evaluated with in training.
+            batch_size: views per forward pass.
+
+        Raises:
+            ValueError: a text gives no tokens, or the arguments do not fit together.
+        """
+        if isinstance(texts, str):
+            raise ValueError("predict takes a list of texts; wrap a single text in a list")
+        logits, counts = self.predict_logits(texts, texts_b, ids=ids, views=views, batch_size=batch_size)
+        probabilities = softmax(logits) if len(texts) else np.zeros((0, len(self.view.label_names)))
+        names = self.view.label_names
+        doc_ids = self._ids(texts, texts_b, ids)
+        return [
+            Prediction(doc_ids[i], names[int(np.argmax(row))], {n: float(p) for n, p in zip(names, row)}, int(counts[i]))
+            for i, row in enumerate(probabilities)
+        ]
+
+    def predict_logits(
+        self,
+        texts: Sequence[str],
+        texts_b: Sequence[str] | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        views: int | str | None = None,
+        batch_size: int = 32,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pooled logits ``[len(texts), labels]`` and the number of views of each text."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chosen = parse_views(views if views is not None else self.view.eval_views)
+        doc_ids = self._ids(texts, texts_b, ids)
+        examples: list[Example] = []
+        owners: list[int] = []
+        for index, ids_a, ids_b in self.documents.token_ids(list(texts), None if texts_b is None else list(texts_b)):
+            if not len(ids_a):
+                raise ValueError(f"text {index} ({texts[index][:40]!r}) gives no tokens with this model's tokenizer")
+            for example in self.documents.views(doc_ids[index], ids_a, ids_b, chosen):
+                examples.append(example)
+                owners.append(index)
+        if not examples:
+            return np.zeros((0, len(self.view.label_names)), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        logits = score_views(self.model, examples, device=self.device, pad_token_id=self.documents.pad_token_id,
+                             batch_size=batch_size, autocast=self.autocast)
+        return pool_mean(logits, owners, len(texts)), np.bincount(owners, minlength=len(texts))
+
+    @staticmethod
+    def _ids(texts: Sequence[str], texts_b: Sequence[str] | None, ids: Sequence[str] | None) -> list[str]:
+        if ids is None:
+            return [text_id(text, texts_b[i] if texts_b is not None else "") for i, text in enumerate(texts)]
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+        return [str(i) for i in ids]
