@@ -32,12 +32,13 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
 from beam_pipelines.inference import MeanLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
 from beam_pipelines.inputs import InputPlan, plan_inputs
-from beam_pipelines.preprocess import DEFAULT_RUNNER, _interrupted, _not_an_interrupt, _runner_name
+from beam_pipelines.preprocess import DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _interrupted, _not_an_interrupt, _runner_name
 from beam_pipelines.readers import FORMATS, plan_tasks
 from beam_pipelines.records import REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
@@ -277,11 +278,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     build_pipeline(pipeline, opts, plan, view, views, shards, base)
     try:
         result = pipeline.run()
-        result.wait_until_finish()
+        job_id = result.job_id() if callable(getattr(result, "job_id", None)) and runner.lower() not in LOCAL_RUNNERS else None
+        if standard.no_wait_until_finish and job_id:
+            return {**base, "job_id": job_id, "state": str(result.state)}
+        state = result.wait_until_finish()
     except BaseException as error:
         if _interrupted(error):
             raise KeyboardInterrupt from None
         raise
+    if state is not None and state != PipelineState.DONE:
+        raise JobFailedError(f"prediction job {job_id or ''} ended in state {state}; see its logs")
     return json.loads(spanwise_io.read_bytes(spanwise_io.join(opts.output_dir, SUMMARY_NAME)))
 
 
@@ -296,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.addFilter(_not_an_interrupt)
     try:
         summary = run(argv)
+        if "job_id" in summary:
+            print(f"submitted prediction job {summary['job_id']} (state {summary['state']}); not waiting for it. "
+                  f"When it is done, its summary is {spanwise_io.join(summary['output_dir'], SUMMARY_NAME)}")
+            return 0
+    except JobFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: the prediction job was stopped; summary.json was not written", file=sys.stderr)
         return 130
