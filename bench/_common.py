@@ -23,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -210,3 +211,46 @@ def spread_float(values: Sequence[float]) -> str:
     if not values:
         return "-"
     return f"{median(values):,.1f} [{min(values):,.1f}-{max(values):,.1f}]"
+
+
+class TreeMemory(threading.Thread):
+    """Samples the summed RSS and PSS of a process and all its descendants every ``interval`` s."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self._pid, self._interval = pid, interval
+        self.peak_rss = self.peak_pss = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self._pid)
+        except psutil.Error:
+            return
+        ticks = 0
+        while not self._done.is_set():
+            rss = pss = 0
+            try:
+                processes = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                break
+            full = ticks % 10 == 0  # PSS (reading smaps) once a second, RSS ten times
+            for process in processes:
+                try:
+                    if full:
+                        info = process.memory_full_info()
+                        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+                    else:
+                        rss += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            self.peak_pss = max(self.peak_pss, pss) if full else self.peak_pss
+            ticks += 1
+            self._done.wait(self._interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()

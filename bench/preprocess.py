@@ -54,13 +54,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, child_env, log, machine, median, minilm_dir, write_json  # noqa: E402
+from _common import REPO_ROOT, TreeMemory, child_env, log, machine, median, minilm_dir, write_json  # noqa: E402
 
 __all__ = ["main"]
 
@@ -210,49 +209,6 @@ def _side_pipeline(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- measuring a side (parent)
 
 
-class _TreeMemory(threading.Thread):
-    """Samples the summed RSS and PSS of a process and all its descendants every ``interval`` s."""
-
-    def __init__(self, pid: int, interval: float = 0.1):
-        super().__init__(daemon=True)
-        self._pid, self._interval = pid, interval
-        self.peak_rss = self.peak_pss = 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self._pid)
-        except psutil.Error:
-            return
-        ticks = 0
-        while not self._done.is_set():
-            rss = pss = 0
-            try:
-                processes = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                break
-            full = ticks % 10 == 0  # PSS (reading smaps) once a second, RSS ten times
-            for process in processes:
-                try:
-                    if full:
-                        info = process.memory_full_info()
-                        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
-                    else:
-                        rss += process.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_rss = max(self.peak_rss, rss)
-            self.peak_pss = max(self.peak_pss, pss) if full else self.peak_pss
-            ticks += 1
-            self._done.wait(self._interval)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
 def _measure(side: str, args: argparse.Namespace, corpus_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Run one side in a child; wall time, tree CPU time (wait4) and tree memory."""
     if out_dir.exists():
@@ -273,7 +229,7 @@ def _measure(side: str, args: argparse.Namespace, corpus_dir: Path, out_dir: Pat
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = _TreeMemory(child.pid)
+    sampler = TreeMemory(child.pid)
     sampler.start()
     stdout, stderr = child.communicate()
     wall = time.perf_counter() - started

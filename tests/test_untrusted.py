@@ -124,8 +124,8 @@ def _call_name(node: ast.Call) -> str:
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
+    # a method of an expression (``model.to(d).eval()``) is not a module-level function
+    parts.append(func.id if isinstance(func, ast.Name) else "<expression>")
     return ".".join(reversed(parts))
 
 
@@ -164,6 +164,7 @@ def test_the_scanner_finds_what_it_looks_for():
         "AutoModel.from_pretrained(p, trust_remote_code=True)\n"
         "AutoModel.from_pretrained(p, trust_remote_code=flag)\n"
         "eval('1')\n"
+        "model.to(device).eval()\n"
     )
     assert unsafe_calls(source) == [
         "pickle.loads (line 2)",

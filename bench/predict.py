@@ -1,0 +1,235 @@
+"""Prediction on raw documents: our three ways against ``transformers.pipeline``, side by side.
+
+    python bench/predict.py [--corpus 20newsgroups|bbc] [--docs 2000] [--views 1 chunks] \\
+        [--sides beam raw api hf_pipeline] [--device cpu|cuda] [--work_dir DIR] [--json FILE]
+
+On the same documents (``--docs`` rows spread evenly over the corpus's test split, written as
+one TSV) and one trained model (the bundled MiniLM, 30 steps of ``head`` at max_seq_length 128,
+made once in the work folder, or ``--model DIR``), each side runs in its own process:
+
+* ``beam``: ``python -m beam_pipelines.predict`` (Beam's FnApiRunner, RunInference);
+* ``raw``: ``python -m trainer.predict --input_files``;
+* ``api``: ``Classifier.from_pretrained(...).predict(texts, ids=...)``;
+* ``hf_pipeline``: ``transformers.pipeline("text-classification", model)`` called with
+  ``truncation=True, max_length=<the model's max_seq_length>`` (what a user would write; it sees
+  the first tokens, the same view as ``head``), ``batch_size`` as ours.
+
+Printed per side and views: documents/s (wall, process start and model load included), CPU
+seconds of the process tree, peak RSS (and PSS) of the tree, the ratio to ``hf_pipeline``'s
+documents/s, and how many labels agree with ``api``'s. Also what ``transformers.pipeline`` does
+with a text longer than the model's positions when called without ``truncation``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, TreeMemory, child_env, ensure_corpus, log, machine, minilm_dir, write_json  # noqa: E402
+
+SIDES = ("beam", "raw", "api", "hf_pipeline")
+MAX_SEQ = 128
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python bench/predict.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="20newsgroups", choices=["20newsgroups", "bbc"])
+    parser.add_argument("--docs", type=int, default=2000, help="documents to predict (default 2000)")
+    parser.add_argument("--views", nargs="+", default=["1", "chunks"], help="views of our sides (default 1 chunks)")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch_size", type=int, default=32, help="views per forward pass, every side (default 32)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every side (default 2: the cores here)")
+    parser.add_argument("--model", default=None, help="a model saved by trainer.task (default: train one, once)")
+    parser.add_argument("--work_dir", default="/tmp/spanwise-bench", help="corpora, model and outputs")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # internal: one side in this process
+    parser.add_argument("--docs_file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--view", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- set-up (parent)
+
+
+def _documents(work: Path, corpus: str, count: int) -> Path:
+    """``count`` rows spread evenly over the test split (it is sorted by label), as one TSV with a header."""
+    tsv_dir, _ = ensure_corpus(work, corpus)
+    target = work / f"{corpus}-predict-{count}.tsv"
+    if target.exists():
+        return target
+    lines = (tsv_dir / "test.tsv").read_text(encoding="utf-8").splitlines()
+    header, rows = (lines[0], lines[1:]) if lines[0].startswith("id\t") else ("id\talpha\tlabel\ttext_a", lines)
+    step = max(1, len(rows) // count)
+    picked = rows[::step][:count]
+    target.write_text("\n".join([header, *picked]) + "\n", encoding="utf-8")
+    return target
+
+
+def _model(work: Path, corpus: str, device: str) -> str:
+    """MiniLM with a head trained 30 steps on ``head`` 128 (enough to give real labels; made once)."""
+    directory = work / f"{corpus}-predict-model"
+    if (directory / "config.json").exists():
+        return str(directory)
+    _, prep_dir = ensure_corpus(work, corpus)
+    log(f"training the benchmark's model into {directory} (once)")
+    command = [sys.executable, "-m", "trainer.task", "--data_dir", str(prep_dir), "--model_name", minilm_dir(),
+               "--task_name", corpus,
+               "--output_dir", str(directory), "--max_seq_length", str(MAX_SEQ), "--seq_len_func", "head",
+               "--max_steps", "30", "--per_device_train_batch_size", "16", "--learning_rate", "5e-4",
+               "--max_eval_samples", "64", "--disable_tqdm", *(["--use_cpu"] if device == "cpu" else [])]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=child_env(2), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"training failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return str(directory)
+
+
+# --------------------------------------------------------------------------- one side (child)
+
+
+def _texts(path: str) -> tuple[list[str], list[str]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return [row["id"] for row in rows], [row["text_a"] for row in rows]
+
+
+def _child(args: argparse.Namespace) -> int:
+    """Run one side here; print ``{"labels": {id: label}, ...}`` as the last line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    labels: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if args.side == "api":
+        from trainer.classifier import Classifier
+
+        ids, texts = _texts(args.docs_file)
+        classifier = Classifier.from_pretrained(args.model, device=args.device)
+        predictions = classifier.predict(texts, ids=ids, views=args.view, batch_size=args.batch_size)
+        labels = {p.id: p.label for p in predictions}
+        extra["views_scored"] = sum(p.views for p in predictions)
+    elif args.side == "hf_pipeline":
+        from transformers import pipeline
+
+        ids, texts = _texts(args.docs_file)
+        classify = pipeline("text-classification", model=args.model, device=0 if args.device == "cuda" else -1)
+        try:
+            classify([" ".join(texts[:50])])  # longer than the model's positions
+            extra["without_truncation"] = "ok"
+        except Exception as error:  # noqa: BLE001 - what the user gets is the point
+            extra["without_truncation"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        outputs = classify(texts, truncation=True, max_length=MAX_SEQ, batch_size=args.batch_size)
+        labels = {doc_id: out["label"] for doc_id, out in zip(ids, outputs)}
+    elif args.side == "raw":
+        from trainer.predict import predict
+
+        out = Path(args.out) / "predictions.jsonl"
+        summary = predict(["--model_dir", args.model, "--input_files", args.docs_file, "--output", str(out),
+                           "--eval_views", args.view, "--batch_size", str(args.batch_size),
+                           *(["--use_cpu"] if args.device == "cpu" else [])])
+        labels = {row["id"]: row["label"] for row in map(json.loads, out.read_text().splitlines())}
+        extra["views_scored"] = summary["views"]
+    elif args.side == "beam":
+        from beam_pipelines import predict as beam_predict
+
+        out = Path(args.out) / "beam"
+        summary = beam_predict.run(["--model_dir", args.model, "--input_files", args.docs_file, "--output_dir", str(out),
+                                    "--eval_views", args.view, "--batch_size", str(args.batch_size),
+                                    "--device", args.device])
+        for name in sorted(os.listdir(out)):
+            if name.startswith("predictions-"):
+                labels.update({row["id"]: row["label"] for row in map(json.loads, (out / name).read_text().splitlines())})
+        extra["views_scored"] = summary["views"]
+    print(json.dumps({"labels": labels, **extra}))
+    return 0
+
+
+# --------------------------------------------------------------------------- measuring (parent)
+
+
+def _measure(args: argparse.Namespace, side: str, view: str, docs_file: Path, model: str, out: Path) -> dict[str, Any]:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--view", view, "--docs_file", str(docs_file),
+               "--model", model, "--out", str(out), "--device", args.device, "--batch_size", str(args.batch_size),
+               "--threads", str(args.threads)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(args.threads), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    sampler = TreeMemory(child.pid)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - started
+    sampler.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if child.returncode != 0 or not lines:
+        raise RuntimeError(f"side {side} failed (exit {child.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    result = json.loads(lines[-1])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    documents = len(result["labels"])
+    result.update(side=side, views=view if side != "hf_pipeline" else "first tokens", documents=documents,
+                  wall_s=round(wall, 2), tree_cpu_s=round(cpu, 2), docs_per_s=round(documents / wall, 2),
+                  peak_rss_mib=round(sampler.peak_rss / 2**20), peak_pss_mib=round(sampler.peak_pss / 2**20))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.side:
+        return _child(args)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    docs_file = _documents(work, args.corpus, args.docs)
+    model = args.model or _model(work, args.corpus, args.device)
+    results: list[dict[str, Any]] = []
+    if "hf_pipeline" in args.sides:
+        log("side hf_pipeline")
+        results.append(_measure(args, "hf_pipeline", "1", docs_file, model, work / "predict-out" / "hf"))
+    for view in args.views:
+        for side in [s for s in args.sides if s != "hf_pipeline"]:
+            if side == "beam" and importlib.util.find_spec("apache_beam") is None:
+                log("side beam skipped: apache_beam is not installed here")
+                continue
+            log(f"side {side}, views {view}")
+            results.append(_measure(args, side, view, docs_file, model, work / "predict-out" / f"{side}-{view}"))
+    anchor = next((r for r in results if r["side"] == "hf_pipeline"), None)
+    api = {r["views"]: r["labels"] for r in results if r["side"] == "api"}
+    print(f"\n{args.docs} documents of {args.corpus} (test split), model {model}, device {args.device}, "
+          f"batch {args.batch_size}, {args.threads} threads")
+    if args.device == "cuda":
+        import torch
+
+        print(f"GPU: {torch.cuda.get_device_name(0)}")
+    print(f"{'side':<12} {'views':<13} {'docs/s':>8} {'x hf':>6} {'CPU s':>7} {'RSS MiB':>8} {'PSS MiB':>8} "
+          f"{'views':>7} {'= api':>6}")
+    for r in results:
+        reference = api.get(r["views"]) or api.get("1")
+        agree = (sum(r["labels"].get(k) == v for k, v in reference.items()) / len(reference)) if reference else float("nan")
+        ratio = r["docs_per_s"] / anchor["docs_per_s"] if anchor else float("nan")
+        print(f"{r['side']:<12} {r['views']:<13} {r['docs_per_s']:>8.1f} {ratio:>6.2f} {r['tree_cpu_s']:>7.1f} "
+              f"{r['peak_rss_mib']:>8} {r['peak_pss_mib']:>8} {r.get('views_scored', r['documents']):>7} {agree:>6.3f}")
+    if anchor:
+        print(f"transformers.pipeline on a text longer than the model's positions, without truncation: "
+              f"{anchor.get('without_truncation')}")
+    write_json(args.json, {"machine": machine(), "corpus": args.corpus, "docs": args.docs, "device": args.device,
+                           "results": [{k: v for k, v in r.items() if k != "labels"} for r in results]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
