@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds an image of the Dockerfile (--target trainer, the default, or dataflow-worker) and pushes
-# it to Artifact Registry as
+# Builds an image of the Dockerfile (--target trainer, the default, dataflow-worker or
+# predict-worker) and pushes it to Artifact Registry as
 #   REGION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE:TAG
 # creating the Docker repository first if it does not exist. Prints the image URI last, on
 # stdout, so that IMAGE_URI=$(bin/register-image.sh --project P | tail -n1) works.
@@ -19,15 +19,17 @@ Usage: bin/register-image.sh --project PROJECT [options]
   --project PROJECT        Google Cloud project (required)
   --region REGION          Artifact Registry location (default: us-central1)
   --repository NAME        Docker repository in Artifact Registry (default: spanwise)
-  --target STAGE           trainer (Vertex AI training, the default) or dataflow-worker (the
+  --target STAGE           trainer (Vertex AI training, the default), dataflow-worker (the
                            custom SDK container for bin/submit-dataflow.sh --sdk_container_image)
+                           or predict-worker (that container plus CUDA PyTorch, for
+                           bin/submit-predict.sh --sdk_container_image)
   --image NAME             image name (default: spanwise-STAGE, e.g. spanwise-trainer)
   --tag TAG                image tag (default: the git commit, short, plus -dirty when the
                            work tree has uncommitted changes)
   --base_image IMAGE       build on another base image: for trainer a CUDA PyTorch image (the
                            Dockerfile's TORCH_IMAGE; its torch must be requirements.txt's), for
-                           dataflow-worker a Beam SDK image (BEAM_SDK_IMAGE; its Beam must be
-                           requirements.txt's)
+                           dataflow-worker and predict-worker a Beam SDK image (BEAM_SDK_IMAGE;
+                           its Beam must be requirements.txt's)
   --dry-run                print the commands, run nothing
   -h, --help               this text
 
@@ -72,8 +74,8 @@ done
 [[ "$repository" =~ ^[a-z]([a-z0-9-]*[a-z0-9])?$ ]] || die "invalid repository name: $repository"
 case "$target" in
   trainer) base_arg=TORCH_IMAGE ;;
-  dataflow-worker) base_arg=BEAM_SDK_IMAGE ;;
-  *) die "--target is trainer or dataflow-worker, got $target" ;;
+  dataflow-worker | predict-worker) base_arg=BEAM_SDK_IMAGE ;;
+  *) die "--target is trainer, dataflow-worker or predict-worker, got $target" ;;
 esac
 image=${image:-spanwise-$target}
 [[ "$image" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "invalid image name: $image"

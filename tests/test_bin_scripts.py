@@ -18,7 +18,7 @@ SCRIPTS = sorted(path.name for path in BIN.glob("*.sh") if not path.name.startsw
 
 
 def test_every_script_is_covered():
-    assert SCRIPTS == ["demo.sh", "register-image.sh", "run_local.sh", "setup-env.sh", "submit-dataflow.sh",
+    assert SCRIPTS == ["demo.sh", "register-image.sh", "run_local.sh", "setup-env.sh", "submit-dataflow.sh", "submit-predict.sh",
                        "submit-vertex.sh", "test.sh"]
 
 

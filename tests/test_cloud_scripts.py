@@ -438,7 +438,7 @@ def test_register_image_tags_with_the_git_commit_by_default():
     (["--project", "My Project"], "invalid project id"),
     (["--project", "my-proj", "--tag", "latest"], "refusing the tag 'latest'"),
     (["--project", "my-proj", "--regoin", "us-east1"], "unknown argument: --regoin"),
-    (["--project", "my-proj", "--target", "worker"], "--target is trainer or dataflow-worker"),
+    (["--project", "my-proj", "--target", "worker"], "--target is trainer, dataflow-worker or predict-worker"),
 ])
 def test_register_image_refuses_clearly(args, message, fake_tools):
     proc = run_script("register-image.sh", *args, "--dry-run", env=fake_tools["env"])
