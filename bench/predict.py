@@ -52,6 +52,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32, help="views per forward pass, every side (default 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every side (default 2: the cores here)")
     parser.add_argument("--model", default=None, help="a model saved by trainer.task (default: train one, once)")
+    parser.add_argument("--random_model", default=None, choices=["minilm", "bert-base"],
+                        help="instead: a randomly initialised classifier of this shape with a head-view record "
+                             "(where the trained weights cannot travel: the GPU machine); throughput does not depend "
+                             "on the weights' values")
+    parser.add_argument("--tokenizer_dir", default=None, help="with --random_model: the tokenizer (default: MiniLM's)")
+    parser.add_argument("--docs_tsv", default=None, help="predict these documents (a TSV with a header: id, label, text_a)"
+                                                          " instead of the corpus's test split")
+    parser.add_argument("--max_seq_length", type=int, default=MAX_SEQ, help=f"of the model (default {MAX_SEQ})")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16: autocast on our sides, bf16 weights in the pipeline")
     parser.add_argument("--work_dir", default="/tmp/spanwise-bench", help="corpora, model and outputs")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--side", default=None, help=argparse.SUPPRESS)  # internal: one side in this process
@@ -76,6 +85,28 @@ def _documents(work: Path, corpus: str, count: int) -> Path:
     picked = rows[::step][:count]
     target.write_text("\n".join([header, *picked]) + "\n", encoding="utf-8")
     return target
+
+
+def _random_model(work: Path, shape: str, tokenizer_dir: str, docs: Path, max_seq: int) -> str:
+    """A randomly initialised BERT classifier of ``shape`` whose record says ``head`` at ``max_seq``."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from trainer.classifier import CONFIG_KEY, TrainedView
+
+    directory = work / f"random-{shape}-{max_seq}"
+    labels = sorted({row.split("\t")[2] for row in docs.read_text(encoding="utf-8").splitlines()[1:]})
+    sizes = {"minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+             "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}, **sizes[shape])
+    setattr(config, CONFIG_KEY, TrainedView(tuple(labels), "head", (), max_seq, 42).to_dict())
+    BertForSequenceClassification(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(tokenizer_dir, name)):
+            shutil.copy(os.path.join(tokenizer_dir, name), directory / name)
+    return str(directory)
 
 
 def _model(work: Path, corpus: str, device: str) -> str:
@@ -116,7 +147,7 @@ def _child(args: argparse.Namespace) -> int:
         from trainer.classifier import Classifier
 
         ids, texts = _texts(args.docs_file)
-        classifier = Classifier.from_pretrained(args.model, device=args.device)
+        classifier = Classifier.from_pretrained(args.model, device=args.device, bf16=args.bf16)
         predictions = classifier.predict(texts, ids=ids, views=args.view, batch_size=args.batch_size)
         labels = {p.id: p.label for p in predictions}
         extra["views_scored"] = sum(p.views for p in predictions)
@@ -124,13 +155,14 @@ def _child(args: argparse.Namespace) -> int:
         from transformers import pipeline
 
         ids, texts = _texts(args.docs_file)
-        classify = pipeline("text-classification", model=args.model, device=0 if args.device == "cuda" else -1)
+        classify = pipeline("text-classification", model=args.model, device=0 if args.device == "cuda" else -1,
+                            dtype=torch.bfloat16 if args.bf16 else None)
         try:
             classify([" ".join(texts[:50])])  # longer than the model's positions
             extra["without_truncation"] = "ok"
         except Exception as error:  # noqa: BLE001 - what the user gets is the point
             extra["without_truncation"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
-        outputs = classify(texts, truncation=True, max_length=MAX_SEQ, batch_size=args.batch_size)
+        outputs = classify(texts, truncation=True, max_length=args.max_seq_length, batch_size=args.batch_size)
         labels = {doc_id: out["label"] for doc_id, out in zip(ids, outputs)}
     elif args.side == "raw":
         from trainer.predict import predict
@@ -138,7 +170,7 @@ def _child(args: argparse.Namespace) -> int:
         out = Path(args.out) / "predictions.jsonl"
         summary = predict(["--model_dir", args.model, "--input_files", args.docs_file, "--output", str(out),
                            "--eval_views", args.view, "--batch_size", str(args.batch_size),
-                           *(["--use_cpu"] if args.device == "cpu" else [])])
+                           *(["--use_cpu"] if args.device == "cpu" else []), *(["--bf16"] if args.bf16 else [])])
         labels = {row["id"]: row["label"] for row in map(json.loads, out.read_text().splitlines())}
         extra["views_scored"] = summary["views"]
     elif args.side == "beam":
@@ -147,7 +179,7 @@ def _child(args: argparse.Namespace) -> int:
         out = Path(args.out) / "beam"
         summary = beam_predict.run(["--model_dir", args.model, "--input_files", args.docs_file, "--output_dir", str(out),
                                     "--eval_views", args.view, "--batch_size", str(args.batch_size),
-                                    "--device", args.device])
+                                    "--device", args.device, *(["--bf16"] if args.bf16 else [])])
         for name in sorted(os.listdir(out)):
             if name.startswith("predictions-"):
                 labels.update({row["id"]: row["label"] for row in map(json.loads, (out / name).read_text().splitlines())})
@@ -165,7 +197,8 @@ def _measure(args: argparse.Namespace, side: str, view: str, docs_file: Path, mo
     out.mkdir(parents=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--view", view, "--docs_file", str(docs_file),
                "--model", model, "--out", str(out), "--device", args.device, "--batch_size", str(args.batch_size),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--max_seq_length", str(args.max_seq_length),
+               *(["--bf16"] if args.bf16 else [])]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(args.threads), stdout=subprocess.PIPE,
@@ -194,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _child(args)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    docs_file = _documents(work, args.corpus, args.docs)
-    model = args.model or _model(work, args.corpus, args.device)
+    docs_file = Path(args.docs_tsv) if args.docs_tsv else _documents(work, args.corpus, args.docs)
+    if args.random_model:
+        model = _random_model(work, args.random_model, args.tokenizer_dir or minilm_dir(), docs_file, args.max_seq_length)
+    else:
+        model = args.model or _model(work, args.corpus, args.device)
     results: list[dict[str, Any]] = []
     if "hf_pipeline" in args.sides:
         log("side hf_pipeline")
@@ -209,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(_measure(args, side, view, docs_file, model, work / "predict-out" / f"{side}-{view}"))
     anchor = next((r for r in results if r["side"] == "hf_pipeline"), None)
     api = {r["views"]: r["labels"] for r in results if r["side"] == "api"}
-    print(f"\n{args.docs} documents of {args.corpus} (test split), model {model}, device {args.device}, "
-          f"batch {args.batch_size}, {args.threads} threads")
+    print(f"\n{len(results[0]['labels']) if results else 0} documents ({docs_file.name}), model {model}, device {args.device}, "
+          f"batch {args.batch_size}, {args.threads} threads, max_seq_length {args.max_seq_length}, bf16 {args.bf16}")
     if args.device == "cuda":
         import torch
 

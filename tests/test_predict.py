@@ -244,3 +244,19 @@ def test_the_readme_snippets_run(models, capsys):
         exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(line.split()[0] in LABELS and line.split()[2] == "1" for line in lines)
+
+
+def test_the_api_scores_in_bounded_chunks(models, prep, monkeypatch):  # noqa: F811
+    """Chunks of 4 texts give the predictions of one chunk for all (views of every size)."""
+    from trainer import classifier as classifier_module
+
+    rows = prep["rows"]["test"]
+    classifier = classifier_module.Classifier.from_pretrained(models["rs"], device="cpu")
+    texts, ids = [row[3] for row in rows], [row[0] for row in rows]
+    whole, whole_counts = classifier.predict_logits(texts, ids=ids, views="4")
+    monkeypatch.setattr(classifier_module, "DOCS_PER_CHUNK", 4)
+    chunked, chunked_counts = classifier.predict_logits(texts, ids=ids, views="4")
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    assert chunked_counts.tolist() == whole_counts.tolist() and max(whole_counts) == 4
+    with pytest.raises(ValueError, match="2 texts but 1 second texts"):
+        classifier.predict(["ball", "bread"], ["x"])

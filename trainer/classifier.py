@@ -47,6 +47,7 @@ __all__ = [
     "CONFIG_KEY",
     "DEFAULT_MAX_DOC_TOKENS",
     "DEFAULT_MAX_DOC_CHARS",
+    "DOCS_PER_CHUNK",
     "TrainedView",
     "DocumentViews",
     "Prediction",
@@ -66,6 +67,8 @@ CONFIG_KEY = "spanwise"
 # Preprocessing's defaults (beam_pipelines.preprocess), for a model without a record of its data.
 DEFAULT_MAX_DOC_TOKENS = 32768
 DEFAULT_MAX_DOC_CHARS = 1_000_000
+# Texts the Python API tokenizes and scores at a time (bounds its memory; trainer.predict's chunks are as large).
+DOCS_PER_CHUNK = 512
 _RUN_CONFIG = "run_config.json"
 _PREPROCESS_MANIFEST = "preprocess_manifest.json"
 
@@ -395,24 +398,36 @@ class Classifier:
         views: int | str | None = None,
         batch_size: int = 32,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The pooled logits ``[len(texts), labels]`` and the number of views of each text."""
+        """The pooled logits ``[len(texts), labels]`` and the number of views of each text.
+
+        Texts are tokenized and scored ``DOCS_PER_CHUNK`` at a time, so that memory holds one
+        chunk's token ids and views, whatever the number of texts.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if texts_b is not None and len(texts_b) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(texts_b)} second texts")
         chosen = parse_views(views if views is not None else self.view.eval_views)
         doc_ids = self._ids(texts, texts_b, ids)
-        examples: list[Example] = []
-        owners: list[int] = []
-        for index, ids_a, ids_b in self.documents.token_ids(list(texts), None if texts_b is None else list(texts_b)):
-            if not len(ids_a):
-                raise ValueError(f"text {index} ({texts[index][:40]!r}) gives no tokens with this model's tokenizer")
-            for example in self.documents.views(doc_ids[index], ids_a, ids_b, chosen):
-                examples.append(example)
-                owners.append(index)
-        if not examples:
-            return np.zeros((0, len(self.view.label_names)), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        logits = score_views(self.model, examples, device=self.device, pad_token_id=self.documents.pad_token_id,
-                             batch_size=batch_size, autocast=self.autocast)
-        return pool_mean(logits, owners, len(texts)), np.bincount(owners, minlength=len(texts))
+        logits = np.zeros((len(texts), len(self.view.label_names)), dtype=np.float32)
+        counts = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), DOCS_PER_CHUNK):
+            end = min(start + DOCS_PER_CHUNK, len(texts))
+            examples: list[Example] = []
+            owners: list[int] = []
+            chunk_b = None if texts_b is None else list(texts_b[start:end])
+            for index, ids_a, ids_b in self.documents.token_ids(list(texts[start:end]), chunk_b):
+                if not len(ids_a):
+                    text = texts[start + index]
+                    raise ValueError(f"text {start + index} ({text[:40]!r}) gives no tokens with this model's tokenizer")
+                for example in self.documents.views(doc_ids[start + index], ids_a, ids_b, chosen):
+                    examples.append(example)
+                    owners.append(index)
+            scored = score_views(self.model, examples, device=self.device, pad_token_id=self.documents.pad_token_id,
+                                 batch_size=batch_size, autocast=self.autocast)
+            logits[start:end] = pool_mean(scored, owners, end - start)
+            counts[start:end] = np.bincount(owners, minlength=end - start)
+        return logits, counts
 
     @staticmethod
     def _ids(texts: Sequence[str], texts_b: Sequence[str] | None, ids: Sequence[str] | None) -> list[str]:

@@ -37,7 +37,7 @@ from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.evaluation import parse_views, render_predictions, score_documents
-from trainer.classifier import Classifier, parse_views as parse_view_option, pool_mean, score_views
+from trainer.classifier import DOCS_PER_CHUNK, Classifier, parse_views as parse_view_option, pool_mean, score_views
 from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate
 from trainer.prediction_output import PredictionWriter, Tally
 from trainer.task import RUN_CONFIG_NAME, load_classifier, local_model_path
@@ -47,7 +47,7 @@ __all__ = ["predict", "main", "RAW_SPLIT", "ROWS_PER_CHUNK"]
 # The split name of raw documents (their messages say --input_files).
 RAW_SPLIT = "input"
 # Documents read, tokenized and scored at a time with --input_files (bounds memory).
-ROWS_PER_CHUNK = 512
+ROWS_PER_CHUNK = DOCS_PER_CHUNK
 
 log = logging.getLogger("trainer.predict")
 
