@@ -77,7 +77,8 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"{args.data_dir}: label map {data_labels} differs from the model's {label_names}")
         seq = run_config["seq_len"]
         seq_config = validate_seq_config(seq["name"], seq["params"], seq["max_seq_length"], tokenizer)
-        features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"])
+        features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"],
+                                  max_chunks=train_args.get("max_chunks"))  # --max_chunks and --pooling as in training
         views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
 
         # the same up-front check as training (listing + Parquet footers), before the model is loaded
@@ -101,6 +102,7 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             limits=limits,
             skipped=skipped_row_groups,
             num_workers=args.dataloader_num_workers,
+            pooling=train_args.get("pooling", "mean"),
         )
         for problem in skipped_row_groups or ():
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
