@@ -525,7 +525,8 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
         for k in multi:
             view = row["views"].get(k, {})
             docs = view.get("docs_per_s", [])
-            cols.append(f"{statistics.fmean(docs):.1f}" if docs else ("= 1 view" if view.get("same_as_one_view") else "-"))
+            same = ("= pooled" if row["func"] in POOLED_FUNCS else "= 1 view") if view.get("same_as_one_view") else "-"
+            cols.append(f"{statistics.fmean(docs):.1f}" if docs else same)
         cols.append(f"{statistics.fmean(row['train_seconds']):.0f}")
         cols += [str(len(row["seeds"])), f"[{number}](#{anchor(anchor_key, number)})"]
         lines.append("| " + " | ".join(cols) + " |")
