@@ -291,14 +291,6 @@ def test_pooled_run_resumes_exactly_after_sigterm_at_a_random_step(prep, tiny_mo
     assert other.returncode == 2 and "pooling 'mean' -> 'max'" in other.stderr
 
 
-@pytest.fixture
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def max_pooled(prep, tiny_model, tmp_path_factory):
     """K=3 random views, max pooling, accumulation 2: a crash after step 7 (checkpoint 6) resumed, and a reference."""
