@@ -11,8 +11,8 @@ document's view logits), so the pipeline predicts what ``trainer.predict`` and
 * ``ViewModelHandler``: Beam's ``ModelHandler`` for those views: the model is loaded once per
   worker process and shared by its threads (RunInference's default), on the GPU when there is
   one; a batch is padded to its longest view.
-* ``MeanLogitsFn``: the mean of a document's view logits, combined per document key wherever
-  its views were scored.
+* ``PoolLogitsFn``: the mean (or max, the model's ``--pooling``) of a document's view logits,
+  combined per document key wherever its views were scored.
 * ``TallyFn``: counts and the confusion matrix of the documents that carry a label.
 
 A document's key is ``(id, label as read, file index, offset)``: unique per row, so two rows
@@ -33,7 +33,7 @@ from schemas.rows import Reason, Rejection, Row
 from trainer.features import Example
 from trainer.prediction_output import Tally, prediction_record, softmax
 
-__all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "MeanLogitsFn", "TallyFn", "to_record", "view_tokens"]
+__all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "TallyFn", "to_record", "view_tokens"]
 
 DocKey = tuple[str, str, int, int]  # (id, label as read, file index, offset)
 
@@ -127,23 +127,33 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
         return "spanwise_predict"
 
 
-class MeanLogitsFn(beam.CombineFn):
-    """A document's view logits -> ``(mean logits, views)``."""
+class PoolLogitsFn(beam.CombineFn):
+    """A document's view logits -> ``(pooled logits, views)``: their mean, or per class their
+    maximum (``pooling``, the model's ``--pooling``), as ``trainer.classifier.pool_views``."""
+
+    def __init__(self, pooling: str = "mean"):
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"pooling must be mean or max, got {pooling!r}")
+        self._max = pooling == "max"
 
     def create_accumulator(self) -> tuple[np.ndarray | None, int]:
         return None, 0
 
+    def _join(self, total: np.ndarray | None, part: np.ndarray) -> np.ndarray:
+        if total is None:
+            return part.copy()
+        return np.maximum(total, part) if self._max else total + part
+
     def add_input(self, accumulator: tuple[np.ndarray | None, int], logits: np.ndarray) -> tuple[np.ndarray, int]:
         total, count = accumulator
-        row = np.asarray(logits, dtype=np.float64)
-        return (row.copy() if total is None else total + row), count + 1
+        return self._join(total, np.asarray(logits, dtype=np.float64)), count + 1
 
     def merge_accumulators(self, accumulators: Iterable[tuple[np.ndarray | None, int]]) -> tuple[np.ndarray | None, int]:
         total: np.ndarray | None = None
         count = 0
         for part, n in accumulators:
             if part is not None:
-                total = part.copy() if total is None else total + part
+                total = self._join(total, part)
             count += n
         return total, count
 
@@ -151,7 +161,7 @@ class MeanLogitsFn(beam.CombineFn):
         total, count = accumulator
         if total is None:
             raise ValueError("a document has no scored view")
-        return (total / count).astype(np.float32), count
+        return (total if self._max else total / count).astype(np.float32), count
 
 
 def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_names: Sequence[str]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ Reads the documents with preprocessing's readers (labels optional; bad rows go t
 ``rejected/input-SSSSS-of-NNNNN.jsonl`` with a reason), tokenizes them with the model's own
 tokenizer, applies the sequence-length function it was trained with (with the deterministic
 draws of ``trainer.predict``) and expands each long document into its views, scores the views
-with Beam's RunInference (the model loaded once per worker process), averages each document's
-view logits and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
+with Beam's RunInference (the model loaded once per worker process), pools each document's
+view logits (mean, or max for a model trained with ``--pooling max``) and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
 ``label``, ``probabilities`` per label name and ``views``. Last, ``summary.json``: counts (read =
 predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the input carries
 labels. Without ``--runner`` the job runs here on Beam's FnApiRunner.
@@ -36,7 +36,7 @@ from apache_beam.runners.runner import PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
-from beam_pipelines.inference import MeanLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
+from beam_pipelines.inference import PoolLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
 from beam_pipelines.inputs import InputPlan, plan_inputs
 from beam_pipelines.preprocess import DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _interrupted, _not_an_interrupt, _runner_name
 from beam_pipelines.readers import FORMATS, plan_tasks
@@ -200,7 +200,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
         viewed.views
         | "RunInference" >> RunInference(handler)
         | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
-        | "PoolViews" >> beam.CombinePerKey(MeanLogitsFn())
+        | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
     )
     records = pooled | "ToRecord" >> beam.Map(to_record, label_names=list(view.label_names))
     prefix = spanwise_io.join(opts.output_dir, PREDICTIONS_PREFIX)

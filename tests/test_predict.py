@@ -260,3 +260,38 @@ def test_the_api_scores_in_bounded_chunks(models, prep, monkeypatch):  # noqa: F
     assert chunked_counts.tolist() == whole_counts.tolist() and max(whole_counts) == 4
     with pytest.raises(ValueError, match="2 texts but 1 second texts"):
         classifier.predict(["ball", "bread"], ["x"])
+
+
+def test_a_model_trained_on_pooled_chunks_predicts_with_its_pooling(prep, tiny_model, tmp_path):  # noqa: F811
+    """--train_views chunks --max_chunks 2 --pooling max: every way pools the model's windows by max."""
+    from beam_pipelines import predict as beam_predict
+    from trainer.args import parse_args
+    from trainer.classifier import Classifier, TrainedView
+    from trainer.predict import predict
+    from trainer.task import Trainer
+
+    model = str(tmp_path / "model")
+    trainer = Trainer(parse_args(task_argv(prep["data_dir"], tiny_model, model, "--seq_len_func", "head",
+                                           "--train_views", "chunks", "--max_chunks", "2", "--pooling", "max",
+                                           "--num_train_epochs", "1", "--learning_rate", "1e-2")))
+    trainer.setup()
+    try:
+        trainer.train()
+        trainer.save()
+    finally:
+        trainer.close()
+    view = TrainedView.read(model)
+    assert (view.pooling, view.max_chunks) == ("max", 2)
+    rows = prep["rows"]["test"]
+    expected = predict_shards(model, prep, tmp_path / "shards.jsonl", "chunks")
+    predict(["--model_dir", model, "--input_files", raw_test_file(prep), "--output", str(tmp_path / "raw.jsonl"),
+             "--eval_views", "chunks", "--use_cpu"])
+    assert_same(read_jsonl(tmp_path / "raw.jsonl"), expected, "raw")
+    api = Classifier.from_pretrained(model, device="cpu").predict([r[3] for r in rows], ids=[r[0] for r in rows],
+                                                                  views="chunks")
+    assert_same({p.id: {"label": p.label, "probabilities": p.probabilities} for p in api}, expected, "api")
+    assert max(p.views for p in api) == 2  # --max_chunks holds in prediction too
+    summary = beam_predict.run(["--model_dir", model, "--input_files", raw_test_file(prep), "--output_dir",
+                                str(tmp_path / "beam"), "--eval_views", "chunks"])
+    assert_same(read_jsonl(tmp_path / "beam" / "predictions-00000-of-00001.jsonl"), expected, "beam")
+    assert summary["views"] == sum(p.views for p in api)

@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ from trainer_helpers import (  # noqa: F401  (prep and tiny_model are fixtures)
     prep,
     read_trace,
     run_task_subprocess,
+    signal_group_after_batches as _signal_group_after_batches,
     subprocess_env,
     task_argv,
     tiny_model,
@@ -327,41 +327,6 @@ def test_uninterrupted_trace_covers_every_epoch(uninterrupted, prep):
         assert sorted(ids) == sorted(_train_ids(prep))
     epoch_orders = [[uninterrupted["mapping"][(e, b)] for b in range(12)] for e in range(2)]
     assert epoch_orders[0] != epoch_orders[1]  # reshuffled each epoch
-
-
-def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_group_after_batches(argv: list[str], trace, sig: int, batches: int = 6) -> tuple[int, str, str]:
-    """Run ``trainer.task`` in its own process group; once the trace shows ``batches`` batches,
-    send ``sig`` to the whole group (as torchrun, a VM shutdown or a terminal's Ctrl-C do).
-    Returns ``(exit code, stdout, stderr)``; the DataLoader workers must not outlive the trainer."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.task", *argv], cwd=REPO_ROOT, env=subprocess_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if trace.exists() and len(trace.read_text().splitlines()) >= batches:
-                os.killpg(proc.pid, sig)
-                break
-            time.sleep(0.002)
-        stdout, stderr = proc.communicate(timeout=120)
-        # the workers ignore the signal but the trainer stops them: nothing of the group is left
-        deadline = time.monotonic() + 15
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _group_alive(proc.pid), "DataLoader workers outlived the trainer"
-    finally:
-        if _group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, stdout, stderr
 
 
 def test_resume_after_sigterm_is_exact(uninterrupted, prep, tiny_model, tmp_path):

@@ -14,8 +14,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -190,3 +192,38 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
     import safetensors.torch
 
     return safetensors.torch.load_file(str(path))
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def signal_group_after_batches(argv: list[str], trace: Path, sig: int, batches: int = 6) -> tuple[int, str, str]:
+    """Run ``trainer.task`` in its own process group; once the trace shows ``batches`` batches,
+    send ``sig`` to the whole group (as torchrun, a VM shutdown or a terminal's Ctrl-C do).
+    Returns ``(exit code, stdout, stderr)``; the DataLoader workers must not outlive the trainer."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer.task", *argv], cwd=REPO_ROOT, env=subprocess_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if trace.exists() and len(trace.read_text().splitlines()) >= batches:
+                os.killpg(proc.pid, sig)
+                break
+            time.sleep(0.002)
+        stdout, stderr = proc.communicate(timeout=120)
+        # the workers ignore the signal but the trainer stops them: nothing of the group is left
+        deadline = time.monotonic() + 15
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group_alive(proc.pid), "DataLoader workers outlived the trainer"
+    finally:
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stdout, stderr

@@ -80,7 +80,19 @@ class TrainConfig:
     seq_len_func: str = arg(_SEQ, "which tokens of a long document the model sees", "head", choices=list(SEQ_LEN_FUNCS))
     seq_func_params: list[int] = arg(_SEQ, "e.g. ht: 128 382; rs/rso/rsd: span length", [])
     fixed_spans: bool = arg(_SEQ, "draw random spans once (epoch 0) and reuse them every epoch, as the 2020 tool did", False)
-    eval_views: str = arg(_SEQ, "views per long document at evaluation: 1, K random draws, or 'chunks' (windows covering it)", "1")
+    eval_views: str = arg(_SEQ, "views per long document at evaluation: 1, K random draws, or 'chunks' (windows covering it, "
+                          "at most --max_chunks)", "1")
+    train_views: str = arg(
+        _SEQ, "views per long training document, pooled into one prediction and one loss per document: 1 (one view, "
+        "no pooling), K draws of a random --seq_len_func (re-drawn each epoch), or 'chunks' (consecutive windows, at "
+        "most --max_chunks); a document that fits the window is one view", "1")
+    max_chunks: int | None = arg(
+        _SEQ, "at most N windows per document for 'chunks' views (training, evaluation, prediction); a longer "
+        "document keeps N evenly spaced windows, its first and last included; a training batch then holds at most "
+        "--per_device_train_batch_size x N windows. Required with --train_views chunks; unset: evaluation uses all "
+        "windows", None)
+    pooling: str = arg(_SEQ, "how the views' logits become one prediction (training, evaluation, prediction): mean or "
+                       "max per class; attention is not built", "mean", choices=["mean", "max", "attention"])
 
     # ---------------------------------------------------------------- training
     do_train: bool = arg(_TRAIN, "train (when none of --do_train/--do_eval/--do_predict is given: train and evaluate)", False)
@@ -400,6 +412,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
         )
     if c.eval_views != "chunks" and not (c.eval_views.isdigit() and int(c.eval_views) >= 1):
         raise ValueError(f"--eval_views must be a positive integer or 'chunks', got {c.eval_views!r}")
+    _check_views(c)
     if c.notify_webhook_env and "://" in c.notify_webhook_env:
         raise ValueError("--notify_webhook_env takes the NAME of an environment variable holding the URL, not the URL")
     if c.max_steps <= 0 and c.num_train_epochs <= 0 and c.do_train:
@@ -410,3 +423,25 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError("--overwrite_output_dir starts afresh, so it cannot resume --resume_from_checkpoint "
                          f"{c.resume_from_checkpoint}: drop one of them")
     return c
+
+
+RANDOM_SEQ_FUNCS = ("rs", "rso", "rsd")
+
+
+def _check_views(c: TrainConfig) -> None:
+    """``--train_views``, ``--max_chunks`` and ``--pooling`` (issue 14)."""
+    if c.train_views != "chunks" and not (c.train_views.isdigit() and int(c.train_views) >= 1):
+        raise ValueError(f"--train_views must be a positive integer or 'chunks', got {c.train_views!r}")
+    c.train_views = str(int(c.train_views)) if c.train_views.isdigit() else c.train_views
+    if c.max_chunks is not None and c.max_chunks < 1:
+        raise ValueError(f"--max_chunks must be >= 1, got {c.max_chunks}")
+    if c.train_views == "chunks" and c.max_chunks is None:
+        raise ValueError("--train_views chunks needs --max_chunks N: a training batch holds up to "
+                         "--per_device_train_batch_size x N windows, so N is the memory bound (e.g. --max_chunks 4)")
+    if c.train_views not in ("1", "chunks") and c.seq_len_func not in RANDOM_SEQ_FUNCS:
+        raise ValueError(f"--train_views {c.train_views} draws {c.train_views} random views of a long document, but "
+                         f"--seq_len_func {c.seq_len_func} gives the same view every time: use one of "
+                         f"{', '.join(RANDOM_SEQ_FUNCS)}, or --train_views chunks (consecutive windows)")
+    if c.pooling == "attention":
+        raise ValueError("--pooling attention (a learned attention over the views' [CLS] states) is not built: use "
+                         "--pooling mean or --pooling max (pooled logits, no new parameters)")

@@ -10,7 +10,8 @@ and the Python API (``Classifier``) all turn a document into model inputs and sc
    deterministic draws of evaluation (``FeatureBuilder.eval_examples``: one view, K random draws
    or consecutive chunks);
 3. ``score_views``: views -> logits, in length-sorted batches (little padding);
-4. ``pool_mean``: the mean of a document's view logits, as ``trainer.predict`` on shards does.
+4. ``pool_views``: the mean (or max, ``--pooling``) of a document's view logits, as
+   ``trainer.predict`` on shards pools them.
 
 What the model saw in training is recorded in its ``config.json`` under ``"spanwise"``
 (``TrainedView``), so that a model folder copied or pushed without ``run_config.json`` still
@@ -41,6 +42,7 @@ from tokenization.documents import cap_tokens, tokenize_texts
 from tokenization.seq_len import SeqLenConfig, apply_seq_len, validate_seq_config
 from tokenization.tokenizer import load_tokenizer
 from trainer.features import EVAL_VIEWS_CHUNKS, Example, FeatureBuilder, SpecialTokenTemplate, collate
+from trainer.pooling import POOLINGS, batch_inputs, model_input_names
 from trainer.prediction_output import softmax
 
 __all__ = [
@@ -55,7 +57,7 @@ __all__ = [
     "parse_views",
     "score_views",
     "forward_batch",
-    "pool_mean",
+    "pool_views",
     "text_id",
     "load_scoring_model",
     "pick_device",
@@ -100,6 +102,8 @@ class TrainedView:
             of the capped text).
         preprocess_seq_len: a deterministic function applied at preprocessing time
             (``{"name", "params", "max_seq_length"}``), or None.
+        pooling: how a document's view logits become one (``mean`` or ``max``, ``--pooling``).
+        max_chunks: the most windows of a ``chunks`` view set (``--max_chunks``), None: all.
     """
 
     label_names: tuple[str, ...]
@@ -111,6 +115,8 @@ class TrainedView:
     max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
     max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
     preprocess_seq_len: Mapping[str, Any] | None = None
+    pooling: str = "mean"
+    max_chunks: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -142,6 +148,8 @@ class TrainedView:
             max_doc_tokens=int(manifest.get("max_doc_tokens", DEFAULT_MAX_DOC_TOKENS)),
             max_doc_chars=int(manifest.get("max_doc_chars", DEFAULT_MAX_DOC_CHARS)),
             preprocess_seq_len={k: pre[k] for k in ("name", "params", "max_seq_length")} if pre else None,
+            pooling=str(args.get("pooling") or "mean"),
+            max_chunks=args.get("max_chunks"),
         )
 
     @classmethod
@@ -188,7 +196,8 @@ class DocumentViews:
         self.preprocess_seq: SeqLenConfig | None = (
             validate_seq_config(pre["name"], list(pre["params"]), int(pre["max_seq_length"]), tokenizer) if pre else None
         )
-        self.features = FeatureBuilder(self.seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), view.seed)
+        self.features = FeatureBuilder(self.seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), view.seed,
+                                       max_chunks=view.max_chunks)
         self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
     def token_ids(
@@ -286,19 +295,27 @@ def forward_batch(
 ) -> np.ndarray:
     """The logits of one batch of views (padded to its longest), on the host as float32."""
     batch = collate(examples, pad_token_id)
-    inputs = {key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = batch_inputs(batch, model_input_names(model), device)
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         logits = model(**inputs).logits
     return logits.float().cpu().numpy()
 
 
-def pool_mean(logits: np.ndarray, owners: Sequence[int], documents: int) -> np.ndarray:
-    """The mean of each document's view logits (``owners[i]``: the document of view ``i``)."""
-    sums = np.zeros((documents, logits.shape[1]), dtype=np.float64)
-    np.add.at(sums, np.asarray(owners, dtype=np.int64), logits.astype(np.float64))
-    counts = np.bincount(np.asarray(owners, dtype=np.int64), minlength=documents).astype(np.float64)
+def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, pooling: str = "mean") -> np.ndarray:
+    """Each document's logits from its views' (``owners[i]``: the document of view ``i``): their
+    mean, or per class their maximum (``pooling``), as evaluation pools them."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    owners = np.asarray(owners, dtype=np.int64)
+    counts = np.bincount(owners, minlength=documents)
     if (counts == 0).any():
         raise ValueError("a document has no view")
+    if pooling == "max":
+        out = np.full((documents, logits.shape[1]), -np.inf, dtype=np.float32)
+        np.maximum.at(out, owners, logits.astype(np.float32))
+        return out
+    sums = np.zeros((documents, logits.shape[1]), dtype=np.float64)
+    np.add.at(sums, owners, logits.astype(np.float64))
     return (sums / counts[:, None]).astype(np.float32)
 
 
@@ -316,8 +333,9 @@ class Classifier:
     """A trained spanwise model, loaded once, that classifies raw texts as it was trained to see them.
 
     ``predict`` tokenizes like preprocessing, applies the model's sequence-length function with
-    the deterministic draws of evaluation, scores every view and averages a document's logits:
+    the deterministic draws of evaluation, scores every view and pools a document's logits:
     the same path as ``trainer.predict --input_files`` and ``beam_pipelines.predict``.
+    The views and their pooling are the model's own (``--max_chunks``, ``--pooling``).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, view: TrainedView, *, device: torch.device,
@@ -425,7 +443,7 @@ class Classifier:
                     owners.append(index)
             scored = score_views(self.model, examples, device=self.device, pad_token_id=self.documents.pad_token_id,
                                  batch_size=batch_size, autocast=self.autocast)
-            logits[start:end] = pool_mean(scored, owners, end - start)
+            logits[start:end] = pool_views(scored, owners, end - start, self.view.pooling)
             counts[start:end] = np.bincount(owners, minlength=end - start)
         return logits, counts
 

@@ -682,8 +682,10 @@ class ShardStream(IterableDataset):
         limits: DataLimits | None = None,
         skip_bad_row_groups: bool = False,
         group_by_length: bool = False,
+        views: int | str = 1,
     ) -> None:
         super().__init__()
+        self.views = views  # --train_views: 1, K or "chunks" (see pooled_batch)
         self.group_by_length = group_by_length
         self.limits = limits
         self.skip_bad_row_groups = skip_bad_row_groups
@@ -756,12 +758,37 @@ class ShardStream(IterableDataset):
             except ShardProblem as problem:
                 yield {"batch_index": batch_index, "error": str(problem)}
                 return
-            examples = [self.features.train_example(doc_id, label, a, b, self.epoch) for doc_id, label, a, b in rows]
-            batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of) if examples else {"doc_ids": []}
+            if self.views == 1:
+                examples = [self.features.train_example(doc_id, label, a, b, self.epoch) for doc_id, label, a, b in rows]
+                batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of) if examples else {"doc_ids": []}
+            else:
+                batch = self.pooled_batch(rows)
             batch["batch_index"] = batch_index
             if skipped:
                 batch["bad_row_groups"] = [problem.to_dict() for problem in skipped]
             yield batch
+
+
+    def pooled_batch(self, rows: Sequence[tuple[str, int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        """The views of a batch's documents as one flat batch (``--train_views K|chunks``).
+
+        ``doc_ids`` and ``labels`` are per document (as in a one-view batch: the trace, the loss
+        and the samples/s count documents); the tensors are per view, and ``owners`` gives each
+        view's document (its index in ``doc_ids``). A document gives at most K views (or
+        ``--max_chunks`` windows), so a batch holds at most batch size x that many windows.
+        """
+        examples, owners = [], []
+        for index, (doc_id, label, a, b) in enumerate(rows):
+            views = self.features.train_views(doc_id, label, a, b, self.epoch, self.views)
+            examples += views
+            owners += [index] * len(views)
+        if not examples:
+            return {"doc_ids": []}
+        batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of)
+        batch["doc_ids"] = [doc_id for doc_id, _, _, _ in rows]
+        batch["labels"] = torch.as_tensor([int(label) for _, label, _, _ in rows], dtype=torch.long)
+        batch["owners"] = torch.as_tensor(owners, dtype=torch.long)
+        return batch
 
 
 def eval_plan(units: Sequence[Unit], *, batch_size: int, rank: int = 0, world_size: int = 1) -> EpochPlan:

@@ -33,6 +33,7 @@ from trainer.data import (
 )
 from trainer.features import Example, FeatureBuilder, collate
 from trainer.metrics import classification_metrics, confusion_matrix
+from trainer.pooling import add_to_pool_, batch_inputs, finish_pool, model_input_names, new_pool
 
 __all__ = ["score_documents", "evaluate_split", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
 
@@ -132,8 +133,10 @@ def score_documents(
     limits: DataLimits | None = None,
     skipped: list[ShardProblem] | None = None,
     num_workers: int = 0,
+    pooling: str = "mean",
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Doc ids, labels and mean-pooled logits of every document of the split (all ranks).
+    """Doc ids, labels and pooled logits (``pooling``: mean or max of its views') of every document
+    of the split (all ranks).
 
     A row group that cannot be read raises ValueError naming the file and row group or, when
     ``skipped`` is a list, its documents are left out and the problem is appended to it (this
@@ -157,6 +160,7 @@ def score_documents(
     counts = torch.zeros(num_docs, device=device)
     seen_problems: set[tuple[str, int]] = set()
     was_training = model.training
+    input_names = model_input_names(model)
     model.eval()
     try:
         for batch in start_loader(loader) if num_workers else iter(loader):
@@ -170,19 +174,19 @@ def score_documents(
                 doc_ids[index], labels[index] = doc_id, label
             if "input_ids" not in batch:
                 continue
-            inputs = {key: batch[key].to(device, non_blocking=True) for key in ("input_ids", "attention_mask", "token_type_ids")}
+            inputs = batch_inputs(batch, input_names, device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(**inputs).logits.float()
             if sums is None:
-                sums = torch.zeros(num_docs, logits.shape[1], device=device)
+                sums = new_pool(num_docs, logits.shape[1], pooling, device)
             owners = batch["owners"].to(device, non_blocking=True)
-            sums.index_add_(0, owners, logits)
+            add_to_pool_(sums, owners, logits, pooling)
             counts.index_add_(0, owners, torch.ones_like(owners, dtype=counts.dtype))
     finally:
         model.train(was_training)
     present = [index for index, doc_id in enumerate(doc_ids) if doc_id is not None]
     if sums is not None and present:
-        pooled = (sums / counts.clamp(min=1).unsqueeze(1)).cpu().numpy()[present]  # the one transfer to the host
+        pooled = finish_pool(sums, counts, pooling).cpu().numpy()[present]  # the one transfer to the host
     else:
         pooled = np.zeros((0, 0), dtype=np.float32)
     result = ([doc_ids[i] for i in present], labels[present], pooled)

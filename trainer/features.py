@@ -16,6 +16,7 @@ import torch
 
 from tokenization.rng import EVAL_EPOCH, doc_rng
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
+from trainer.pooling import select_windows
 
 __all__ = ["SpecialTokenTemplate", "FeatureBuilder", "Example", "collate", "EVAL_VIEWS_CHUNKS"]
 
@@ -99,14 +100,17 @@ class FeatureBuilder:
 
     Training draws with ``epoch`` (new spans each epoch for rs/rso/rsd), or always with epoch 0
     when ``fixed_spans`` (the 2020 tool drew spans once); evaluation and prediction use
-    ``EVAL_EPOCH`` and, with views, one rng stream per view.
+    ``EVAL_EPOCH`` and, with views, one rng stream per view. ``max_chunks`` caps the consecutive
+    windows of a ``chunks`` view set (training and evaluation alike; None: all of them).
     """
 
-    def __init__(self, config: SeqLenConfig, template: SpecialTokenTemplate, seed: int, fixed_spans: bool = False) -> None:
+    def __init__(self, config: SeqLenConfig, template: SpecialTokenTemplate, seed: int, fixed_spans: bool = False,
+                 max_chunks: int | None = None) -> None:
         self.config = config
         self.template = template
         self.seed = int(seed)
         self.fixed_spans = bool(fixed_spans)
+        self.max_chunks = max_chunks
 
     def _too_long(self, ids_a: Sequence[int], ids_b: Sequence[int]) -> bool:
         budget = self.config.budget_pair if len(ids_b) else self.config.budget_single
@@ -119,6 +123,30 @@ class FeatureBuilder:
         ids, types = self.template.build(_to_list(a), _to_list(b))
         return Example(doc_id, int(label), ids, types)
 
+    def train_views(
+        self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int, views: int | str
+    ) -> list[Example]:
+        """The views of one training document for ``--train_views`` (pooled into one prediction).
+
+        A document that fits the budget gives exactly one view (itself). Otherwise ``"chunks"``
+        gives its consecutive windows (at most ``max_chunks``, see ``pooling.select_windows``)
+        and K gives K draws of a random function, view k drawn with
+        ``doc_rng(seed, epoch, id, stream=k)`` (view 0 is the draw of ``train_example``), so
+        each epoch re-draws and a resumed run draws the same. A deterministic function gives
+        one view (K copies of it would only repeat it).
+        """
+        if views == 1 or not self._too_long(ids_a, ids_b):
+            return [self.train_example(doc_id, label, ids_a, ids_b, epoch)]
+        if views == EVAL_VIEWS_CHUNKS:
+            return [self._build(doc_id, label, a, b) for a, b in self._chunks(ids_a, ids_b)]
+        if not self.config.is_random:
+            return [self.train_example(doc_id, label, ids_a, ids_b, epoch)]
+        draw_epoch = 0 if self.fixed_spans else epoch
+        return [
+            self._build(doc_id, label, *apply_seq_len(ids_a, ids_b, self.config, doc_rng(self.seed, draw_epoch, doc_id, stream)))
+            for stream in range(int(views))
+        ]
+
     def eval_examples(
         self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], views: int | str = 1
     ) -> list[Example]:
@@ -127,7 +155,8 @@ class FeatureBuilder:
         Args:
             views: 1 (the seq function once), K > 1 (K draws of a random seq function; a
                 deterministic one gives the same view K times, so it is evaluated once), or
-                ``"chunks"`` (consecutive windows of the budget covering all of TEXT_A).
+                ``"chunks"`` (consecutive windows of the budget covering all of TEXT_A; at most
+                ``max_chunks`` of them, evenly spaced, when it is set).
         """
         if not self._too_long(ids_a, ids_b):
             ids, types = self.template.build(_to_list(ids_a), _to_list(ids_b))
@@ -154,7 +183,8 @@ class FeatureBuilder:
         else:
             kept_b, budget_a = ids_b, self.config.budget_single
         budget_a = max(budget_a, 1)
-        return [(ids_a[start : start + budget_a], kept_b) for start in range(0, len(ids_a), budget_a)]
+        starts = range(0, len(ids_a), budget_a)
+        return [(ids_a[starts[i] : starts[i] + budget_a], kept_b) for i in select_windows(len(starts), self.max_chunks)]
 
 
 def _to_list(ids: Sequence[int] | np.ndarray) -> list[int]:

@@ -37,7 +37,7 @@ from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.evaluation import parse_views, render_predictions, score_documents
-from trainer.classifier import DOCS_PER_CHUNK, Classifier, parse_views as parse_view_option, pool_mean, score_views
+from trainer.classifier import DOCS_PER_CHUNK, Classifier, parse_views as parse_view_option, pool_views, score_views
 from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate
 from trainer.prediction_output import PredictionWriter, Tally
 from trainer.task import RUN_CONFIG_NAME, load_classifier, local_model_path
@@ -115,7 +115,8 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"{args.data_dir}: label map {data_labels} differs from the model's {label_names}")
         seq = run_config["seq_len"]
         seq_config = validate_seq_config(seq["name"], seq["params"], seq["max_seq_length"], tokenizer)
-        features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"])
+        features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"],
+                                  max_chunks=train_args.get("max_chunks"))  # --max_chunks and --pooling as in training
         views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
 
         # the same up-front check as training (listing + Parquet footers), before the model is loaded
@@ -139,6 +140,7 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             limits=limits,
             skipped=skipped_row_groups,
             num_workers=args.dataloader_num_workers,
+            pooling=train_args.get("pooling", "mean"),
         )
         for problem in skipped_row_groups or ():
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
@@ -234,7 +236,7 @@ def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row],
         return
     logits = score_views(classifier.model, examples, device=classifier.device, pad_token_id=documents.pad_token_id,
                          batch_size=batch_size, autocast=classifier.autocast)
-    predicted = writer.write([doc_ids[i] for i in kept], pool_mean(logits, owners, len(kept)))
+    predicted = writer.write([doc_ids[i] for i in kept], pool_views(logits, owners, len(kept), classifier.view.pooling))
     tally.add([rows[i].label for i in kept], predicted, len(examples))
 
 

@@ -47,6 +47,11 @@ def result_args(config: Any, *, world_size: int, total_steps: int, warmup_steps:
     values.update(world_size=world_size, total_steps=total_steps, warmup_steps=warmup_steps,
                   data_created_at=data_created_at)
     values["seq_func_params"] = list(values["seq_func_params"])
+    # issue 14: recorded only when set, so that runs made before these flags still resume
+    if str(getattr(config, "train_views", "1")) != "1":
+        values.update(train_views=config.train_views, max_chunks=config.max_chunks, pooling=config.pooling)
+    if "eval_views" in values and (config.max_chunks is not None or config.pooling != "mean"):
+        values.update(max_chunks=config.max_chunks, pooling=config.pooling)
     return values
 
 

@@ -44,6 +44,7 @@ from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, 
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, parse_views, render_predictions, score_documents
 from trainer.features import FeatureBuilder, SpecialTokenTemplate, collate
+from trainer.pooling import batch_inputs, model_input_names, pooled_forward
 from trainer.optimization import build_optimizer, build_scheduler, optimizer_step, warmup_steps
 from trainer.preflight import check_device, check_model_fits, check_splits
 from trainer.stopping import StopSignals, Stopped
@@ -156,13 +157,15 @@ class Trainer:
         check_compatible(self.manifest, tokenizer_identity(self.tokenizer, tokenizer_source))
         self.seq_config = validate_seq_config(c.seq_len_func, c.seq_func_params, c.max_seq_length, self.tokenizer)
         self.views = parse_views(c.eval_views)
+        self.train_views = parse_views(c.train_views)
         label_map = self.manifest["label_map"]
         self.label_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
         self.model_path = local_model_path(c.model_name)
         model_config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=c.trust_remote_code)
         check_model_fits(c, model_config, self.tokenizer, self.label_names)
         self.features = FeatureBuilder(
-            self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed, fixed_spans=c.fixed_spans
+            self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed, fixed_spans=c.fixed_spans,
+            max_chunks=c.max_chunks,
         )
         self.pad_token_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self._scan_shards()
@@ -192,6 +195,7 @@ class Trainer:
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.input_names = model_input_names(self.model)  # without token_type_ids for ModernBERT and the like
         # what the training loop calls; evaluation and saving use the plain model
         self.train_model: torch.nn.Module = self.ddp or self.model
         if c.torch_compile:
@@ -316,6 +320,7 @@ class Trainer:
             limits=self.data_limits(c.train_split),
             skip_bad_row_groups=c.skip_bad_shards,
             group_by_length=c.group_by_length,
+            views=self.train_views,
         )
         self.batches_per_epoch = self.dataset.plan(0).num_batches
         if self.batches_per_epoch == 0:
@@ -561,11 +566,17 @@ class Trainer:
         if empty and self.ddp is None:
             return torch.zeros((), device=self.ctx.device)
         source = self._dummy_batch() if empty else batch
-        inputs = {k: source[k].to(self.ctx.device, non_blocking=True) for k in ("input_ids", "attention_mask", "token_type_ids", "labels")}
+        inputs = batch_inputs(source, (*self.input_names, "labels"), self.ctx.device)
         sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
         with sync:
             with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                loss = model(**inputs).loss
+                if "owners" in source:  # --train_views: the views' logits pooled, one loss per document
+                    labels = inputs.pop("labels")
+                    owners = source["owners"].to(self.ctx.device, non_blocking=True)
+                    logits = pooled_forward(model, inputs, owners, len(source["doc_ids"]), self.config.pooling)
+                    loss = torch.nn.functional.cross_entropy(logits, labels)
+                else:
+                    loss = model(**inputs).loss
                 loss = loss * 0.0 if empty else loss / size
             self.scaler.scale(loss).backward()
         return loss.detach()
@@ -678,10 +689,11 @@ class Trainer:
             limits=self.data_limits(c.eval_split),
             skipped=skipped,
             num_workers=c.dataloader_num_workers,
+            pooling=c.pooling,
         )
         self._note_bad_row_groups(c.eval_split, [problem.to_dict() for problem in skipped or ()])
         self._sync_bad_row_groups()
-        metrics.update(step=self.global_step, epoch=self.epoch, split=c.eval_split, eval_views=str(self.views))
+        metrics.update(step=self.global_step, epoch=self.epoch, split=c.eval_split, eval_views=str(self.views), pooling=c.pooling)
         self.eval_history.append(metrics)
         value = metrics[c.metric_for_best_model]
         self._track_best(value)
@@ -745,7 +757,7 @@ class Trainer:
             self.model, self.test_units, self.features, views=self.views, batch_size=c.per_device_eval_batch_size,
             device=self.ctx.device, pad_token_id=self.pad_token_id, autocast_dtype=self.autocast_dtype,
             rank=self.ctx.rank, world_size=self.ctx.world_size, limits=self.data_limits(c.test_split),
-            skipped=[] if c.skip_bad_shards else None, num_workers=c.dataloader_num_workers,
+            skipped=[] if c.skip_bad_shards else None, num_workers=c.dataloader_num_workers, pooling=c.pooling,
         )
         path = spanwise_io.join(c.output_dir, PREDICT_RESULTS_NAME)
         if self.ctx.is_main:
