@@ -44,8 +44,8 @@ from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, 
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, parse_views, render_predictions, score_documents
 from trainer.features import FeatureBuilder, SpecialTokenTemplate, collate
-from trainer.pooling import batch_inputs, model_input_names, pooled_forward
 from trainer.optimization import build_optimizer, build_scheduler, optimizer_step, warmup_steps
+from trainer.pooling import batch_inputs, model_input_names, pooled_forward
 from trainer.preflight import check_device, check_model_fits, check_splits
 from trainer.stopping import StopSignals, Stopped
 from trainer.tensorboard_logs import NullLogger, TensorBoardLogger
