@@ -101,3 +101,40 @@ require_adc() {
   fi
   die "no Google Cloud credentials and no gcloud: install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install) and run gcloud auth application-default login, or set GOOGLE_APPLICATION_CREDENTIALS to a key file (or use --dry-run)"
 }
+
+# A `python -m module ...` command, one flag (with its values) per line, as a shell would take
+# it back.
+print_module_cmd() {
+  local line word
+  line="$(shell_quote "$1") $(shell_quote "$2") $(shell_quote "$3")" # python -m module
+  for word in "${@:4}"; do
+    if [[ "$word" == -* && ! "$word" =~ ^-[0-9.]+$ ]]; then
+      printf '%s \\\n' "$line"
+      line="  $(shell_quote "$word")"
+    else
+      line+=" $(shell_quote "$word")"
+    fi
+  done
+  printf '%s\n' "$line"
+}
+
+# The end of the Dataflow submit scripts: with DRY_RUN 1 print the command and stop; else check
+# PYTHON and, unless Beam's --no_auth is among the flags, Application Default Credentials, show
+# the command on stderr and run it in place of the script.
+#   run_module_cmd DRY_RUN PYTHON "${cmd[@]}"
+run_module_cmd() {
+  local dry_run=$1 python=$2 f no_auth=0
+  shift 2
+  if ((dry_run)); then
+    echo "# dry run: nothing is executed. From the repository root ($(pwd)):"
+    print_module_cmd "$@"
+    exit 0
+  fi
+  [[ -x "$python" ]] || command -v "$python" >/dev/null || die "no Python at $python: run bin/setup-env.sh first, or set PYTHON"
+  for f in "$@"; do
+    [[ "$f" != --no_auth && "$f" != --no-auth ]] || no_auth=1 # Beam's option for endpoints that need none
+  done
+  ((no_auth)) || require_adc
+  echo "+ $(print_module_cmd "$@")" >&2
+  exec "$@"
+}

@@ -278,32 +278,4 @@ fi
 ((!no_wait)) || cmd+=(--no_wait_until_finish)
 cmd+=(${pipeline_flags[@]+"${pipeline_flags[@]}"})
 
-# The command, one flag (with its values) per line, as a shell would take it back.
-print_cmd() {
-  local line word
-  line="$(shell_quote "$1") $(shell_quote "$2") $(shell_quote "$3")" # python -m module
-  for word in "${@:4}"; do
-    if [[ "$word" == -* && ! "$word" =~ ^-[0-9.]+$ ]]; then
-      printf '%s \\\n' "$line"
-      line="  $(shell_quote "$word")"
-    else
-      line+=" $(shell_quote "$word")"
-    fi
-  done
-  printf '%s\n' "$line"
-}
-
-if ((dry_run)); then
-  echo "# dry run: nothing is executed. From the repository root ($(pwd)):"
-  print_cmd "${cmd[@]}"
-  exit 0
-fi
-
-[[ -x "$python" ]] || command -v "$python" >/dev/null || die "no Python at $python: run bin/setup-env.sh first, or set PYTHON"
-no_auth=0
-for f in ${pipeline_flags[@]+"${pipeline_flags[@]}"}; do
-  [[ "$f" != --no_auth && "$f" != --no-auth ]] || no_auth=1 # Beam's option for endpoints that need none
-done
-((no_auth)) || require_adc
-echo "+ $(print_cmd "${cmd[@]}")" >&2
-exec "${cmd[@]}"
+run_module_cmd "$dry_run" "$python" "${cmd[@]}"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from trainer_helpers import LABELS, prep, task_argv, tiny_model  # noqa: F401  (fixtures)
+from trainer_helpers import LABELS, prep, task_argv, tiny_model, train_in_process  # noqa: F401  (fixtures)
 
 MAX_SEQ = 64
 MODELS = {"head": ["--seq_len_func", "head"], "ht": ["--seq_len_func", "ht", "--seq_func_params", "20", "42"],
@@ -29,21 +29,11 @@ VIEWS = ("1", "4", "chunks")
 @pytest.fixture(scope="module")
 def models(prep, tiny_model, tmp_path_factory) -> dict[str, str]:  # noqa: F811
     """A model per sequence function: 2 epochs at lr 1e-2 (enough to move off uniform probabilities)."""
-    from trainer.args import parse_args
-    from trainer.task import Trainer
-
     out = {}
     for name, flags in MODELS.items():
         directory = tmp_path_factory.mktemp(f"model_{name}") / "model"
-        argv = task_argv(prep["data_dir"], tiny_model, directory, *flags, "--num_train_epochs", "2",
-                         "--learning_rate", "1e-2", "--eval_views", "4")
-        trainer = Trainer(parse_args(argv))
-        trainer.setup()
-        try:
-            trainer.train()
-            trainer.save()
-        finally:
-            trainer.close()
+        train_in_process(task_argv(prep["data_dir"], tiny_model, directory, *flags, "--num_train_epochs", "2",
+                                   "--learning_rate", "1e-2", "--eval_views", "4"))
         out[name] = str(directory)
     return out
 
@@ -265,21 +255,12 @@ def test_the_api_scores_in_bounded_chunks(models, prep, monkeypatch):  # noqa: F
 def test_a_model_trained_on_pooled_chunks_predicts_with_its_pooling(prep, tiny_model, tmp_path):  # noqa: F811
     """--train_views chunks --max_chunks 2 --pooling max: every way pools the model's windows by max."""
     from beam_pipelines import predict as beam_predict
-    from trainer.args import parse_args
     from trainer.classifier import Classifier, TrainedView
     from trainer.predict import predict
-    from trainer.task import Trainer
 
     model = str(tmp_path / "model")
-    trainer = Trainer(parse_args(task_argv(prep["data_dir"], tiny_model, model, "--seq_len_func", "head",
-                                           "--train_views", "chunks", "--max_chunks", "2", "--pooling", "max",
-                                           "--num_train_epochs", "1", "--learning_rate", "1e-2")))
-    trainer.setup()
-    try:
-        trainer.train()
-        trainer.save()
-    finally:
-        trainer.close()
+    train_in_process(task_argv(prep["data_dir"], tiny_model, model, "--seq_len_func", "head", "--train_views", "chunks",
+                               "--max_chunks", "2", "--pooling", "max", "--num_train_epochs", "1", "--learning_rate", "1e-2"))
     view = TrainedView.read(model)
     assert (view.pooling, view.max_chunks) == ("max", 2)
     rows = prep["rows"]["test"]

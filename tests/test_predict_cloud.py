@@ -37,7 +37,7 @@ from fake_dataflow import FakeDataflow
 from gcs_emulator import GcsEmulator, gcs_emulator_fixtures
 from test_cloud_scripts import _args, _requirement_pin, dockerfile_instructions, dockerfile_stages
 from test_dataflow_submit import CUSTOM_IMAGE, _staged, _transforms, dry_run_words, fast_polling, flag_values  # noqa: F401
-from trainer_helpers import prep, task_argv, tiny_model  # noqa: F401 (fixtures)
+from trainer_helpers import prep, task_argv, tiny_model, train_in_process  # noqa: F401 (fixtures)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "bin" / "submit-predict.sh"
@@ -294,18 +294,9 @@ def test_predict_worker_stage_is_beams_sdk_image_with_cuda_torch_and_our_package
 @pytest.fixture(scope="module")
 def model(prep, tiny_model, tmp_path_factory) -> str:  # noqa: F811
     """One tiny model (head), 1 epoch; only its top-level files (what a model folder holds)."""
-    from trainer.args import parse_args
-    from trainer.task import Trainer
-
     directory = tmp_path_factory.mktemp("model_head") / "model"
-    trainer = Trainer(parse_args(task_argv(prep["data_dir"], tiny_model, directory, "--seq_len_func", "head",
-                                           "--num_train_epochs", "1", "--learning_rate", "1e-2")))
-    trainer.setup()
-    try:
-        trainer.train()
-        trainer.save()
-    finally:
-        trainer.close()
+    train_in_process(task_argv(prep["data_dir"], tiny_model, directory, "--seq_len_func", "head",
+                               "--num_train_epochs", "1", "--learning_rate", "1e-2"))
     clean = tmp_path_factory.mktemp("model_files") / "model"
     clean.mkdir()
     for entry in directory.iterdir():

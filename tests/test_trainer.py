@@ -48,6 +48,7 @@ from trainer_helpers import (  # noqa: F401  (prep and tiny_model are fixtures)
     task_argv,
     tiny_model,
     trace_by_key,
+    train_in_process,
 )
 
 MAX_SEQ = 64  # task_argv's --max_seq_length
@@ -145,23 +146,13 @@ def test_corpus_has_long_documents_and_three_labels(prep):
 @pytest.fixture(scope="module")
 def trained(prep, tiny_model, tmp_path_factory):
     """An in-process run: 6 epochs of rs 8 at lr 1e-2 (72 steps), evaluated each epoch."""
-    from trainer.args import parse_args
-    from trainer.task import Trainer
-
     out = tmp_path_factory.mktemp("trained") / "model"
     argv = task_argv(
         prep["data_dir"], tiny_model, out,
         "--seq_len_func", "rs", "--seq_func_params", str(SPAN),
         "--num_train_epochs", "6", "--learning_rate", "1e-2",
     )
-    trainer = Trainer(parse_args(argv))
-    trainer.setup()
-    try:
-        trainer.train()
-        trainer.save()
-    finally:
-        trainer.close()
-    return {"trainer": trainer, "output_dir": str(out)}
+    return {"trainer": train_in_process(argv), "output_dir": str(out)}
 
 
 def test_training_loss_falls(trained):

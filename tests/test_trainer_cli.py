@@ -40,6 +40,7 @@ from trainer_helpers import (  # noqa: F401  (prep and tiny_model are fixtures)
     task_argv,
     tiny_model,
     topic_rows,
+    train_in_process,
 )
 
 
@@ -65,20 +66,6 @@ def _fails_before_training(argv, capsys, *expected):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and all(text in err for text in expected) and "Traceback" not in err
     return str(error.value)
-
-
-def _trained_in_process(argv):
-    from trainer.args import parse_args
-    from trainer.task import Trainer
-
-    trainer = Trainer(parse_args(argv))
-    trainer.setup()
-    try:
-        trainer.train()
-        trainer.save()
-    finally:
-        trainer.close()
-    return trainer
 
 
 # --------------------------------------------------------------------------- flags, --help, config files
@@ -487,14 +474,14 @@ def test_fused_adamw_torch_compile_and_gradient_checkpointing_on_cpu(prep, tiny_
     from transformers import AutoModelForSequenceClassification
 
     common = ("--max_steps", "4", "--eval_strategy", "no", "--do_train", "--pad_to_multiple_of", "64")
-    plain = _trained_in_process(task_argv(prep["data_dir"], tiny_model, tmp_path / "plain", *common))
+    plain = train_in_process(task_argv(prep["data_dir"], tiny_model, tmp_path / "plain", *common))
     assert plain.optimizer.defaults["fused"] is True
-    checkpointed = _trained_in_process(task_argv(prep["data_dir"], tiny_model, tmp_path / "gc", *common, "--gradient_checkpointing"))
+    checkpointed = train_in_process(task_argv(prep["data_dir"], tiny_model, tmp_path / "gc", *common, "--gradient_checkpointing"))
     assert checkpointed.model.is_activation_checkpointing
     a, b = (load_safetensors(tmp_path / name / "model.safetensors") for name in ("plain", "gc"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    compiled = _trained_in_process(task_argv(prep["data_dir"], tiny_model, tmp_path / "compiled", *common,
+    compiled = train_in_process(task_argv(prep["data_dir"], tiny_model, tmp_path / "compiled", *common,
                                              "--torch_compile_backend", "aot_eager"))
     assert isinstance(compiled.train_model, torch._dynamo.eval_frame.OptimizedModule)
     saved = load_safetensors(tmp_path / "compiled" / "model.safetensors")

@@ -136,6 +136,21 @@ def task_argv(data_dir: str, model: str, output_dir: str, *extra: str, task_name
     ]
 
 
+def train_in_process(argv: Sequence[str]) -> Any:
+    """Set up, train and save a ``trainer.task`` run in this process; return its ``Trainer``."""
+    from trainer.args import parse_args
+    from trainer.task import Trainer
+
+    trainer = Trainer(parse_args(list(argv)))
+    trainer.setup()
+    try:
+        trainer.train()
+        trainer.save()
+    finally:
+        trainer.close()
+    return trainer
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
