@@ -256,9 +256,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spec = ColumnSpec(opts.id_column, opts.label_column, opts.text_column, opts.text_b_column)
     plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec)
     previous = _previous_output(opts.output_dir, opts.overwrite)
-    for name in previous:
+    for name in previous:  # --overwrite: the earlier predictions go before this run writes (not kept on failure)
         path = spanwise_io.join(opts.output_dir, name)
-        spanwise_io.remove_tree(path) if name == sinks.REJECTED_DIR else spanwise_io.remove(path)
+        if name == sinks.REJECTED_DIR:
+            spanwise_io.remove_tree(path)
+        else:
+            spanwise_io.remove(path)
     spanwise_io.makedirs(opts.output_dir)
     shards = _num_shards(opts, plan)
     base = {
