@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one copy of the model per worker machine, shared by its processes (Beam's "
                             "share_model_across_processes), for models too large for one copy per process")
     group.add_argument("--overwrite", action="store_true", default=False,
-                       help="replace the predictions already in --output_dir")
+                       help="replace the predictions already in --output_dir (deleted when this job starts)")
     return parser
 
 
