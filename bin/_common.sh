@@ -138,3 +138,33 @@ run_module_cmd() {
   echo "+ $(print_module_cmd "$@")" >&2
   exec "$@"
 }
+
+# The Dataflow scripts' --bucket, --temp_location and --staging_location: the temp and staging
+# locations default to gs://BUCKET/dataflow/{tmp,staging}, else the staging location lies beside
+# the temp location; all checked. Reads and sets the caller's variables bucket, temp_location
+# and staging_location.
+resolve_dataflow_locations() {
+  local name problem
+  if [[ -n "$bucket" ]]; then
+    bucket=${bucket#gs://}
+    bucket=${bucket%/}
+    [[ "$bucket" != */* ]] || die "--bucket takes a bucket name (e.g. my-bucket), not a path: got $bucket"
+    problem=$(bucket_problem "$bucket")
+    [[ -z "$problem" ]] || die "--bucket $bucket is not a valid bucket name: $problem"
+    temp_location=${temp_location:-gs://$bucket/dataflow/tmp}
+    staging_location=${staging_location:-gs://$bucket/dataflow/staging}
+  fi
+  [[ -n "$temp_location" ]] || die "say where Dataflow keeps its files: --bucket BUCKET, or --temp_location gs://... (and --staging_location)"
+  temp_location=${temp_location%/}
+  if [[ -z "$staging_location" ]]; then # beside the temp location (inside it when that is a bare bucket)
+    if [[ "$temp_location" =~ ^gs://[^/]+$ ]]; then
+      staging_location="$temp_location/staging"
+    else
+      staging_location="${temp_location%/*}/staging"
+    fi
+  fi
+  staging_location=${staging_location%/}
+  for name in temp_location staging_location; do
+    check_gs_uri "--$name" "${!name}"
+  done
+}

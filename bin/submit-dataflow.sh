@@ -114,28 +114,7 @@ if [[ "$tokenizer" != gs://* ]]; then
 else
   check_gs_uri --tokenizer "$tokenizer"
 fi
-if [[ -n "$bucket" ]]; then
-  bucket=${bucket#gs://}
-  bucket=${bucket%/}
-  [[ "$bucket" != */* ]] || die "--bucket takes a bucket name (e.g. my-bucket), not a path: got $bucket"
-  problem=$(bucket_problem "$bucket")
-  [[ -z "$problem" ]] || die "--bucket $bucket is not a valid bucket name: $problem"
-  temp_location=${temp_location:-gs://$bucket/dataflow/tmp}
-  staging_location=${staging_location:-gs://$bucket/dataflow/staging}
-fi
-[[ -n "$temp_location" ]] || die "say where Dataflow keeps its files: --bucket BUCKET, or --temp_location gs://... (and --staging_location)"
-temp_location=${temp_location%/}
-if [[ -z "$staging_location" ]]; then # beside the temp location (inside it when that is a bare bucket)
-  if [[ "$temp_location" =~ ^gs://[^/]+$ ]]; then
-    staging_location="$temp_location/staging"
-  else
-    staging_location="${temp_location%/*}/staging"
-  fi
-fi
-staging_location=${staging_location%/}
-for name in temp_location staging_location; do
-  check_gs_uri "--$name" "${!name}"
-done
+resolve_dataflow_locations
 [[ "$machine_type" =~ ^[a-z0-9]+(-[a-z0-9]+)+$ ]] || die "invalid machine type: $machine_type (e.g. n1-standard-4, n2-highmem-8)"
 [[ "$max_workers" =~ ^[1-9][0-9]*$ ]] || die "--max_workers must be a positive integer, got $max_workers"
 job_name=${job_name:-spanwise-preprocess-$(date -u +%Y%m%d-%H%M%S)}

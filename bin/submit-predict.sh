@@ -156,28 +156,7 @@ done
 [[ -n "$output_dir" ]] || die "--output_dir is required; see --help"
 [[ "$output_dir" == gs://* ]] || die "--output_dir must be a gs:// URI (the Dataflow workers write it), got $output_dir"
 check_gs_uri --output_dir "$output_dir"
-if [[ -n "$bucket" ]]; then
-  bucket=${bucket#gs://}
-  bucket=${bucket%/}
-  [[ "$bucket" != */* ]] || die "--bucket takes a bucket name (e.g. my-bucket), not a path: got $bucket"
-  problem=$(bucket_problem "$bucket")
-  [[ -z "$problem" ]] || die "--bucket $bucket is not a valid bucket name: $problem"
-  temp_location=${temp_location:-gs://$bucket/dataflow/tmp}
-  staging_location=${staging_location:-gs://$bucket/dataflow/staging}
-fi
-[[ -n "$temp_location" ]] || die "say where Dataflow keeps its files: --bucket BUCKET, or --temp_location gs://... (and --staging_location)"
-temp_location=${temp_location%/}
-if [[ -z "$staging_location" ]]; then # beside the temp location (inside it when that is a bare bucket)
-  if [[ "$temp_location" =~ ^gs://[^/]+$ ]]; then
-    staging_location="$temp_location/staging"
-  else
-    staging_location="${temp_location%/*}/staging"
-  fi
-fi
-staging_location=${staging_location%/}
-for name in temp_location staging_location; do
-  check_gs_uri "--$name" "${!name}"
-done
+resolve_dataflow_locations
 
 # The container: the workers import torch (the model handler), which Beam's default image lacks.
 if [[ -z "$sdk_container_image" ]]; then
