@@ -54,10 +54,9 @@ class ViewsFn(beam.DoFn):
 
     def setup(self) -> None:
         from tokenization.tokenizer import load_tokenizer
-        from trainer.classifier import DocumentViews, TrainedView
-        import spanwise_io
+        from trainer.classifier import DocumentViews, TrainedView, local_model_path
 
-        local = spanwise_io.copy_dir_to_local(self._model_dir) if spanwise_io.is_remote(self._model_dir) else self._model_dir
+        local = local_model_path(self._model_dir)
         self._documents = DocumentViews(load_tokenizer(local), TrainedView.read(local))
 
     def process(self, element: tuple[TaskKey, Sequence[Row]]) -> Iterator[Any]:
@@ -101,11 +100,10 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
         self._pad_token_id: int | None = None
 
     def load_model(self) -> Any:
-        import spanwise_io
         from tokenization.tokenizer import load_tokenizer
-        from trainer.classifier import load_scoring_model, pick_device
+        from trainer.classifier import load_scoring_model, local_model_path, pick_device
 
-        local = spanwise_io.copy_dir_to_local(self._model_dir) if spanwise_io.is_remote(self._model_dir) else self._model_dir
+        local = local_model_path(self._model_dir)
         tokenizer = load_tokenizer(local)
         model = load_scoring_model(local, pick_device(self._device_name))
         model.spanwise_pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)

@@ -43,7 +43,8 @@ from beam_pipelines.readers import FORMATS, plan_tasks
 from beam_pipelines.records import REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
 from schemas.columns import ColumnSpec
-from trainer.classifier import TrainedView, parse_views
+from trainer.classifier import TrainedView
+from trainer.features import parse_views
 from trainer.prediction_output import Tally
 
 __all__ = ["build_parser", "SPLIT", "SUMMARY_NAME", "PREDICTIONS_PREFIX", "build_pipeline", "run", "main"]

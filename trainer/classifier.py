@@ -41,8 +41,8 @@ import spanwise_io
 from tokenization.documents import cap_tokens, tokenize_texts
 from tokenization.seq_len import SeqLenConfig, apply_seq_len, validate_seq_config
 from tokenization.tokenizer import load_tokenizer
-from trainer.features import EVAL_VIEWS_CHUNKS, Example, FeatureBuilder, SpecialTokenTemplate, collate
-from trainer.pooling import POOLINGS, batch_inputs, model_input_names
+from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from trainer.pooling import batch_inputs, model_input_names, pool_logits
 from trainer.prediction_output import softmax
 
 __all__ = [
@@ -54,11 +54,12 @@ __all__ = [
     "DocumentViews",
     "Prediction",
     "Classifier",
-    "parse_views",
     "score_views",
     "forward_batch",
     "pool_views",
     "text_id",
+    "local_model_path",
+    "load_classifier",
     "load_scoring_model",
     "pick_device",
     "autocast_dtype",
@@ -73,20 +74,6 @@ DEFAULT_MAX_DOC_CHARS = 1_000_000
 DOCS_PER_CHUNK = 512
 _RUN_CONFIG = "run_config.json"
 _PREPROCESS_MANIFEST = "preprocess_manifest.json"
-
-
-def parse_views(value: str | int) -> int | str:
-    """``--eval_views``: a positive int or ``"chunks"``.
-
-    Raises:
-        ValueError: anything else.
-    """
-    text = str(value).strip()
-    if text == EVAL_VIEWS_CHUNKS:
-        return EVAL_VIEWS_CHUNKS
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise ValueError(f"views must be a positive integer or 'chunks', got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -236,12 +223,35 @@ def pick_device(name: str | None = None) -> torch.device:
     return device
 
 
+def local_model_path(name_or_path: str) -> str:
+    """A model or tokenizer location that transformers can open: gs:// dirs are copied locally."""
+    return spanwise_io.copy_dir_to_local(name_or_path) if spanwise_io.is_remote(name_or_path) else name_or_path
+
+
+def load_classifier(name_or_path: str, **kwargs: Any) -> Any:
+    """``AutoModelForSequenceClassification.from_pretrained``, with a clear error for pickled weights.
+
+    transformers reads a ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which
+    refuses a pickle that would build arbitrary objects (or run code); that refusal becomes a
+    ValueError naming the model instead of a traceback.
+    """
+    import pickle
+
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(local_model_path(name_or_path), **kwargs)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{name_or_path}: refusing its pickled weights (pytorch_model.bin), which would build arbitrary "
+            f"objects when loaded; use a copy saved as model.safetensors ({first_line})"
+        ) from error
+
+
 def load_scoring_model(model_dir: str, device: torch.device) -> torch.nn.Module:
     """The saved classifier in eval mode on ``device`` (``gs://`` folders are copied locally first)."""
-    from trainer.task import load_classifier  # (trainer.task imports this module's callers)
-
-    model = load_classifier(model_dir)
-    return model.to(device).eval()
+    return load_classifier(model_dir).to(device).eval()
 
 
 def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
@@ -302,21 +312,12 @@ def forward_batch(
 
 
 def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, pooling: str = "mean") -> np.ndarray:
-    """Each document's logits from its views' (``owners[i]``: the document of view ``i``): their
-    mean, or per class their maximum (``pooling``), as evaluation pools them."""
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    owners = np.asarray(owners, dtype=np.int64)
-    counts = np.bincount(owners, minlength=documents)
-    if (counts == 0).any():
+    """Each document's logits from its views' (``owners[i]``: the document of view ``i``), pooled
+    as evaluation and training pool them (``trainer.pooling.pool_logits``: mean, or per class max)."""
+    owners_t = torch.as_tensor(np.asarray(owners, dtype=np.int64))
+    if (torch.bincount(owners_t, minlength=documents) == 0).any():
         raise ValueError("a document has no view")
-    if pooling == "max":
-        out = np.full((documents, logits.shape[1]), -np.inf, dtype=np.float32)
-        np.maximum.at(out, owners, logits.astype(np.float32))
-        return out
-    sums = np.zeros((documents, logits.shape[1]), dtype=np.float64)
-    np.add.at(sums, owners, logits.astype(np.float64))
-    return (sums / counts[:, None]).astype(np.float32)
+    return pool_logits(torch.from_numpy(np.asarray(logits, dtype=np.float32)), owners_t, documents, pooling).numpy()
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ class Classifier:
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: a GPU when there is one.
             bf16, fp16: autocast the forward passes.
         """
-        local = spanwise_io.copy_dir_to_local(model_dir) if spanwise_io.is_remote(model_dir) else model_dir
+        local = local_model_path(model_dir)
         if not os.path.isdir(local):
             raise ValueError(f"{model_dir}: not a folder; give a model folder saved by trainer.task")
         view = TrainedView.read(local)

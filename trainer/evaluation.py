@@ -12,6 +12,7 @@ on the number of workers. The logits stay on the device, summed per document wit
 
 from __future__ import annotations
 
+import io
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -31,18 +32,14 @@ from trainer.data import (
     start_loader,
     worker_init_threads,
 )
-from trainer.features import Example, FeatureBuilder, collate
+from trainer.features import Example, FeatureBuilder, collate, parse_views
 from trainer.metrics import classification_metrics, confusion_matrix
+from trainer.prediction_output import PredictionWriter
 from trainer.pooling import add_to_pool_, batch_inputs, finish_pool, model_input_names, new_pool
 
 __all__ = ["score_documents", "evaluate_split", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
 
 BLOCK_BATCHES = 8  # documents per block: this many batches' worth
-
-
-def parse_views(value: str | int) -> int | str:
-    """``--eval_views`` as an int or ``"chunks"``."""
-    return "chunks" if str(value) == "chunks" else int(value)
 
 
 class EvalStream(IterableDataset):
@@ -222,19 +219,7 @@ def evaluate_split(
 
 def render_predictions(path: str, doc_ids: Sequence[str], logits: np.ndarray, label_names: Sequence[str]) -> bytes:
     """Predictions as TSV (``id``, ``label``, one probability column per label) for a ``.tsv`` path,
-    else JSONL (``id``, ``label``, ``probabilities``)."""
-    import io
-    import json
-
-    probabilities = torch.softmax(torch.from_numpy(np.asarray(logits)), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
-    predicted = probabilities.argmax(axis=1) if len(doc_ids) else np.zeros(0, dtype=np.int64)
-    out = io.StringIO()
-    if path.endswith(".tsv"):
-        out.write("\t".join(["id", "label", *(f"p_{name}" for name in label_names)]) + "\n")
-        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
-            out.write("\t".join([doc_id, label_names[index], *(f"{p:.6f}" for p in row)]) + "\n")
-    else:
-        for doc_id, index, row in zip(doc_ids, predicted, probabilities):
-            record = {"id": doc_id, "label": label_names[index], "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, row)}}
-            out.write(json.dumps(record) + "\n")
-    return out.getvalue().encode("utf-8")
+    else JSONL (``id``, ``label``, ``probabilities``): ``trainer.prediction_output``'s format."""
+    out = io.BytesIO()
+    PredictionWriter(out, label_names, tsv=path.endswith(".tsv")).write(doc_ids, np.asarray(logits))
+    return out.getvalue()

@@ -18,9 +18,24 @@ from tokenization.rng import EVAL_EPOCH, doc_rng
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
 from trainer.pooling import select_windows
 
-__all__ = ["SpecialTokenTemplate", "FeatureBuilder", "Example", "collate", "EVAL_VIEWS_CHUNKS"]
+__all__ = ["SpecialTokenTemplate", "FeatureBuilder", "Example", "collate", "parse_views", "EVAL_VIEWS_CHUNKS"]
 
 EVAL_VIEWS_CHUNKS = "chunks"
+
+
+def parse_views(value: str | int) -> int | str:
+    """Views of a document (``--eval_views``, ``--train_views``, the API's ``views``): a positive
+    int or ``"chunks"``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = str(value).strip()
+    if text == EVAL_VIEWS_CHUNKS:
+        return EVAL_VIEWS_CHUNKS
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(f"views must be a positive integer or 'chunks', got {value!r}")
 
 
 @dataclass(frozen=True)

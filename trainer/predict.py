@@ -36,11 +36,11 @@ from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
-from trainer.evaluation import parse_views, render_predictions, score_documents
-from trainer.classifier import DOCS_PER_CHUNK, Classifier, parse_views as parse_view_option, pool_views, score_views
-from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate
+from trainer.classifier import DOCS_PER_CHUNK, Classifier, load_classifier, local_model_path, pool_views, score_views
+from trainer.evaluation import render_predictions, score_documents
+from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
 from trainer.prediction_output import PredictionWriter, Tally
-from trainer.task import RUN_CONFIG_NAME, load_classifier, local_model_path
+from trainer.task import RUN_CONFIG_NAME
 
 __all__ = ["predict", "main", "RAW_SPLIT", "ROWS_PER_CHUNK"]
 
@@ -176,7 +176,7 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
     plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec)  # columns checked first
     classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
                                             bf16=args.bf16, fp16=args.fp16)
-    views = parse_view_option(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
+    views = parse_views(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
     rejected_path = args.rejected_output or _rejected_path(args.output)
     tally = Tally(classifier.label_names)
     read = 0

@@ -38,7 +38,7 @@ from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
 from trainer import resume
 from trainer.args import TrainConfig, parse_args
-from trainer.classifier import CONFIG_KEY, TrainedView
+from trainer.classifier import CONFIG_KEY, TrainedView, load_classifier, local_model_path
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
 from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, scan_split, start_loader, take_first, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
@@ -68,32 +68,6 @@ def rank_trace_path(path: str, rank: int, world_size: int) -> str:
         return path
     root, ext = os.path.splitext(path)
     return f"{root}.rank{rank}{ext}"
-
-
-def local_model_path(name_or_path: str) -> str:
-    """A model or tokenizer location that transformers can open: gs:// dirs are copied locally."""
-    return spanwise_io.copy_dir_to_local(name_or_path) if spanwise_io.is_remote(name_or_path) else name_or_path
-
-
-def load_classifier(name_or_path: str, **kwargs: Any) -> Any:
-    """``AutoModelForSequenceClassification.from_pretrained``, with a clear error for pickled weights.
-
-    transformers reads a ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which
-    refuses a pickle that would build arbitrary objects (or run code); that refusal becomes a
-    ValueError naming the model instead of a traceback.
-    """
-    import pickle
-
-    from transformers import AutoModelForSequenceClassification
-
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(local_model_path(name_or_path), **kwargs)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"{name_or_path}: refusing its pickled weights (pytorch_model.bin), which would build arbitrary "
-            f"objects when loaded; use a copy saved as model.safetensors ({first_line})"
-        ) from error
 
 
 class LossMeter:
@@ -782,12 +756,13 @@ class Trainer:
 
     def _save_model_local(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
+        run_config = self.run_config()
         # what prediction must repeat travels in config.json, with the weights (trainer.classifier)
-        setattr(self.model.config, CONFIG_KEY, TrainedView.from_run(self.run_config(), self.manifest).to_dict())
+        setattr(self.model.config, CONFIG_KEY, TrainedView.from_run(run_config, self.manifest).to_dict())
         self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         with open(os.path.join(directory, RUN_CONFIG_NAME), "w", encoding="utf-8") as handle:
-            json.dump(self.run_config(), handle, indent=2, sort_keys=True, default=str)
+            json.dump(run_config, handle, indent=2, sort_keys=True, default=str)
 
     def _load_best(self) -> None:
         """``--load_best_model_at_end``: the best checkpoint's weights become the model's."""
