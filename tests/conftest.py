@@ -19,3 +19,15 @@ def minilm_tokenizer(minilm_path):
     from tokenization.tokenizer import load_tokenizer
 
     return load_tokenizer(minilm_path)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Train in this process with one thread, as the subprocess runs do (OMP_NUM_THREADS=1), so
+    that float sums and final weights match them whatever the caller's environment."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -352,16 +352,6 @@ def _preempt_argv(data_url: str, model_url: str, out_url: str, trace) -> list[st
     )
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Train in this process with one thread, as the subprocess does (OMP_NUM_THREADS=1), so
-    that the float sums and the final weights match it whatever the caller's environment."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_preempted_run_resumes_from_gcs_checkpoint(one_torch_thread, gcs: GcsEmulator, prep, tiny_model, tmp_path, caplog):  # noqa: F811
     from trainer import checkpoint as ckpt
     from trainer import task

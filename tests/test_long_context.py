@@ -62,14 +62,6 @@ def make_long_model(directory: str, kind: str) -> str:
     return directory
 
 
-@pytest.fixture
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kind", ["modernbert", "longformer", "bigbird"])
 def test_long_context_model_trains_above_512_saves_reloads_and_predicts(kind, prep, tmp_path, one_torch_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -519,14 +519,6 @@ def test_group_by_length_batches_similar_lengths_same_with_any_workers_and_resum
         assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(tail, epochs[1][start:]))
 
 
-@pytest.fixture
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_group_by_length_run_resumes_exactly(one_torch_thread, prep, tiny_model, tmp_path, monkeypatch):
     """A --group_by_length run that crashes after step 10 (checkpoint 8) and is resumed equals one that was not."""
     from trainer.task import run

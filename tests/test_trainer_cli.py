@@ -45,12 +45,9 @@ from trainer_helpers import (  # noqa: F401  (prep and tiny_model are fixtures)
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
+def _one_thread(one_torch_thread):
     """In-process runs with one thread, as the subprocess runs are (reproducible float sums)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 def _fails_before_training(argv, capsys, *expected):
