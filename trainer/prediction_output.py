@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Sequence
 
 import numpy as np
+import torch
 
 from trainer.metrics import classification_metrics
 
@@ -21,12 +22,12 @@ __all__ = ["prediction_record", "PredictionWriter", "Tally", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    logits = np.asarray(logits, dtype=np.float64)
+    """Row-wise softmax of the float32 logits, as ``torch.softmax`` computes it (the probabilities
+    every prediction path has always written)."""
+    logits = np.asarray(logits, dtype=np.float32)
     if logits.size == 0:
         return logits
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
 def prediction_record(doc_id: str, probabilities: Sequence[float], label_names: Sequence[str]) -> dict[str, Any]:
