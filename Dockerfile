@@ -46,6 +46,8 @@ COPY requirements.txt constraints.txt setup.py ./
 COPY tokenization/ tokenization/
 COPY schemas/ schemas/
 COPY spanwise_io/ spanwise_io/
+COPY corpora/ corpora/
+COPY modeling/ modeling/
 COPY beam_pipelines/ beam_pipelines/
 COPY trainer/ trainer/
 RUN set -eux; \
@@ -87,6 +89,8 @@ COPY setup.py ./
 COPY tokenization/ tokenization/
 COPY schemas/ schemas/
 COPY spanwise_io/ spanwise_io/
+COPY corpora/ corpora/
+COPY modeling/ modeling/
 COPY beam_pipelines/ beam_pipelines/
 COPY trainer/ trainer/
 RUN set -eux; \
@@ -133,6 +137,8 @@ COPY setup.py ./
 COPY tokenization/ tokenization/
 COPY schemas/ schemas/
 COPY spanwise_io/ spanwise_io/
+COPY corpora/ corpora/
+COPY modeling/ modeling/
 COPY beam_pipelines/ beam_pipelines/
 COPY trainer/ trainer/
 RUN set -eux; \

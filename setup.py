@@ -23,7 +23,7 @@ setup(
     version="0.1.0",
     description="Fine-tune Hugging Face sequence classifiers on long documents, locally or on Google Cloud.",
     python_requires=">=3.10",
-    packages=find_packages(include=["beam_pipelines*", "trainer*", "tokenization*", "schemas*", "spanwise_io*"]),
+    packages=find_packages(include=["beam_pipelines*", "trainer*", "modeling*", "corpora*", "tokenization*", "schemas*", "spanwise_io*"]),
     install_requires=WORKER_REQUIREMENTS,
     extras_require={"train": ["torch==2.13.0", "tensorboard==2.21.0", "tqdm==4.70.1"]},
 )

@@ -1,6 +1,6 @@
 """The batch-prediction steps as Beam DoFns, CombineFns and a RunInference model handler.
 
-They wrap the one prediction path of ``trainer.classifier`` (tokenize as preprocessing, the
+They wrap the one prediction path of ``modeling.classifier`` (tokenize as preprocessing, the
 model's views with the deterministic draws of evaluation, length-sorted batches, the mean of a
 document's view logits), so the pipeline predicts what ``trainer.predict`` and
 ``Classifier.predict`` predict:
@@ -29,9 +29,9 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipelines.transforms import REJECTED, TaskKey
+from modeling.features import Example
+from modeling.prediction_output import Tally, prediction_record, softmax
 from schemas.rows import Reason, Rejection, Row
-from trainer.features import Example
-from trainer.prediction_output import Tally, prediction_record, softmax
 
 __all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "TallyFn", "to_record", "view_tokens"]
 
@@ -53,8 +53,8 @@ class ViewsFn(beam.DoFn):
         self._documents: Any = None
 
     def setup(self) -> None:
+        from modeling.classifier import DocumentViews, TrainedView, local_model_path
         from tokenization.tokenizer import load_tokenizer
-        from trainer.classifier import DocumentViews, TrainedView, local_model_path
 
         local = local_model_path(self._model_dir)
         self._documents = DocumentViews(load_tokenizer(local), TrainedView.read(local))
@@ -100,8 +100,8 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
         self._pad_token_id: int | None = None
 
     def load_model(self) -> Any:
+        from modeling.classifier import load_scoring_model, local_model_path, pick_device
         from tokenization.tokenizer import load_tokenizer
-        from trainer.classifier import load_scoring_model, local_model_path, pick_device
 
         local = local_model_path(self._model_dir)
         tokenizer = load_tokenizer(local)
@@ -111,7 +111,7 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[Example], model: Any, inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
-        from trainer.classifier import autocast_dtype, forward_batch
+        from modeling.classifier import autocast_dtype, forward_batch
 
         device = next(model.parameters()).device
         logits = forward_batch(model, batch, device=device, pad_token_id=model.spanwise_pad_token_id,
@@ -127,7 +127,7 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
 
 class PoolLogitsFn(beam.CombineFn):
     """A document's view logits -> ``(pooled logits, views)``: their mean, or per class their
-    maximum (``pooling``, the model's ``--pooling``), as ``trainer.classifier.pool_views``."""
+    maximum (``pooling``, the model's ``--pooling``), as ``modeling.classifier.pool_views``."""
 
     def __init__(self, pooling: str = "mean"):
         if pooling not in ("mean", "max"):
@@ -171,7 +171,7 @@ def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_names: Seque
 
 
 class TallyFn(beam.CombineFn):
-    """Pooled documents -> a ``trainer.prediction_output.Tally`` (counts and confusion matrix)."""
+    """Pooled documents -> a ``modeling.prediction_output.Tally`` (counts and confusion matrix)."""
 
     def __init__(self, label_names: Sequence[str]):
         self._label_names = list(label_names)

@@ -37,15 +37,15 @@ from apache_beam.runners.runner import PipelineState
 import spanwise_io
 from beam_pipelines import sinks, transforms
 from beam_pipelines.inference import PoolLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
-from beam_pipelines.inputs import InputPlan, plan_inputs
 from beam_pipelines.preprocess import DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _interrupted, _not_an_interrupt, _runner_name
-from beam_pipelines.readers import FORMATS, plan_tasks
 from beam_pipelines.records import REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
+from corpora.inputs import InputPlan, plan_inputs
+from corpora.readers import FORMATS, plan_tasks
+from modeling.classifier import TrainedView
+from modeling.features import parse_views
+from modeling.prediction_output import Tally
 from schemas.columns import ColumnSpec
-from trainer.classifier import TrainedView
-from trainer.features import parse_views
-from trainer.prediction_output import Tally
 
 __all__ = ["build_parser", "SPLIT", "SUMMARY_NAME", "PREDICTIONS_PREFIX", "build_pipeline", "run", "main"]
 

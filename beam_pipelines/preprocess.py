@@ -9,7 +9,7 @@
 
 Inputs are files or glob patterns per split, local or ``gs://``, plain or compressed (``.gz``,
 ``.bz2``, ``.zst``), in TSV (the GLUE layout, or columns named by a header), CSV, JSON Lines or
-Parquet (``schemas.columns``; ``beam_pipelines.inputs``). Writes ``<output_dir>/manifest.json``
+Parquet (``schemas.columns``; ``corpora.inputs``). Writes ``<output_dir>/manifest.json``
 and, in the run's folder it names, ``<split>-SSSSS-of-NNNNN.parquet`` and
 ``rejected/<split>-SSSSS-of-NNNNN.jsonl`` (design.md section 4; ``beam_pipelines.sinks``), then
 prints the corpus statistics. The manifest is the commit point: until a run has written it, the
@@ -54,10 +54,10 @@ from apache_beam.runners.runner import PipelineResult, PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
-from beam_pipelines.inputs import InputPlan, plan_inputs, split_patterns
-from beam_pipelines.readers import FORMATS, plan_tasks
-from beam_pipelines.records import REJECTION_SCHEMA, RECORD_SCHEMA
+from beam_pipelines.records import RECORD_SCHEMA, REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
+from corpora.inputs import InputPlan, plan_inputs, split_patterns
+from corpora.readers import FORMATS, plan_tasks
 from schemas.columns import ColumnSpec
 from schemas.manifest import MANIFEST_NAME, format_stats, read_manifest
 from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config

@@ -40,12 +40,12 @@ import pyarrow as pa
 import transformers  # noqa: F401
 from transformers import AutoTokenizer  # noqa: F401
 
-from beam_pipelines.readers import ReadTask, TaskCounts, read_task
 from beam_pipelines.records import RECORD_SCHEMA
+from corpora.readers import ReadTask, TaskCounts, read_task
 from schemas.rows import Reason, Rejection, Row
+from tokenization.documents import MAX_CHARS_PER_TOKENIZER_CALL, cap_chars, cap_tokens, tokenize_texts
 from tokenization.rng import stable_hash64
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
-from tokenization.documents import MAX_CHARS_PER_TOKENIZER_CALL, cap_chars, cap_tokens, tokenize_texts
 from tokenization.tokenizer import load_tokenizer
 
 __all__ = [

@@ -80,10 +80,10 @@ class _Setup:
     """Tokenizer, template, units: what ``Trainer.setup`` builds before the loader."""
 
     def __init__(self, prep_dir: str, max_seq_length: int) -> None:
+        from modeling.features import SpecialTokenTemplate
         from schemas.manifest import read_manifest
         from tokenization.tokenizer import load_tokenizer
         from trainer.data import list_units
-        from trainer.features import SpecialTokenTemplate
 
         self.prep_dir = prep_dir
         self.manifest = read_manifest(prep_dir)
@@ -94,8 +94,8 @@ class _Setup:
         self.pad_token_id = int(self.tokenizer.pad_token_id or 0)
 
     def features(self, spec: tuple[str, ...], seed: int = 42) -> Any:
+        from modeling.features import FeatureBuilder
         from tokenization.seq_len import validate_seq_config
-        from trainer.features import FeatureBuilder
 
         config = validate_seq_config(spec[0], list(spec[1:]), self.max_seq_length, self.tokenizer)
         return FeatureBuilder(config, self.template, seed)
@@ -166,9 +166,9 @@ def _measure(setup: _Setup, spec: tuple[str, ...], workers: int, args: argparse.
     }
 
 
-# The numpy-fill collate this benchmark proposed was adopted as trainer.features.collate; the
+# The numpy-fill collate this benchmark proposed was adopted as modeling.features.collate; the
 # comparison below now measures it against itself (about 1.0x) and stays as a regression check.
-from trainer.features import collate as proposed_collate  # noqa: E402
+from modeling.features import collate as proposed_collate  # noqa: E402
 
 
 def _ipc_cost(setup: _Setup, spec: tuple[str, ...], args: argparse.Namespace, batches: int = 150) -> dict[str, float]:
@@ -200,10 +200,10 @@ def _ipc_cost(setup: _Setup, spec: tuple[str, ...], args: argparse.Namespace, ba
 
 def _time_split(setup: _Setup, spec: tuple[str, ...], args: argparse.Namespace) -> dict[str, Any]:
     """ShardStream.__iter__ (one process, worker 0 of 1) with a timer around each step."""
+    from modeling.features import Example, _to_list, collate
     from tokenization.rng import doc_rng
     from tokenization.seq_len import apply_seq_len
     from trainer.data import _RowGroupReader, read_rows
-    from trainer.features import Example, _to_list, collate
 
     stream = setup.stream(spec, args.batch_size, args.shuffle_buffer, epoch=0)
     features = stream.features

@@ -92,7 +92,7 @@ def _random_model(work: Path, shape: str, tokenizer_dir: str, docs: Path, max_se
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from trainer.classifier import CONFIG_KEY, TrainedView
+    from modeling.classifier import CONFIG_KEY, TrainedView
 
     directory = work / f"random-{shape}-{max_seq}"
     labels = sorted({row.split("\t")[2] for row in docs.read_text(encoding="utf-8").splitlines()[1:]})
@@ -144,7 +144,7 @@ def _child(args: argparse.Namespace) -> int:
     labels: dict[str, str] = {}
     extra: dict[str, Any] = {}
     if args.side == "api":
-        from trainer.classifier import Classifier
+        from modeling.classifier import Classifier
 
         ids, texts = _texts(args.docs_file)
         classifier = Classifier.from_pretrained(args.model, device=args.device, bf16=args.bf16)

@@ -99,7 +99,7 @@ def _child_ours(args: argparse.Namespace, start: float) -> dict[str, Any]:
             trainer.train()
         except _FirstStep:
             pass
-        marks["train_docs"] = sum(unit.num_rows for unit in trainer.train_units)
+        marks["train_docs"] = sum(unit.num_rows for unit in trainer.plan.train_units)
         trainer.close()
     if "first_step_s" not in marks:
         raise RuntimeError("ours: no optimizer step was taken")

@@ -252,7 +252,7 @@ def dev_labels(prep_dir: str) -> tuple[dict[str, int], list[str]]:
 
 
 def score_predictions(path: Path, gold: dict[str, int], names: Sequence[str]) -> dict[str, float]:
-    from trainer.metrics import classification_metrics, confusion_matrix
+    from modeling.metrics import classification_metrics, confusion_matrix
 
     index = {name: i for i, name in enumerate(names)}
     truth, predicted = [], []

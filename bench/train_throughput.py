@@ -72,9 +72,8 @@ __all__ = ["main"]
 
 def _step_clock() -> list[float]:
     """perf_counter() at the return of every optimizer step of this process."""
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 
     stamps: list[float] = []
 
@@ -153,7 +152,7 @@ def _our_examples(args: argparse.Namespace, trainer: Any) -> list[dict[str, Any]
     """The examples our loader builds for the first ``steps`` batches of epoch 0, in batch order."""
     from trainer.data import _RowGroupReader, read_rows
 
-    stream = trainer.dataset
+    stream = trainer.plan.dataset
     stream.set_epoch(0)
     plan = stream.plan()
     reader = _RowGroupReader()
@@ -161,7 +160,7 @@ def _our_examples(args: argparse.Namespace, trainer: Any) -> list[dict[str, Any]
     windows: dict[int, Any] = {}
     for batch_index in range(min(args.steps, plan.num_batches)):
         for doc_id, label, a, b in read_rows(plan, plan.batch_positions(batch_index, windows), reader):
-            example = trainer.features.train_example(doc_id, label, a, b, 0)
+            example = modeling.features.train_example(doc_id, label, a, b, 0)
             examples.append({"input_ids": example.input_ids, "token_type_ids": example.token_type_ids,
                              "attention_mask": [1] * len(example.input_ids), "labels": example.label})
     return examples

@@ -1,5 +1,7 @@
 """One small I/O layer for local paths and ``gs://`` URLs, over fsspec/gcsfs.
 
+The bottom of the house: every package may import it; it imports no other package of spanwise.
+
 Every path argument of spanwise may be local or ``gs://``. Code calls these helpers instead of
 ``open``/``os`` so the two behave the same. Writes are atomic: local files are written to a
 temporary name and renamed; a GCS object only becomes visible when its upload completes.

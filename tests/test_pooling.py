@@ -54,8 +54,8 @@ def tokenizer():
 
 
 def _features(tokenizer, func="head", params=(), max_chunks=None, seed=42):
+    from modeling.features import FeatureBuilder, SpecialTokenTemplate
     from tokenization.seq_len import validate_seq_config
-    from trainer.features import FeatureBuilder, SpecialTokenTemplate
 
     config = validate_seq_config(func, list(params), MAX_SEQ, tokenizer)
     return FeatureBuilder(config, SpecialTokenTemplate.from_tokenizer(tokenizer), seed, max_chunks=max_chunks)
@@ -70,7 +70,7 @@ def _assert_same_weights(path_a, path_b):
 
 # --------------------------------------------------------------------------- pooling itself
 def test_pool_logits_by_hand_and_gradients():
-    from trainer.pooling import pool_logits
+    from modeling.pooling import pool_logits
 
     logits = torch.tensor([[1.0, 5.0], [3.0, -1.0], [2.0, 2.0], [0.0, 7.0]], requires_grad=True)
     owners = torch.tensor([0, 0, 1, 0])
@@ -91,8 +91,8 @@ def test_pool_logits_by_hand_and_gradients():
 def test_pooled_forward_equals_views_scored_one_at_a_time_and_gradients_reach_the_views(tiny_model, pooling):
     from transformers import AutoModelForSequenceClassification
 
-    from trainer.features import Example, collate
-    from trainer.pooling import model_input_names, pooled_forward
+    from modeling.features import Example, collate
+    from modeling.pooling import model_input_names, pooled_forward
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).eval()
@@ -153,7 +153,7 @@ def test_short_document_gives_exactly_one_view(tokenizer):
 
 
 def test_max_chunks_is_honoured_evenly_spaced_first_and_last_kept(tokenizer):
-    from trainer.pooling import select_windows
+    from modeling.pooling import select_windows
 
     assert select_windows(3, None) == [0, 1, 2] and select_windows(3, 4) == [0, 1, 2]
     assert select_windows(10, 4) == [0, 3, 6, 9] and select_windows(7, 1) == [0] and select_windows(5, 2) == [0, 4]

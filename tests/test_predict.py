@@ -67,7 +67,7 @@ def assert_same(got: dict[str, dict[str, Any]], expected: dict[str, dict[str, An
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_every_path_gives_the_same_predictions(models, prep, tmp_path, model_name):  # noqa: F811
     from beam_pipelines import predict as beam_predict
-    from trainer.classifier import Classifier
+    from modeling.classifier import Classifier
     from trainer.predict import predict
 
     model = models[model_name]
@@ -105,8 +105,8 @@ def test_every_path_gives_the_same_predictions(models, prep, tmp_path, model_nam
 
 def test_views_are_those_of_the_feature_builder(models, prep):  # noqa: F811
     """A long document gets exactly trainer.predict's views: 1, 4 draws (rs) or its chunks."""
+    from modeling.classifier import Classifier
     from tokenization.tokenizer import load_tokenizer
-    from trainer.classifier import Classifier
 
     classifier = Classifier.from_pretrained(models["rs"], device="cpu")
     tokenizer = load_tokenizer(models["rs"])
@@ -192,7 +192,7 @@ def test_the_model_folder_records_its_training_view(models):
     transformers' own loader ignores it and keeps the label names."""
     from transformers import AutoConfig
 
-    from trainer.classifier import TrainedView
+    from modeling.classifier import TrainedView
 
     config = json.loads(Path(models["ht"], "config.json").read_text())
     assert config["spanwise"]["seq_len_func"] == "ht" and config["spanwise"]["seq_func_params"] == [20, 42]
@@ -202,7 +202,7 @@ def test_the_model_folder_records_its_training_view(models):
 
 
 def test_api_errors(models):
-    from trainer.classifier import Classifier
+    from modeling.classifier import Classifier
 
     classifier = Classifier.from_pretrained(models["head"], device="cpu")
     with pytest.raises(ValueError, match="list of texts"):
@@ -226,7 +226,7 @@ def test_the_readme_snippets_run(models, capsys):
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    api = next(b for b in blocks if "from trainer.classifier import Classifier" in b)
+    api = next(b for b in blocks if "from modeling.classifier import Classifier" in b)
     hf = next(b for b in blocks if "from transformers import pipeline" in b)
     for block in (api, hf):
         assert "out/demo/model" in block
@@ -238,7 +238,7 @@ def test_the_readme_snippets_run(models, capsys):
 
 def test_the_api_scores_in_bounded_chunks(models, prep, monkeypatch):  # noqa: F811
     """Chunks of 4 texts give the predictions of one chunk for all (views of every size)."""
-    from trainer import classifier as classifier_module
+    from modeling import classifier as classifier_module
 
     rows = prep["rows"]["test"]
     classifier = classifier_module.Classifier.from_pretrained(models["rs"], device="cpu")
@@ -255,7 +255,7 @@ def test_the_api_scores_in_bounded_chunks(models, prep, monkeypatch):  # noqa: F
 def test_a_model_trained_on_pooled_chunks_predicts_with_its_pooling(prep, tiny_model, tmp_path):  # noqa: F811
     """--train_views chunks --max_chunks 2 --pooling max: every way pools the model's windows by max."""
     from beam_pipelines import predict as beam_predict
-    from trainer.classifier import Classifier, TrainedView
+    from modeling.classifier import Classifier, TrainedView
     from trainer.predict import predict
 
     model = str(tmp_path / "model")

@@ -1,4 +1,4 @@
-"""Tests of the input readers (``beam_pipelines.readers``) and the column rules (``schemas.columns``),
+"""Tests of the input readers (``corpora.readers``) and the column rules (``schemas.columns``),
 without Beam: each format's rows, rejections and places (line, byte offset, Parquet row), the
 errors that stop a job before it starts, and byte-range reading of large plain files.
 """
@@ -19,8 +19,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_pipelines.readers import ReadTask, TaskCounts, format_of, inspect_file, plan_tasks, read_task
 from beam_pipelines.records import LineIndex
+from corpora.readers import ReadTask, TaskCounts, format_of, inspect_file, plan_tasks, read_task
 from schemas.columns import ColumnSpec, resolve_columns
 from schemas.rows import Reason, Rejection, Row
 

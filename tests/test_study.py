@@ -188,10 +188,10 @@ def _inputs_per_epoch(argv: list[str], epochs=(0, 1)) -> list[tuple[dict[str, li
     try:
         out = []
         for epoch in epochs:
-            trainer.dataset.set_epoch(epoch)
+            trainer.plan.dataset.set_epoch(epoch)
             inputs: dict[str, list[int]] = {}
             order: list[str] = []
-            for batch in trainer.dataset:
+            for batch in trainer.plan.dataset:
                 for row, doc_id in enumerate(batch["doc_ids"]):
                     length = int(batch["attention_mask"][row].sum())
                     inputs[doc_id] = batch["input_ids"][row, :length].tolist()

@@ -43,12 +43,14 @@ from trainer_helpers import (  # noqa: F401  (prep and tiny_model are fixtures)
     prep,
     read_trace,
     run_task_subprocess,
-    signal_group_after_batches as _signal_group_after_batches,
     subprocess_env,
     task_argv,
     tiny_model,
     trace_by_key,
     train_in_process,
+)
+from trainer_helpers import (
+    signal_group_after_batches as _signal_group_after_batches,
 )
 
 MAX_SEQ = 64  # task_argv's --max_seq_length
@@ -66,10 +68,10 @@ def tokenizer():
 
 def _stream(prep, tokenizer, seq_func="rs", seed=42, units=None, rank=0, world_size=1, batch_size=8, shuffle_buffer=4096,
             group_by_length=False):
+    from modeling.features import FeatureBuilder, SpecialTokenTemplate
     from schemas.manifest import read_manifest
     from tokenization.seq_len import validate_seq_config
     from trainer.data import ShardStream, list_units
-    from trainer.features import FeatureBuilder, SpecialTokenTemplate
 
     if units is None:
         units = list_units(prep["data_dir"], read_manifest(prep["data_dir"]), "train")
@@ -196,8 +198,8 @@ def test_saved_model_reloads_with_same_logits_and_labels(trained, prep):
         assert torch.equal(tensor, trained_state[name]), name
     units = list_units(prep["data_dir"], trainer.manifest, "dev")
     kwargs = dict(views=1, batch_size=16, device=torch.device("cpu"), pad_token_id=trainer.pad_token_id)
-    ids_a, _, logits_trained = score_documents(trainer.model, units, trainer.features, **kwargs)
-    ids_b, _, logits_reloaded = score_documents(reloaded, units, trainer.features, **kwargs)
+    ids_a, _, logits_trained = score_documents(trainer.model, units, modeling.features, **kwargs)
+    ids_b, _, logits_reloaded = score_documents(reloaded, units, modeling.features, **kwargs)
     assert ids_a == ids_b and len(ids_a) == 30
     np.testing.assert_array_equal(logits_trained, logits_reloaded)
 
@@ -233,7 +235,7 @@ def test_predict_one_row_per_document_deterministic_and_views(trained, prep, tok
     # the same probabilities as the in-memory trained model with its own feature builder
     trainer = trained["trainer"]
     doc_ids, _, logits = score_documents(
-        trainer.model, list_units(prep["data_dir"], trainer.manifest, "test"), trainer.features,
+        trainer.model, list_units(prep["data_dir"], trainer.manifest, "test"), modeling.features,
         views=1, batch_size=16, device=torch.device("cpu"), pad_token_id=trainer.pad_token_id,
     )
     expected = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
@@ -550,7 +552,7 @@ def test_evaluation_is_the_same_with_dataloader_workers(trained, prep):
     units = list_units(prep["data_dir"], trainer.manifest, "dev")
     for views in ("chunks", 3):
         results = [
-            score_documents(trainer.model, units, trainer.features, views=views, batch_size=4, device=torch.device("cpu"),
+            score_documents(trainer.model, units, modeling.features, views=views, batch_size=4, device=torch.device("cpu"),
                             pad_token_id=trainer.pad_token_id, num_workers=workers)
             for workers in (0, 2)
         ]
@@ -705,7 +707,7 @@ def test_shards_of_another_schema_version_refused(prep, tiny_model, tmp_path, ca
 
 # --------------------------------------------------------------------------- metrics
 def test_metrics_three_classes_by_hand():
-    from trainer.metrics import classification_metrics, confusion_matrix
+    from modeling.metrics import classification_metrics, confusion_matrix
 
     # true \ predicted:  a  b  c
     matrix = np.array([[5, 1, 0],   # a: 6
@@ -729,7 +731,7 @@ def test_metrics_three_classes_by_hand():
 
 @pytest.mark.parametrize("tn,fp,fn,tp", [(50, 10, 5, 35), (3, 7, 9, 1), (1, 0, 0, 1), (0, 4, 6, 0), (10, 2, 30, 1)])
 def test_binary_mcc_is_the_standard_formula(tn, fp, fn, tp):
-    from trainer.metrics import classification_metrics
+    from modeling.metrics import classification_metrics
 
     metrics = classification_metrics(np.array([[tn, fp], [fn, tp]]), ["neg", "pos"])
     expected = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
@@ -741,7 +743,7 @@ def test_binary_mcc_is_the_standard_formula(tn, fp, fn, tp):
 
 
 def test_metrics_degenerate_cases():
-    from trainer.metrics import classification_metrics
+    from modeling.metrics import classification_metrics
 
     everything_one_class = classification_metrics(np.array([[0, 6], [0, 4]]), ["n", "p"])
     assert everything_one_class["mcc"] == 0.0 and everything_one_class["accuracy"] == pytest.approx(0.4)

@@ -301,7 +301,7 @@ def test_bom_only_at_the_start_of_the_file():
 
 def _read_whole_file(tmp_path, data: bytes, split: str = "dev"):
     """Every row and rejection of a file, as the pipeline's reader gives them, and its counts."""
-    from beam_pipelines.readers import TaskCounts, inspect_file, plan_tasks, read_task
+    from corpora.readers import TaskCounts, inspect_file, plan_tasks, read_task
 
     path = tmp_path / f"{split}.tsv"
     path.write_bytes(data)

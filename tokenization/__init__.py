@@ -1,4 +1,8 @@
-"""Tokenizer loading and the sequence-length functions shared by the pipeline and the trainer."""
+"""Tokenizer loading and the sequence-length functions shared by the pipeline, the trainer and prediction.
+
+Pure functions of token ids (numpy only); imports ``spanwise_io`` alone, and is imported by
+``modeling``, ``trainer`` and ``beam_pipelines``.
+"""
 
 from tokenization.rng import EVAL_EPOCH, doc_rng, stable_hash64
 from tokenization.seq_len import (

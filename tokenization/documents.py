@@ -1,7 +1,7 @@
 """From raw texts to capped token ids: the one tokenization of documents.
 
 Shared by preprocessing (``beam_pipelines.transforms.TokenizeFn``) and prediction on raw
-documents (``trainer.classifier``), so that a document predicted from its text gets exactly the
+documents (``modeling.classifier``), so that a document predicted from its text gets exactly the
 token ids its preprocessed record would hold: a text longer than ``max_doc_chars`` characters is
 cut to its head and tail before the tokenizer sees it (``cap_chars``), one tokenizer call gets at
 most ``MAX_CHARS_PER_TOKENIZER_CALL`` characters, and the ids are capped at ``max_doc_tokens``

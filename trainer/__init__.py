@@ -1,1 +1,5 @@
-"""The streaming trainer (see issue: the streaming trainer)."""
+"""Training on preprocessed shards: the loop (``task``), its plan and resume decisions, the shard stream, checkpoints, stopping, distributed set-up, TensorBoard and cloud hooks; plus ``trainer.predict``.
+
+May import ``modeling``, ``corpora``, ``tokenization``, ``schemas`` and ``spanwise_io``; never
+``beam_pipelines`` (``python -c "import trainer.predict"`` loads no Apache Beam).
+"""

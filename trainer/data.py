@@ -46,8 +46,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import spanwise_io
+from modeling.features import FeatureBuilder, collate
 from schemas.shard import LEGACY_TYPES, SHARD_SCHEMA
-from trainer.features import FeatureBuilder, collate
 
 __all__ = [
     "Unit",

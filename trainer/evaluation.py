@@ -20,6 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from modeling.features import Example, FeatureBuilder, collate, parse_views
+from modeling.metrics import classification_metrics, confusion_matrix
+from modeling.pooling import add_to_pool_, batch_inputs, finish_pool, model_input_names, new_pool
+from modeling.prediction_output import PredictionWriter
 from trainer.data import (
     DataLimits,
     EpochPlan,
@@ -32,10 +36,6 @@ from trainer.data import (
     start_loader,
     worker_init_threads,
 )
-from trainer.features import Example, FeatureBuilder, collate, parse_views
-from trainer.metrics import classification_metrics, confusion_matrix
-from trainer.prediction_output import PredictionWriter
-from trainer.pooling import add_to_pool_, batch_inputs, finish_pool, model_input_names, new_pool
 
 __all__ = ["score_documents", "evaluate_split", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
 
@@ -219,7 +219,7 @@ def evaluate_split(
 
 def render_predictions(path: str, doc_ids: Sequence[str], logits: np.ndarray, label_names: Sequence[str]) -> bytes:
     """Predictions as TSV (``id``, ``label``, one probability column per label) for a ``.tsv`` path,
-    else JSONL (``id``, ``label``, ``probabilities``): ``trainer.prediction_output``'s format."""
+    else JSONL (``id``, ``label``, ``probabilities``): ``modeling.prediction_output``'s format."""
     out = io.BytesIO()
     PredictionWriter(out, label_names, tsv=path.endswith(".tsv")).write(doc_ids, np.asarray(logits))
     return out.getvalue()

@@ -5,7 +5,7 @@ Two kinds of input:
 * ``--data_dir DIR --split test``: a split of a preprocessing run (shards and manifest.json);
 * ``--input_files PATTERN...``: raw documents, in any input format of preprocessing (TSV, CSV,
   JSONL, Parquet; plain or compressed; local or ``gs://``; columns found by name, labels
-  optional), read, tokenized and scored in a stream (``trainer.classifier``, the path the Beam
+  optional), read, tokenized and scored in a stream (``modeling.classifier``, the path the Beam
   pipeline and the Python API share). Bad rows go to ``--rejected_output`` with a reason.
 
 Uses the sequence-length function the model was trained with (recorded in its folder), with
@@ -27,20 +27,19 @@ import numpy as np
 import torch
 
 import spanwise_io
-from beam_pipelines.inputs import plan_inputs
-from beam_pipelines.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
+from corpora.inputs import plan_inputs
+from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
+from modeling.classifier import DOCS_PER_CHUNK, Classifier, load_classifier, local_model_path, pool_views, score_views
+from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
+from modeling.prediction_output import PredictionWriter, Tally
 from schemas.columns import ColumnSpec
-from schemas.rows import Reason, Rejection, Row
 from schemas.manifest import check_compatible, read_manifest
+from schemas.rows import Reason, Rejection, Row
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
-from trainer.classifier import DOCS_PER_CHUNK, Classifier, load_classifier, local_model_path, pool_views, score_views
 from trainer.evaluation import render_predictions, score_documents
-from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
-from trainer.prediction_output import PredictionWriter, Tally
-from trainer.task import RUN_CONFIG_NAME
 
 __all__ = ["predict", "main", "RAW_SPLIT", "ROWS_PER_CHUNK"]
 

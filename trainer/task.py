@@ -5,24 +5,25 @@ reads in one sitting, as nanoGPT's does: forward and backward, optimizer step, l
 save, stop; the special cases (empty batches under DDP, skipped row groups, the accumulation
 group, SIGTERM and Ctrl-C) live in the named helpers it calls.
 
+What the run decides before its first step is not here: which shards, how many steps, and
+whether ``--output_dir`` is resumed are ``trainer.plan.RunPlan``'s; the evaluations, the best
+one and early stopping are ``trainer.tracking.EvalTracker``'s; the model side (views, pooling,
+loading and saving the classifier with its ``spanwise`` record) is the ``modeling`` package's.
+
 What comes from libraries: the flags parser (transformers' ``HfArgumentParser``), the model,
 tokenizer and schedules from transformers; AdamW, autocast, the gradient scaler, DDP,
 torch.compile and the process group from torch; TensorBoard's SummaryWriter; tqdm. What is ours:
 the streaming data order (``trainer.data``), checkpoints with the exact data position
 (``trainer.checkpoint``), the resume rules (``trainer.resume``), the checks before the first
-step (``trainer.preflight``), stopping on signals (``trainer.stopping``), the per-document views
-for evaluation and the metrics.
+step (``trainer.preflight``), stopping on signals (``trainer.stopping``).
 """
-
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,28 +33,28 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import spanwise_io
+from modeling.classifier import load_classifier, local_model_path, save_classifier
+from modeling.features import FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from modeling.pooling import batch_inputs, model_input_names, pooled_forward
 from schemas.manifest import check_compatible, read_manifest
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
-from trainer import resume
 from trainer.args import TrainConfig, parse_args
-from trainer.classifier import CONFIG_KEY, TrainedView, load_classifier, local_model_path
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
-from trainer.data import DataLimits, ShardStream, SplitScan, raise_batch_error, scan_split, start_loader, take_first, worker_init_threads
+from trainer.data import raise_batch_error, start_loader, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
-from trainer.evaluation import evaluate_split, parse_views, render_predictions, score_documents
-from trainer.features import FeatureBuilder, SpecialTokenTemplate, collate
-from trainer.optimization import build_optimizer, build_scheduler, optimizer_step, warmup_steps
-from trainer.pooling import batch_inputs, model_input_names, pooled_forward
+from trainer.evaluation import evaluate_split, render_predictions, score_documents
+from trainer.optimization import build_optimizer, build_scheduler, optimizer_step
+from trainer.plan import RunPlan, protected_steps
 from trainer.preflight import check_device, check_model_fits, check_splits
-from trainer.stopping import StopSignals, Stopped
+from trainer.stopping import Stopped, StopSignals
 from trainer.tensorboard_logs import NullLogger, TensorBoardLogger
+from trainer.tracking import EvalTracker
 
 __all__ = ["Trainer", "Stopped", "Preempted", "run", "main", "rank_trace_path", "load_classifier"]
 
 log = logging.getLogger("trainer")
-RUN_CONFIG_NAME = "run_config.json"
 EVAL_RESULTS_NAME = "eval_results.json"
 PREDICT_RESULTS_NAME = "predict_results.tsv"
 PREPROCESS_MANIFEST_NAME = "preprocess_manifest.json"
@@ -102,19 +103,12 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.next_batch = 0
-        self.best_metric: float | None = None
-        self.best_step: int | None = None
-        self.evals_without_improvement = 0
-        self.stopped_early = False
-        self.eval_history: list[dict[str, Any]] = []
+        self.evals = EvalTracker(config.metric_for_best_model, patience=config.early_stopping_patience,
+                                 threshold=config.early_stopping_threshold, load_best_at_end=config.load_best_model_at_end)
         self.writer: Any = None
         self.hypertune: HypertuneReporter | None = None
-        self.scans: dict[str, SplitScan] = {}
-        self.finished_run: str | None = None  # set when --output_dir holds this very run, finished
-        self._resume_from: tuple[str, dict[str, Any]] | None = None
+        self.plan: RunPlan | None = None  # made in setup(): shards, schedule, resume decision
         self._checkpoint_step: int | None = None
-        # row groups found corrupt while reading (--skip_bad_shards): (split, path, row group) -> record
-        self.bad_row_groups: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -142,16 +136,15 @@ class Trainer:
             max_chunks=c.max_chunks,
         )
         self.pad_token_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        self._scan_shards()
-        check_splits(c, self.manifest, self.scans)
-        self.train_units = take_first(self.scans[c.train_split].units, c.max_train_samples) if c.do_train else []
-        self.eval_units = take_first(self.scans[c.eval_split].units, c.max_eval_samples) if c.do_eval else []
-        self.test_units = take_first(self.scans[c.test_split].units, c.max_predict_samples) if c.do_predict else []
+        self.plan = plan = RunPlan(c, self.ctx, self.manifest)
+        plan.scan()
+        check_splits(c, self.manifest, plan.scans)
+        plan.take_units()
         self.autocast_dtype = torch.bfloat16 if c.bf16 else torch.float16 if c.fp16 else None
         if c.do_train:
-            self._plan_training()
-            self._decide_resume()
-            if self.finished_run:
+            plan.plan_training(self.features, self.pad_token_id, self.train_views)
+            plan.decide_resume(self._barrier)
+            if plan.finished_run:
                 return
 
         torch.manual_seed(c.seed)  # the new classifier head is initialised from this
@@ -198,173 +191,13 @@ class Trainer:
         else:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
 
-    def data_limits(self, split: str) -> DataLimits:
-        """Allowed labels and token ids of ``split``: the training split must be labelled."""
-        labelled = self.config.do_train and split == self.config.train_split
-        return DataLimits(len(self.manifest["label_map"]), not labelled, self.manifest["tokenizer"].get("vocab_size"))
-
-    def _scan_shards(self) -> None:
-        """Check every shard of the splits this run reads (listing + Parquet footers), before any step.
-
-        Rank 0 scans and broadcasts the result (or its error), so every rank trains on the same
-        units even if a read would fail on one rank only; a bad shard stops every rank with the
-        same message, or with ``--skip_bad_shards`` is skipped by every rank.
-        """
-        c = self.config
-        wanted = [(c.do_train, c.train_split), (c.do_eval, c.eval_split), (c.do_predict, c.test_split)]
-        splits = list(dict.fromkeys(split for on, split in wanted if on))
-        outcome: Any = None
-        failure: Exception | None = None
-        if self.ctx.rank == 0:
-            try:
-                outcome = {
-                    split: scan_split(
-                        c.data_dir, self.manifest, split, limits=self.data_limits(split), skip_bad_shards=c.skip_bad_shards
-                    )
-                    for split in splits
-                }
-            except Exception as error:  # every rank must leave the broadcast below, then fail the same way
-                failure = error
-                outcome = (ValueError, str(error)) if isinstance(error, ValueError) else (
-                    RuntimeError, f"rank 0 could not check the shards of {c.data_dir} ({type(error).__name__}: {error})"
-                )
-        if self.ctx.distributed:
-            box = [outcome]
-            dist.broadcast_object_list(box, src=0)
-            outcome = box[0]
-        if failure is not None:
-            raise failure
-        if isinstance(outcome, tuple):
-            error_type, message = outcome
-            raise error_type(message)
-        self.scans = outcome
-        if self.ctx.is_main:
-            for split, scan in self.scans.items():
-                for problem in scan.skipped:
-                    log.warning("--skip_bad_shards: skipping %s (split %r, %s rows)", problem, split, problem.rows)
-
-    def data_problems(self) -> dict[str, Any]:
-        """Skipped shards and row groups and unlisted files, for run_config.json and eval_results.json."""
-        files = [{"split": split, **problem.to_dict()} for split, scan in self.scans.items() for problem in scan.skipped]
-        groups = sorted(self.bad_row_groups.values(), key=lambda r: (r["split"], r["path"], r["row_group"]))
-        return {
-            "skip_bad_shards": self.config.skip_bad_shards,
-            "skipped_files": len(files),
-            "skipped_row_groups": len(groups),
-            "skipped_rows": sum(record["rows"] or 0 for record in files + groups),
-            "files": files,
-            "row_groups": groups,
-            "unlisted_files": [path for scan in self.scans.values() for path in scan.unlisted],
-        }
-
-    def _note_bad_row_groups(self, split: str, records: Sequence[dict[str, Any]]) -> None:
-        """Count row groups skipped while reading (each once), with a warning the first time."""
-        for record in records:
-            key = (split, record["path"], record["row_group"])
-            if key not in self.bad_row_groups:
-                self.bad_row_groups[key] = {"split": split, **record}
-                log.warning(
-                    "--skip_bad_shards: skipping %s, row group %d (split %r, %s rows): %s",
-                    record["path"], record["row_group"], split, record["rows"], record["problem"],
-                )
-
-    def _sync_bad_row_groups(self) -> None:
-        """Every rank learns the row groups the others skipped (before they are written out)."""
-        if not self.ctx.distributed:
-            return
-        gathered: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(gathered, list(self.bad_row_groups.values()))
-        for records in gathered:
-            for record in records:
-                self.bad_row_groups.setdefault((record["split"], record["path"], record["row_group"]), record)
-
-    def _plan_training(self) -> None:
-        """The data stream and the number of steps (needed to decide whether a checkpoint fits this run)."""
-        c = self.config
-        self.dataset = ShardStream(
-            self.train_units,
-            self.features,
-            batch_size=c.per_device_train_batch_size,
-            seed=c.seed,
-            pad_token_id=self.pad_token_id,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            shuffle_buffer=c.shuffle_buffer,
-            pad_to_multiple_of=c.pad_to_multiple_of or None,
-            limits=self.data_limits(c.train_split),
-            skip_bad_row_groups=c.skip_bad_shards,
-            group_by_length=c.group_by_length,
-            views=self.train_views,
-        )
-        self.batches_per_epoch = self.dataset.plan(0).num_batches
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"{c.data_dir}: split {c.train_split!r} has no documents to train on")
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / c.gradient_accumulation_steps)
-        self.total_steps = c.max_steps if c.max_steps > 0 else math.ceil(self.steps_per_epoch * c.num_train_epochs)
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.num_warmup_steps = warmup_steps(c.warmup_steps, c.warmup_ratio, self.total_steps)
-        self.result_args = resume.result_args(
-            c, world_size=self.ctx.world_size, total_steps=self.total_steps, warmup_steps=self.num_warmup_steps,
-            data_created_at=self.manifest.get("created_at"),
-        )
-
-    def _decide_resume(self) -> None:
-        """Resume, start afresh, or refuse, by what ``--output_dir`` holds (``trainer.resume``)."""
-        c = self.config
-        checkpoint_dir = c.resolved_checkpoint_dir
-        if c.overwrite_output_dir:
-            self._barrier()
-            if self.ctx.is_main:
-                resume.clear_output_dir(c)
-            self._barrier()
-            return
-        run_config_path = spanwise_io.join(c.output_dir, RUN_CONFIG_NAME)
-        finished = json.loads(spanwise_io.read_bytes(run_config_path)) if spanwise_io.exists(run_config_path) else None
-        choice = c.resume_from_checkpoint
-        latest = ckpt.latest_checkpoint(checkpoint_dir)
-        if choice == "no":
-            if latest or finished:
-                raise ValueError(
-                    f"{c.output_dir} holds a run ({latest or run_config_path}) and --resume_from_checkpoint no would "
-                    "start afresh over it: add --overwrite_output_dir (its checkpoints and model are deleted), or give "
-                    "a new --output_dir"
-                )
-            return
-        path = latest if choice == "auto" else choice
-        if path is None:
-            if finished is not None:
-                self._check_same_run(finished.get("result_args"), run_config_path)
-                self.finished_run = run_config_path
-            return
-        state = ckpt.read_state(path)
-        if "result_args" in state:
-            self._check_same_run(json.loads(state["result_args"]), path)
-        elif state["plan"] != self._plan_signature():  # a checkpoint of an earlier version
-            raise ValueError(
-                f"{path}: checkpoint was made with {state['plan']}, this run has {self._plan_signature()}; "
-                "resume with the same values, add --overwrite_output_dir, or give a new --output_dir"
-            )
-        done = state["global_step"] >= self.total_steps or bool(state.get("stopped_early", False))
-        if done and finished is not None and choice == "auto":
-            self.finished_run = path
-            return
-        self._resume_from = (path, state)
-
-    def _check_same_run(self, saved: dict[str, Any] | None, where: str) -> None:
-        if saved is None:  # written by an earlier version: its arguments cannot be compared
-            log.warning("%s records no arguments to compare with; assuming they are this run's", where)
-            return
-        diffs = resume.differences(saved, json.loads(json.dumps(self.result_args, default=str)))
-        if diffs:
-            raise resume.refusal(where, self.config.output_dir, diffs)
-
     def _setup_optimization(self) -> None:
         c = self.config
         self.optimizer = build_optimizer(
             self.model.named_parameters(), optim=c.optim, learning_rate=c.learning_rate, weight_decay=c.weight_decay,
             betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_epsilon,
         )
-        self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler_type, self.num_warmup_steps, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler_type, self.plan.num_warmup_steps, self.plan.total_steps)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=c.fp16)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.meter = LossMeter(self.ctx.device)
@@ -377,12 +210,12 @@ class Trainer:
             "label_names": self.label_names,
             "world_size": self.ctx.world_size,
             "data_manifest_created_at": self.manifest.get("created_at"),
-            "data_problems": self.data_problems(),
+            "data_problems": self.plan.problems.to_dict(),
             "tokenizer": tokenizer_identity(self.tokenizer, self.config.tokenizer_name or self.config.model_name),
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         }
         if self.config.do_train:
-            config["result_args"] = self.result_args
+            config["result_args"] = self.plan.result_args
         return config
 
     # ------------------------------------------------------------------ checkpoints
@@ -400,30 +233,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rngs,
-            "best_metric": self.best_metric,
-            "best_step": self.best_step,
-            "evals_without_improvement": self.evals_without_improvement,
-            "stopped_early": self.stopped_early,
-            "eval_history": json.dumps(self.eval_history),
-            "bad_row_groups": json.dumps(list(self.bad_row_groups.values())),
-            "plan": self._plan_signature(),
-            "result_args": json.dumps(self.result_args, default=str),
+            **self.evals.state(),
+            "bad_row_groups": json.dumps(self.plan.problems.records()),
+            "plan": self.plan.signature(),
+            "result_args": json.dumps(self.plan.result_args, default=str),
         }
-
-    def _plan_signature(self) -> dict[str, int]:
-        c = self.config
-        return {
-            "world_size": self.ctx.world_size,
-            "per_device_train_batch_size": c.per_device_train_batch_size,
-            "gradient_accumulation_steps": c.gradient_accumulation_steps,
-            "shuffle_buffer": c.shuffle_buffer,
-            "seed": c.seed,
-            "fixed_spans": int(c.fixed_spans),
-        }
-
-    def _protected_steps(self) -> set[int]:
-        """Checkpoints that pruning keeps: the best one, for ``--load_best_model_at_end``."""
-        return {self.best_step} if self.config.load_best_model_at_end and self.best_step is not None else set()
 
     def save_checkpoint(self) -> str | None:
         """Write the checkpoint of this step (main rank; every rank takes part in the RNG gather)."""
@@ -432,7 +246,7 @@ class Trainer:
         if self.ctx.is_main:
             path = ckpt.save_checkpoint(
                 self.config.resolved_checkpoint_dir, self.global_step, self.model, state, self.config.save_total_limit,
-                self._protected_steps(),
+                protected_steps(self.config, self.evals.best_step),
             )
             log.info("checkpoint %s (epoch %d, batch %d)", path, self.epoch, self.next_batch)
             self.writer.sync()
@@ -441,10 +255,10 @@ class Trainer:
         return path
 
     def _apply_resume(self) -> None:
-        """Continue from the checkpoint chosen by ``_decide_resume``: weights, optimizer, RNG, data position."""
-        if self._resume_from is None:
+        """Continue from the checkpoint chosen by ``RunPlan.decide_resume``: weights, optimizer, RNG, data position."""
+        if self.plan.resume_from is None:
             return
-        path, state = self._resume_from
+        path, state = self.plan.resume_from
         ckpt.load_weights(path, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -454,12 +268,8 @@ class Trainer:
         if torch.cuda.is_available() and rng["cuda"]:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.global_step, self.epoch, self.next_batch = state["global_step"], state["epoch"], state["next_batch"]
-        self.best_metric, self.best_step = state["best_metric"], state["best_step"]
-        self.evals_without_improvement = int(state.get("evals_without_improvement", 0))
-        self.stopped_early = bool(state.get("stopped_early", False))
-        self.eval_history = json.loads(state["eval_history"])
-        for record in json.loads(state.get("bad_row_groups", "[]")):
-            self.bad_row_groups.setdefault((record["split"], record["path"], record["row_group"]), record)
+        self.evals.load_state(state)
+        self.plan.problems.restore(json.loads(state.get("bad_row_groups", "[]")))
         self._checkpoint_step = self.global_step
         if self.ctx.is_main:
             log.info("resumed from %s: step %d, epoch %d, batch %d", path, self.global_step, self.epoch, self.next_batch)
@@ -467,7 +277,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     @property
     def training_done(self) -> bool:
-        return self.global_step >= self.total_steps or self.stopped_early
+        return self.global_step >= self.plan.total_steps or self.evals.stopped_early
 
     def train(self) -> None:
         """The loop: forward and backward per batch; at the end of each accumulation group an
@@ -496,15 +306,15 @@ class Trainer:
                         break
         self.signals.armed = False
         self.signals.finish()
-        if c.do_eval and not any(entry["step"] == self.global_step for entry in self.eval_history):
+        if c.do_eval and not self.evals.evaluated_at(self.global_step):
             self.evaluate()  # every run ends evaluated
 
     def _epoch_batches(self) -> Iterator[dict[str, Any]]:
         """This epoch's batches from the position to resume at, checked, with skipped row groups noted."""
         c = self.config
-        self.dataset.set_epoch(self.epoch, self.next_batch)
+        self.plan.dataset.set_epoch(self.epoch, self.next_batch)
         loader = DataLoader(
-            self.dataset,
+            self.plan.dataset,
             batch_size=None,
             num_workers=c.dataloader_num_workers,
             worker_init_fn=worker_init_threads if c.dataloader_num_workers else None,
@@ -516,17 +326,10 @@ class Trainer:
         for batch in start_loader(loader) if c.dataloader_num_workers else iter(loader):
             # a row group that could not be read (in a DataLoader worker), raised here with its own message
             raise_batch_error(batch, "; a run with --skip_bad_shards skips it")
-            self._note_bad_row_groups(c.train_split, batch.get("bad_row_groups", ()))
+            self.plan.problems.note(c.train_split, batch.get("bad_row_groups", ()))
             if batch["batch_index"] != self.next_batch:
                 raise RuntimeError(f"data order broken: got batch {batch['batch_index']}, expected {self.next_batch}")
             yield batch
-
-    def _group_of(self, batch_index: int) -> tuple[int, bool]:
-        """(batches in the accumulation group of this batch, whether it is the group's last)."""
-        accum = self.config.gradient_accumulation_steps
-        start = (batch_index // accum) * accum
-        size = min(accum, self.batches_per_epoch - start)
-        return size, batch_index - start == size - 1
 
     def _forward_backward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """Loss / group size, backward; returns the detached loss (on the device: no sync).
@@ -535,7 +338,7 @@ class Trainer:
         no-op; under DDP it still runs a backward, of zero on a dummy document, so the gradient
         all-reduce matches the other ranks'. DDP syncs gradients on the group's last batch only.
         """
-        size, last = self._group_of(batch["batch_index"])
+        size, last = self.plan.group_of(batch["batch_index"])
         empty = not batch["doc_ids"]
         if empty and self.ddp is None:
             return torch.zeros((), device=self.ctx.device)
@@ -562,14 +365,14 @@ class Trainer:
     def _ends_group(self, batch: dict[str, Any]) -> bool:
         """Move the data position past ``batch``; True when its accumulation group is complete."""
         self.next_batch = batch["batch_index"] + 1
-        return self._group_of(batch["batch_index"])[1]
+        return self.plan.group_of(batch["batch_index"])[1]
 
     def _optimizer_step(self) -> None:
         """One optimizer step (skipped fp16 steps leave the schedule alone), and the position after it."""
         optimizer_step(self.optimizer, self.scheduler, self.scaler, self.parameters, self.config.max_grad_norm)
         self.global_step += 1
         self.meter.steps += 1
-        if self.next_batch == self.batches_per_epoch:
+        if self.next_batch == self.plan.batches_per_epoch:
             self.epoch, self.next_batch = self.epoch + 1, 0
 
     def _evaluation_due(self) -> bool:
@@ -582,7 +385,7 @@ class Trainer:
 
     def _checkpoint_due(self) -> bool:
         c = self.config
-        new_best = self.best_step == self.global_step and bool(self.eval_history) and self.eval_history[-1]["step"] == self.global_step
+        new_best = self.evals.new_best_at(self.global_step)
         return (
             self.training_done
             or (c.save_strategy == "steps" and self.global_step % c.save_steps == 0)
@@ -628,7 +431,7 @@ class Trainer:
             return
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.plan.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
         try:
             yield bar
         finally:
@@ -650,7 +453,7 @@ class Trainer:
         skipped: list[Any] | None = [] if c.skip_bad_shards else None
         metrics = evaluate_split(
             self.model,
-            self.eval_units,
+            self.plan.eval_units,
             self.features,
             self.label_names,
             views=self.views,
@@ -660,17 +463,16 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
-            limits=self.data_limits(c.eval_split),
+            limits=self.plan.limits(c.eval_split),
             skipped=skipped,
             num_workers=c.dataloader_num_workers,
             pooling=c.pooling,
         )
-        self._note_bad_row_groups(c.eval_split, [problem.to_dict() for problem in skipped or ()])
-        self._sync_bad_row_groups()
+        self.plan.problems.note(c.eval_split, [problem.to_dict() for problem in skipped or ()])
+        self.plan.problems.sync()
         metrics.update(step=self.global_step, epoch=self.epoch, split=c.eval_split, eval_views=str(self.views), pooling=c.pooling)
-        self.eval_history.append(metrics)
-        value = metrics[c.metric_for_best_model]
-        self._track_best(value)
+        value = self.evals.add(metrics, may_stop=c.do_train and self.global_step < self.plan.total_steps,
+                               announce=self.ctx.is_main)
         if self.ctx.is_main:
             log.info(
                 "eval step %d: loss %.4f accuracy %.4f macro_f1 %.4f mcc %.4f",
@@ -685,52 +487,20 @@ class Trainer:
         self._barrier()
         return metrics
 
-    def _track_best(self, value: float) -> None:
-        """The best evaluation so far, and ``--early_stopping_patience`` (HF's EarlyStoppingCallback rule)."""
-        c = self.config
-        lower = c.metric_for_best_model == "loss"
-        if self.best_metric is None or (value < self.best_metric if lower else value > self.best_metric):
-            improved = self.best_metric is None or abs(value - self.best_metric) > c.early_stopping_threshold
-            self.best_metric, self.best_step = value, self.global_step
-        else:
-            improved = False
-        self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
-        patience = c.early_stopping_patience
-        if c.do_train and patience is not None and self.evals_without_improvement >= patience and self.global_step < self.total_steps:
-            if not self.stopped_early and self.ctx.is_main:
-                log.info("early stopping after step %d: %d evaluations without improvement of %s (best %.4f at step %d)",
-                         self.global_step, self.evals_without_improvement, c.metric_for_best_model, self.best_metric,
-                         self.best_step)
-            self.stopped_early = True
-
     def final_metrics(self) -> dict[str, Any] | None:
         """The evaluation of the saved model: the best one with ``--load_best_model_at_end``, else the last."""
-        if not self.eval_history:
-            return None
-        if self.config.load_best_model_at_end and self.best_step is not None:
-            for entry in reversed(self.eval_history):
-                if entry["step"] == self.best_step:
-                    return entry
-        return self.eval_history[-1]
+        return self.evals.final()
 
     def eval_results(self) -> dict[str, Any]:
-        return {
-            "metric_for_best_model": self.config.metric_for_best_model,
-            "best_metric": self.best_metric,
-            "best_step": self.best_step,
-            "final": self.final_metrics(),
-            "history": self.eval_history,
-            "stopped_early": self.stopped_early,
-            "data_problems": self.data_problems(),
-        }
+        return self.evals.results(self.plan.problems.to_dict())
 
     def predict(self) -> str:
         """``--do_predict``: the split's predictions into ``<output_dir>/predict_results.tsv``."""
         c = self.config
         doc_ids, _, logits = score_documents(
-            self.model, self.test_units, self.features, views=self.views, batch_size=c.per_device_eval_batch_size,
+            self.model, self.plan.test_units, self.features, views=self.views, batch_size=c.per_device_eval_batch_size,
             device=self.ctx.device, pad_token_id=self.pad_token_id, autocast_dtype=self.autocast_dtype,
-            rank=self.ctx.rank, world_size=self.ctx.world_size, limits=self.data_limits(c.test_split),
+            rank=self.ctx.rank, world_size=self.ctx.world_size, limits=self.plan.limits(c.test_split),
             skipped=[] if c.skip_bad_shards else None, num_workers=c.dataloader_num_workers, pooling=c.pooling,
         )
         path = spanwise_io.join(c.output_dir, PREDICT_RESULTS_NAME)
@@ -745,50 +515,31 @@ class Trainer:
         data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode("utf-8")
         spanwise_io.write_bytes(spanwise_io.join(self.config.output_dir, name), data)
 
-    def _save_model(self, target: str) -> None:
-        """save_pretrained model + tokenizer + run config to ``target`` (local or gs://)."""
-        if spanwise_io.is_remote(target):
-            with tempfile.TemporaryDirectory() as tmp:
-                self._save_model_local(tmp)
-                spanwise_io.upload_dir(tmp, target)
-        else:
-            self._save_model_local(target)
-
-    def _save_model_local(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        run_config = self.run_config()
-        # what prediction must repeat travels in config.json, with the weights (trainer.classifier)
-        setattr(self.model.config, CONFIG_KEY, TrainedView.from_run(run_config, self.manifest).to_dict())
-        self.model.save_pretrained(directory, safe_serialization=True)
-        self.tokenizer.save_pretrained(directory)
-        with open(os.path.join(directory, RUN_CONFIG_NAME), "w", encoding="utf-8") as handle:
-            json.dump(run_config, handle, indent=2, sort_keys=True, default=str)
-
     def _load_best(self) -> None:
         """``--load_best_model_at_end``: the best checkpoint's weights become the model's."""
-        if not self.config.load_best_model_at_end or self.best_step is None or self.best_step == self.global_step:
+        if not self.config.load_best_model_at_end or self.evals.best_step is None or self.evals.best_step == self.global_step:
             return
-        path = ckpt.checkpoint_of_step(self.config.resolved_checkpoint_dir, self.best_step)
+        path = ckpt.checkpoint_of_step(self.config.resolved_checkpoint_dir, self.evals.best_step)
         if path is None:
-            log.warning("--load_best_model_at_end: no checkpoint of the best step %d is left; saving the last model", self.best_step)
+            log.warning("--load_best_model_at_end: no checkpoint of the best step %d is left; saving the last model", self.evals.best_step)
             return
         ckpt.load_weights(path, self.model)
         if self.ctx.is_main:
-            log.info("--load_best_model_at_end: the model of step %d (%s %.4f), from %s", self.best_step,
-                     self.config.metric_for_best_model, self.best_metric, path)
+            log.info("--load_best_model_at_end: the model of step %d (%s %.4f), from %s", self.evals.best_step,
+                     self.config.metric_for_best_model, self.evals.best_metric, path)
 
     def save(self) -> None:
         """The final model (the best one with ``--load_best_model_at_end``), run_config.json and the results."""
         c = self.config
-        self._sync_bad_row_groups()
+        self.plan.problems.sync()
         self._load_best()
         if self.ctx.is_main:
-            self._save_model(c.output_dir)
+            save_classifier(self.model, self.tokenizer, c.output_dir, self.run_config(), self.manifest)
             # a prune that a kill interrupted (after a checkpoint's COMPLETE) is caught up at the
             # next save, or here when no save followed (the run resumed at its last step)
-            ckpt.prune_checkpoints(c.resolved_checkpoint_dir, c.save_total_limit, self._protected_steps())
+            ckpt.prune_checkpoints(c.resolved_checkpoint_dir, c.save_total_limit, protected_steps(c, self.evals.best_step))
             self._write_json(PREPROCESS_MANIFEST_NAME, self.manifest)
-            if self.eval_history:
+            if self.evals.history:
                 self._write_json(EVAL_RESULTS_NAME, self.eval_results())
             final = self.final_metrics() or {}
             hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
@@ -835,9 +586,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer.signals.install()
     try:
         trainer.setup()
-        if trainer.finished_run:
+        if trainer.plan.finished_run:
             log.info("%s holds this run, finished (%s): nothing to train. To train again: --overwrite_output_dir, "
-                     "or a new --output_dir", config.output_dir, trainer.finished_run)
+                     "or a new --output_dir", config.output_dir, trainer.plan.finished_run)
             path = spanwise_io.join(config.output_dir, EVAL_RESULTS_NAME)
             return json.loads(spanwise_io.read_bytes(path)) if spanwise_io.exists(path) else {}
         if config.do_train:
@@ -847,7 +598,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             trainer.evaluate()
         if config.do_predict:
             trainer.predict()
-        results = trainer.eval_results() if trainer.eval_history else {}
+        results = trainer.eval_results() if trainer.evals.history else {}
     except Stopped as stop:
         notify("preempted (checkpoint saved)" if stop.exit_code == 143 else "stopped by Ctrl-C (checkpoint saved)")
         raise

@@ -16,7 +16,7 @@ from typing import IO, Any, Sequence
 import numpy as np
 import torch
 
-from trainer.metrics import classification_metrics
+from modeling.metrics import classification_metrics
 
 __all__ = ["prediction_record", "PredictionWriter", "Tally", "softmax"]
 

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from modeling.pooling import select_windows
 from tokenization.rng import EVAL_EPOCH, doc_rng
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
-from trainer.pooling import select_windows
 
 __all__ = ["SpecialTokenTemplate", "FeatureBuilder", "Example", "collate", "parse_views", "EVAL_VIEWS_CHUNKS"]
 

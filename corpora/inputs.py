@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import spanwise_io
-from beam_pipelines.readers import EXTENSIONS, InputFile, format_of, inspect_file
+from corpora.readers import EXTENSIONS, InputFile, format_of, inspect_file
 from schemas.columns import ColumnSpec
 from schemas.rows import REQUIRED_SPLITS, SPLITS
 

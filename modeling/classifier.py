@@ -19,7 +19,7 @@ predicts as it was trained; folders saved before that record are read from ``run
 
 Example::
 
-    from trainer.classifier import Classifier
+    from modeling.classifier import Classifier
 
     classifier = Classifier.from_pretrained("out/model")
     for p in classifier.predict(["a long text ...", "another ..."], views="chunks"):
@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -38,15 +39,17 @@ import numpy as np
 import torch
 
 import spanwise_io
+from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from modeling.pooling import batch_inputs, model_input_names, pool_logits
+from modeling.prediction_output import softmax
 from tokenization.documents import cap_tokens, tokenize_texts
 from tokenization.seq_len import SeqLenConfig, apply_seq_len, validate_seq_config
 from tokenization.tokenizer import load_tokenizer
-from trainer.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
-from trainer.pooling import batch_inputs, model_input_names, pool_logits
-from trainer.prediction_output import softmax
 
 __all__ = [
     "CONFIG_KEY",
+    "RUN_CONFIG_NAME",
+    "save_classifier",
     "DEFAULT_MAX_DOC_TOKENS",
     "DEFAULT_MAX_DOC_CHARS",
     "DOCS_PER_CHUNK",
@@ -72,7 +75,8 @@ DEFAULT_MAX_DOC_TOKENS = 32768
 DEFAULT_MAX_DOC_CHARS = 1_000_000
 # Texts the Python API tokenizes and scores at a time (bounds its memory; trainer.predict's chunks are as large).
 DOCS_PER_CHUNK = 512
-_RUN_CONFIG = "run_config.json"
+# The trainer's record of a run, saved beside the model (its flags, data, seq function, versions).
+RUN_CONFIG_NAME = "run_config.json"
 _PREPROCESS_MANIFEST = "preprocess_manifest.json"
 
 
@@ -152,10 +156,10 @@ class TrainedView:
         config = json.loads(spanwise_io.read_bytes(config_path))
         if isinstance(config.get(CONFIG_KEY), dict):
             return cls.from_dict(config[CONFIG_KEY])
-        run_path = spanwise_io.join(model_dir, _RUN_CONFIG)
+        run_path = spanwise_io.join(model_dir, RUN_CONFIG_NAME)
         if not spanwise_io.exists(run_path):
             raise ValueError(
-                f"{model_dir}: its config.json has no {CONFIG_KEY!r} record and there is no {_RUN_CONFIG}, so the "
+                f"{model_dir}: its config.json has no {CONFIG_KEY!r} record and there is no {RUN_CONFIG_NAME}, so the "
                 "sequence-length function it was trained with is unknown; give a model saved by trainer.task"
             )
         manifest_path = spanwise_io.join(model_dir, _PREPROCESS_MANIFEST)
@@ -249,6 +253,26 @@ def load_classifier(name_or_path: str, **kwargs: Any) -> Any:
         ) from error
 
 
+def save_classifier(model: Any, tokenizer: Any, target: str, run_config: Mapping[str, Any],
+                    manifest: Mapping[str, Any] | None) -> None:
+    """``save_pretrained`` model + tokenizer + ``run_config.json`` to ``target`` (local or ``gs://``).
+
+    What prediction must repeat (``TrainedView``) goes into ``config.json`` under ``"spanwise"``, so
+    it travels with the weights; ``run_config.json`` keeps the whole record of the run.
+    """
+    if spanwise_io.is_remote(target):
+        with tempfile.TemporaryDirectory() as tmp:
+            save_classifier(model, tokenizer, tmp, run_config, manifest)
+            spanwise_io.upload_dir(tmp, target)
+        return
+    os.makedirs(target, exist_ok=True)
+    setattr(model.config, CONFIG_KEY, TrainedView.from_run(run_config, manifest).to_dict())
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    with open(os.path.join(target, RUN_CONFIG_NAME), "w", encoding="utf-8") as handle:
+        json.dump(run_config, handle, indent=2, sort_keys=True, default=str)
+
+
 def load_scoring_model(model_dir: str, device: torch.device) -> torch.nn.Module:
     """The saved classifier in eval mode on ``device`` (``gs://`` folders are copied locally first)."""
     return load_classifier(model_dir).to(device).eval()
@@ -313,7 +337,7 @@ def forward_batch(
 
 def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, pooling: str = "mean") -> np.ndarray:
     """Each document's logits from its views' (``owners[i]``: the document of view ``i``), pooled
-    as evaluation and training pool them (``trainer.pooling.pool_logits``: mean, or per class max)."""
+    as evaluation and training pool them (``modeling.pooling.pool_logits``: mean, or per class max)."""
     owners_t = torch.as_tensor(np.asarray(owners, dtype=np.int64))
     if (torch.bincount(owners_t, minlength=documents) == 0).any():
         raise ValueError("a document has no view")
