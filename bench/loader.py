@@ -83,7 +83,7 @@ class _Setup:
         from modeling.features import SpecialTokenTemplate
         from schemas.manifest import read_manifest
         from tokenization.tokenizer import load_tokenizer
-        from trainer.data import list_units
+        from trainer.shards import list_units
 
         self.prep_dir = prep_dir
         self.manifest = read_manifest(prep_dir)

@@ -160,7 +160,7 @@ def _our_examples(args: argparse.Namespace, trainer: Any) -> list[dict[str, Any]
     windows: dict[int, Any] = {}
     for batch_index in range(min(args.steps, plan.num_batches)):
         for doc_id, label, a, b in read_rows(plan, plan.batch_positions(batch_index, windows), reader):
-            example = modeling.features.train_example(doc_id, label, a, b, 0)
+            example = trainer.features.train_example(doc_id, label, a, b, 0)
             examples.append({"input_ids": example.input_ids, "token_type_ids": example.token_type_ids,
                              "attention_mask": [1] * len(example.input_ids), "labels": example.label})
     return examples

@@ -33,7 +33,7 @@ import yaml
 from trainer_helpers import REPO_ROOT, prep, subprocess_env, task_argv, tiny_model  # noqa: F401 (fixtures)
 
 BIN = REPO_ROOT / "bin"
-PACKAGES = ("tokenization", "schemas", "spanwise_io", "beam_pipelines", "trainer")
+PACKAGES = ("tokenization", "schemas", "spanwise_io", "corpora", "modeling", "beam_pipelines", "trainer")
 TRAINER_FLAGS = [
     "--data_dir", "gs://my-bucket/prep/bbc", "--model_name", "bert-base-uncased", "--task_name", "bbc",
     "--max_seq_length", "512", "--seq_len_func", "ht", "--seq_func_params", "128", "382", "--bf16",

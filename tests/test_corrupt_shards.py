@@ -262,7 +262,7 @@ def test_every_bad_shard_is_named_in_one_message(prep, tiny_model, tmp_path):
 def test_a_shard_from_before_label_names_is_read_as_before(prep, tmp_path):
     """Shards written before the label names were added held int32 labels in required fields."""
     from schemas.manifest import read_manifest
-    from trainer.data import scan_split
+    from trainer.shards import scan_split
 
     data_dir = _copy_prep(prep, tmp_path)
     old_schema = pa.schema([pa.field(f.name, pa.int32() if f.name == "label" else f.type, nullable=False)
@@ -275,7 +275,7 @@ def test_a_shard_from_before_label_names_is_read_as_before(prep, tmp_path):
 
 def test_unlisted_shard_is_ignored_with_a_warning(prep, tmp_path, caplog):
     from schemas.manifest import read_manifest
-    from trainer.data import scan_split
+    from trainer.shards import scan_split
 
     data_dir = _copy_prep(prep, tmp_path)
     stray = _at(data_dir, "train-00006-of-00007.parquet")
@@ -497,7 +497,7 @@ def test_two_ranks_skip_the_same_units_and_stay_in_step(prep, tiny_model, tmp_pa
 def test_bad_shards_in_gcs_are_named_by_url(gcs: GcsEmulator, prep, tmp_path, monkeypatch):  # noqa: F811
     import spanwise_io
     from schemas.manifest import read_manifest
-    from trainer.data import scan_split
+    from trainer.shards import scan_split
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     data_dir = _copy_prep(prep, tmp_path)

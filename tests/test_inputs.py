@@ -303,7 +303,7 @@ def earlier_run(tmp_path) -> dict:
 def _still_there(run: dict) -> None:
     """The earlier run: its manifest and shards unchanged and readable by the trainer's scan."""
     from schemas.manifest import read_manifest
-    from trainer.data import scan_split
+    from trainer.shards import scan_split
 
     assert _committed(run["out"]) == run["before"]
     manifest = read_manifest(str(run["out"]))

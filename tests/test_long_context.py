@@ -69,7 +69,7 @@ def test_long_context_model_trains_above_512_saves_reloads_and_predicts(kind, pr
 
     from trainer import predict
     from trainer.args import parse_args
-    from trainer.data import list_units
+    from trainer.shards import list_units
     from trainer.evaluation import score_documents
     from trainer.preflight import check_model_fits
     from trainer.task import Trainer
@@ -97,7 +97,7 @@ def test_long_context_model_trains_above_512_saves_reloads_and_predicts(kind, pr
         assert trainer.model.bert.attention_type == "block_sparse"
 
     # the long documents filled the window: inputs of 768 tokens, above BERT's 512
-    lengths = [len(modeling.features.train_example(doc_id, 0, np.arange(2000, 2000 + n), [], 0).input_ids) for doc_id, n in
+    lengths = [len(trainer.features.train_example(doc_id, 0, np.arange(2000, 2000 + n), [], 0).input_ids) for doc_id, n in
                (("a", 300), ("b", 2000))]
     assert lengths == [302, MAX_SEQ]
 
@@ -112,8 +112,8 @@ def test_long_context_model_trains_above_512_saves_reloads_and_predicts(kind, pr
     assert reloaded.config.model_type == trainer.model.config.model_type
     units = list_units(prep["data_dir"], trainer.manifest, "dev")
     kwargs = dict(views=1, batch_size=8, device=torch.device("cpu"), pad_token_id=trainer.pad_token_id)
-    ids_a, _, logits_trained = score_documents(trainer.model, units, modeling.features, **kwargs)
-    ids_b, _, logits_reloaded = score_documents(reloaded, units, modeling.features, **kwargs)
+    ids_a, _, logits_trained = score_documents(trainer.model, units, trainer.features, **kwargs)
+    ids_b, _, logits_reloaded = score_documents(reloaded, units, trainer.features, **kwargs)
     assert ids_a == ids_b and len(ids_a) == 30
     np.testing.assert_array_equal(logits_trained, logits_reloaded)
 

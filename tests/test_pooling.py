@@ -194,7 +194,8 @@ def test_random_views_are_redrawn_each_epoch_reproducibly(tokenizer):
 
 def _stream(prep, tokenizer, views, max_chunks=None, func="head", params=()):
     from schemas.manifest import read_manifest
-    from trainer.data import ShardStream, list_units
+    from trainer.data import ShardStream
+    from trainer.shards import list_units
 
     units = list_units(prep["data_dir"], read_manifest(prep["data_dir"]), "train")
     features = _features(tokenizer, func, params, max_chunks=max_chunks)
@@ -335,7 +336,7 @@ def test_evaluation_and_predict_pool_with_the_runs_pooling(max_pooled, prep, tok
 
     from schemas.manifest import read_manifest
     from trainer import predict
-    from trainer.data import list_units
+    from trainer.shards import list_units
     from trainer.evaluation import score_documents
 
     model_dir = max_pooled / "reference"

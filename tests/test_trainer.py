@@ -71,7 +71,8 @@ def _stream(prep, tokenizer, seq_func="rs", seed=42, units=None, rank=0, world_s
     from modeling.features import FeatureBuilder, SpecialTokenTemplate
     from schemas.manifest import read_manifest
     from tokenization.seq_len import validate_seq_config
-    from trainer.data import ShardStream, list_units
+    from trainer.data import ShardStream
+    from trainer.shards import list_units
 
     if units is None:
         units = list_units(prep["data_dir"], read_manifest(prep["data_dir"]), "train")
@@ -178,7 +179,7 @@ def test_training_loss_falls(trained):
 def test_saved_model_reloads_with_same_logits_and_labels(trained, prep):
     from transformers import AutoModelForSequenceClassification
 
-    from trainer.data import list_units
+    from trainer.shards import list_units
     from trainer.evaluation import score_documents
 
     trainer = trained["trainer"]
@@ -198,8 +199,8 @@ def test_saved_model_reloads_with_same_logits_and_labels(trained, prep):
         assert torch.equal(tensor, trained_state[name]), name
     units = list_units(prep["data_dir"], trainer.manifest, "dev")
     kwargs = dict(views=1, batch_size=16, device=torch.device("cpu"), pad_token_id=trainer.pad_token_id)
-    ids_a, _, logits_trained = score_documents(trainer.model, units, modeling.features, **kwargs)
-    ids_b, _, logits_reloaded = score_documents(reloaded, units, modeling.features, **kwargs)
+    ids_a, _, logits_trained = score_documents(trainer.model, units, trainer.features, **kwargs)
+    ids_b, _, logits_reloaded = score_documents(reloaded, units, trainer.features, **kwargs)
     assert ids_a == ids_b and len(ids_a) == 30
     np.testing.assert_array_equal(logits_trained, logits_reloaded)
 
@@ -217,7 +218,7 @@ def _predict(trained, prep, tmp_path, name, *extra):
 
 
 def test_predict_one_row_per_document_deterministic_and_views(trained, prep, tokenizer, tmp_path):
-    from trainer.data import list_units
+    from trainer.shards import list_units
     from trainer.evaluation import score_documents
 
     test_ids = _train_ids(prep, "test")
@@ -235,7 +236,7 @@ def test_predict_one_row_per_document_deterministic_and_views(trained, prep, tok
     # the same probabilities as the in-memory trained model with its own feature builder
     trainer = trained["trainer"]
     doc_ids, _, logits = score_documents(
-        trainer.model, list_units(prep["data_dir"], trainer.manifest, "test"), modeling.features,
+        trainer.model, list_units(prep["data_dir"], trainer.manifest, "test"), trainer.features,
         views=1, batch_size=16, device=torch.device("cpu"), pad_token_id=trainer.pad_token_id,
     )
     expected = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
@@ -545,14 +546,14 @@ def test_group_by_length_run_resumes_exactly(one_torch_thread, prep, tiny_model,
 
 
 def test_evaluation_is_the_same_with_dataloader_workers(trained, prep):
-    from trainer.data import list_units
+    from trainer.shards import list_units
     from trainer.evaluation import score_documents
 
     trainer = trained["trainer"]
     units = list_units(prep["data_dir"], trainer.manifest, "dev")
     for views in ("chunks", 3):
         results = [
-            score_documents(trainer.model, units, modeling.features, views=views, batch_size=4, device=torch.device("cpu"),
+            score_documents(trainer.model, units, trainer.features, views=views, batch_size=4, device=torch.device("cpu"),
                             pad_token_id=trainer.pad_token_id, num_workers=workers)
             for workers in (0, 2)
         ]
@@ -571,7 +572,7 @@ def _rank_epoch(prep, tokenizer, units, epoch, rank, world_size):
 
 def test_two_ranks_disjoint_union_is_epoch_same_batch_count(prep, tokenizer):
     from schemas.manifest import read_manifest
-    from trainer.data import list_units
+    from trainer.shards import list_units
 
     units = list_units(prep["data_dir"], read_manifest(prep["data_dir"]), "train")
     all_ids = _train_ids(prep)
@@ -587,7 +588,8 @@ def test_two_ranks_disjoint_union_is_epoch_same_batch_count(prep, tokenizer):
 
 def test_odd_row_count_pads_by_wrapping_with_equal_batches(prep, tokenizer):
     from schemas.manifest import read_manifest
-    from trainer.data import EpochPlan, eval_plan, list_units
+    from trainer.data import EpochPlan, eval_plan
+    from trainer.shards import list_units
 
     units = list_units(prep["data_dir"], read_manifest(prep["data_dir"]), "train")
     drop = next(i for i, unit in enumerate(units) if unit.num_rows % 2)

@@ -174,7 +174,8 @@ def test_hf_flags_drive_a_run_from_a_yaml_config(prep, tiny_model, tmp_path):
     documents, cosine schedule with warm-up, foreach AdamW, evaluation of the first 10 dev
     documents at steps 3 and 6, checkpoints every 3 steps, test predictions, no TensorBoard."""
     from trainer.args import parse_args
-    from trainer.data import list_units, read_rows, eval_plan
+    from trainer.data import read_rows, eval_plan
+    from trainer.shards import list_units
     from trainer.task import Trainer
 
     out, trace = tmp_path / "out", tmp_path / "trace.jsonl"

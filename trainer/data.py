@@ -19,7 +19,7 @@ The order is a pure function of (seed, epoch, rank, world size, batch size, buff
 resumed run restarts at batch ``start`` of its epoch and sees exactly the samples the
 interrupted run would have seen, with no read of the skipped ones.
 
-Bad data is found as early as it can be. ``scan_split`` (before the first step) lists the folder
+Bad data is found as early as it can be. ``trainer.shards.scan_split`` (before the first step) lists the folder
 and reads every shard's Parquet footer: a missing, empty, non-Parquet, truncated or foreign file,
 row counts that disagree with manifest.json and labels or token ids out of range (from the
 footer's column statistics) are a ValueError naming the file and the problem, or with
@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-import posixpath
 import signal
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -47,17 +44,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import spanwise_io
 from modeling.features import FeatureBuilder, collate
-from schemas.shard import LEGACY_TYPES, SHARD_SCHEMA
+from trainer.shards import SHARD_COLUMNS, DataLimits, ShardProblem, Unit, describe_error
 
 __all__ = [
-    "Unit",
-    "ShardProblem",
-    "DataLimits",
-    "SplitScan",
-    "scan_split",
-    "list_units",
-    "take_first",
-    "has_labels",
     "EpochPlan",
     "ShardStream",
     "read_rows",
@@ -72,335 +61,7 @@ __all__ = [
 
 log = logging.getLogger("trainer.data")
 
-_COLUMNS = ["id", "label", "input_ids_a", "input_ids_b"]
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what DataLoader workers ignore: the main process decides
-_PARQUET_MAGIC = b"PAR1"
-_REMOTE_CHECK_THREADS = 16
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One row group of one shard file.
-
-    Attributes:
-        path, row_group: where it is.
-        num_rows: the rows the row group holds.
-        take: read only its first ``take`` rows (``--max_train_samples`` and friends); None: all.
-        label_max: the largest label in its footer statistics (-1: no labelled row; None: unknown).
-    """
-
-    path: str
-    row_group: int
-    num_rows: int
-    take: int | None = field(default=None, compare=False)
-    label_max: int | None = field(default=None, compare=False)
-
-    @property
-    def rows(self) -> int:
-        """The rows of this unit that are read."""
-        return self.num_rows if self.take is None else min(self.take, self.num_rows)
-
-
-def take_first(units: Sequence[Unit], count: int | None) -> list[Unit]:
-    """The units holding the first ``count`` documents of a split (in manifest order); all for None."""
-    if count is None:
-        return list(units)
-    out: list[Unit] = []
-    left = int(count)
-    for unit in units:
-        if left <= 0:
-            break
-        out.append(Unit(unit.path, unit.row_group, unit.num_rows, take=min(unit.rows, left), label_max=unit.label_max))
-        left -= out[-1].rows
-    return out
-
-
-def has_labels(units: Sequence[Unit]) -> bool:
-    """Whether the units may hold a labelled document (by their footer statistics)."""
-    return any(unit.rows > 0 and (unit.label_max is None or unit.label_max >= 0) for unit in units)
-
-
-class ShardProblem(ValueError):
-    """A shard (or one row group of it) that cannot be used, and why, in plain words."""
-
-    def __init__(self, path: str, problem: str, row_group: int | None = None, rows: int | None = None) -> None:
-        self.path, self.problem, self.row_group, self.rows = path, problem, row_group, rows
-        where = path if row_group is None else f"{path}, row group {row_group}"
-        super().__init__(f"{where}: {problem}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # pickled with its fields (the default would call __init__ with the message only): it
-        # travels from rank 0 to the others in the shard check's broadcast
-        return (type(self), (self.path, self.problem, self.row_group, self.rows))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The problem as JSON for ``eval_results.json`` / ``run_config.json``."""
-        record: dict[str, Any] = {"path": self.path, "problem": self.problem, "rows": self.rows}
-        if self.row_group is not None:
-            record["row_group"] = self.row_group
-        return record
-
-
-@dataclass(frozen=True)
-class DataLimits:
-    """What the stored values of a split may be.
-
-    Attributes:
-        num_labels: labels must be < this (the size of the manifest's label map); None: unchecked.
-        allow_unlabelled: whether label -1 (no label) is allowed; a training split has none.
-        vocab_size: token ids must be < this (the tokenizer's vocabulary); None: unchecked.
-    """
-
-    num_labels: int | None = None
-    allow_unlabelled: bool = True
-    vocab_size: int | None = None
-
-    def check_labels(self, low: int, high: int) -> str | None:
-        """The problem with labels ranging over ``low..high``, or None."""
-        if self.num_labels is not None and high >= self.num_labels:
-            return (
-                f"label {high} is out of range for the label_map of manifest.json "
-                f"({self.num_labels} labels, indices 0..{self.num_labels - 1})"
-            )
-        floor = -1 if self.allow_unlabelled else 0
-        if low < floor:
-            if low == -1:
-                return "label -1 (no label) found, which a training split cannot have"
-            return f"label {low} is out of range (labels are 0..N-1, or -1 for no label)"
-        return None
-
-    def check_token_ids(self, column: str, low: int, high: int) -> str | None:
-        """The problem with token ids of ``column`` ranging over ``low..high``, or None."""
-        if low < 0:
-            return f"column {column!r} has a negative token id ({low})"
-        if self.vocab_size is not None and high >= self.vocab_size:
-            return f"column {column!r} has token id {high}, beyond the tokenizer's vocabulary of {self.vocab_size}"
-        return None
-
-
-@dataclass
-class SplitScan:
-    """The result of checking the shards of one split before training.
-
-    Attributes:
-        split: the split's name.
-        units: the row groups of the good shards, in manifest order.
-        skipped: the bad shards that were skipped (only with ``skip_bad_shards``).
-        unlisted: Parquet files of this split in the folder that manifest.json does not list
-            (ignored, with a warning).
-    """
-
-    split: str
-    units: list[Unit]
-    skipped: list[ShardProblem] = field(default_factory=list)
-    unlisted: list[str] = field(default_factory=list)
-
-
-def _leaf_stats(metadata: Any, group: int, leaf: str) -> Any:
-    """Statistics of the column chunk whose path starts with ``leaf`` (``input_ids_a.list.element``)."""
-    row_group = metadata.row_group(group)
-    for index in range(row_group.num_columns):
-        column = row_group.column(index)
-        if column.path_in_schema == leaf or column.path_in_schema.startswith(leaf + "."):
-            return column.statistics
-    return None
-
-
-def _check_footer(path: str, metadata: Any, file_size: int, entry: Mapping[str, Any], limits: DataLimits) -> str | None:
-    """The problem found in a shard's Parquet metadata (schema, counts, value ranges), or None."""
-    schema = metadata.schema.to_arrow_schema()
-    missing = [name for name in _COLUMNS if schema.get_field_index(name) < 0]
-    wrong = [
-        f"column {name!r} is {schema.field(name).type}, expected {SHARD_SCHEMA.field(name).type}"
-        for name in _COLUMNS
-        if name not in missing
-        and schema.field(name).type != SHARD_SCHEMA.field(name).type
-        and schema.field(name).type not in LEGACY_TYPES.get(name, ())
-    ]
-    if missing or wrong:
-        what = ([f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"] if missing else []) + wrong
-        return f"foreign schema, not a spanwise shard: {'; '.join(what)} (it has columns {', '.join(schema.names)})"
-    if metadata.num_rows != entry["rows"]:
-        return f"holds {metadata.num_rows} rows but manifest.json says {entry['rows']}"
-    if "row_groups" in entry and metadata.num_row_groups != entry["row_groups"]:
-        return f"has {metadata.num_row_groups} row groups but manifest.json says {entry['row_groups']}"
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for index in range(row_group.num_columns):
-            column = row_group.column(index)
-            begin = column.dictionary_page_offset or column.data_page_offset
-            if begin + column.total_compressed_size > file_size:
-                return (
-                    f"row group {group}, column {column.path_in_schema!r} ends at byte "
-                    f"{begin + column.total_compressed_size}, past the end of the {file_size}-byte file (truncated or spliced)"
-                )
-        if row_group.num_rows == 0:
-            continue
-        for name in ("id", "label"):
-            stats = _leaf_stats(metadata, group, name)
-            if stats is not None and stats.null_count:
-                return f"row group {group}: column {name!r} has {stats.null_count} empty (null) values"
-        stats = _leaf_stats(metadata, group, "label")
-        if stats is not None and stats.has_min_max:
-            problem = limits.check_labels(int(stats.min), int(stats.max))
-            if problem:
-                return f"row group {group}: {problem}"
-        for name in ("input_ids_a", "input_ids_b"):
-            stats = _leaf_stats(metadata, group, name)
-            if stats is not None and stats.has_min_max:
-                problem = limits.check_token_ids(name, int(stats.min), int(stats.max))
-                if problem:
-                    return f"row group {group}: {problem}"
-    return None
-
-
-def check_shard(path: str, entry: Mapping[str, Any], limits: DataLimits = DataLimits(), listed: bool | None = None) -> list[Unit]:
-    """Check one shard from its Parquet footer (a few KB read, no data page); return its row groups.
-
-    Args:
-        path: the shard's full path or URL.
-        entry: its entry in manifest.json (``name``, ``rows``, optional ``row_groups``).
-        limits: allowed label and token id ranges, checked against the footer's column statistics.
-        listed: whether the folder listing holds the file (None: ask the filesystem).
-
-    Raises:
-        ShardProblem: the file is missing, empty, not Parquet, truncated, of a foreign schema,
-            disagrees with the manifest, or its statistics show out-of-range values.
-    """
-    rows = entry.get("rows")
-    if not (spanwise_io.exists(path) if listed is None else listed):
-        raise ShardProblem(path, "listed in manifest.json but missing", rows=rows)
-    try:
-        with spanwise_io.open_read(path) as handle:
-            handle.seek(0, 2)
-            file_size = handle.tell()
-            if file_size == 0:
-                raise ShardProblem(path, "empty file (0 bytes), not a Parquet shard", rows=rows)
-            handle.seek(0)
-            head = handle.read(16)
-            if not head.startswith(_PARQUET_MAGIC):
-                raise ShardProblem(path, f"not a Parquet file: it starts with {head!r}, not with PAR1", rows=rows)
-            handle.seek(max(file_size - 4, 0))
-            if file_size < 12 or handle.read(4) != _PARQUET_MAGIC:
-                raise ShardProblem(
-                    path,
-                    f"truncated Parquet file: it starts like Parquet but has no footer ({file_size} bytes; "
-                    "an interrupted copy or write?)",
-                    rows=rows,
-                )
-            handle.seek(0)
-            metadata = pq.ParquetFile(handle).metadata
-    except ShardProblem:
-        raise
-    except Exception as error:  # pyarrow and fsspec raise several types for corrupt or unreadable files
-        raise ShardProblem(path, f"unreadable Parquet footer ({_describe(error)})", rows=rows) from error
-    problem = _check_footer(path, metadata, file_size, entry, limits)
-    if problem:
-        raise ShardProblem(path, problem, rows=rows)
-    units = []
-    for group in range(metadata.num_row_groups):
-        rows = metadata.row_group(group).num_rows
-        if rows > 0:
-            stats = _leaf_stats(metadata, group, "label")
-            label_max = int(stats.max) if stats is not None and stats.has_min_max else None
-            units.append(Unit(path, group, rows, label_max=label_max))
-    return units
-
-
-def _describe(error: BaseException) -> str:
-    """``Type: message`` on one line of printable text (pyarrow's messages hold newlines and raw bytes)."""
-    text = "".join(char if char.isprintable() else " " for char in str(error))
-    return f"{type(error).__name__}: {' '.join(text.split())[:300]}"
-
-
-def _format_problems(split: str, problems: Sequence[ShardProblem], hint: str) -> str:
-    if len(problems) == 1:
-        return f"{problems[0]}; {hint}"
-    lines = "\n".join(f"  {problem}" for problem in problems)
-    return f"{len(problems)} bad shards in split {split!r}; {hint}:\n{lines}"
-
-
-def scan_split(
-    data_dir: str,
-    manifest: Mapping[str, Any],
-    split: str,
-    *,
-    limits: DataLimits = DataLimits(),
-    skip_bad_shards: bool = False,
-) -> SplitScan:
-    """Check every shard of ``split`` before any training step: one listing plus the Parquet footers.
-
-    The result depends only on the files, so every rank that scans the same folder gets the
-    same units (the trainer still scans on rank 0 only and broadcasts the result).
-
-    Args:
-        data_dir: the folder of manifest.json and the shards (local or gs://).
-        manifest: the validated manifest.
-        split: e.g. ``train``.
-        limits: allowed label and token id ranges.
-        skip_bad_shards: skip bad shards (reported in ``SplitScan.skipped``) instead of failing.
-
-    Raises:
-        ValueError: the split is not in the manifest; a shard is bad (without
-            ``skip_bad_shards``: every bad shard is named with its problem); or every shard of
-            the split is bad (even with ``skip_bad_shards``).
-    """
-    if split not in manifest["splits"]:
-        raise ValueError(f"{data_dir}: the manifest has no split {split!r} (it has {', '.join(manifest['splits'])})")
-    entries = manifest["splits"][split]["files"]
-    listed_names = {entry["name"] for entry in entries}
-    # the shards are in the manifest's folder or in the run folder it names (one listing each)
-    folders = sorted({posixpath.dirname(entry["name"]) for entry in entries})
-    present: set[str] | None = set()
-    for folder in folders:
-        try:
-            names = spanwise_io.listdir(spanwise_io.join(data_dir, folder) if folder else data_dir)
-        except Exception as error:  # a folder we cannot list: fall back to one existence check per file
-            log.warning("%s: cannot list the folder (%s: %s); checking each shard on its own", data_dir, type(error).__name__, error)
-            present = None
-            break
-        present.update(posixpath.join(folder, name) if folder else name for name in names)
-    all_listed = {entry["name"] for info in manifest["splits"].values() for entry in info["files"]}
-    unlisted = sorted(
-        spanwise_io.join(data_dir, name)
-        for name in (present or ())
-        if posixpath.basename(name).startswith(f"{split}-") and name.endswith(".parquet") and name not in all_listed
-    )
-    for path in unlisted:
-        log.warning("%s: not listed in manifest.json; ignored (split %r has %d listed shards)", path, split, len(listed_names))
-
-    def check(entry: Mapping[str, Any]) -> list[Unit] | ShardProblem:
-        path = spanwise_io.join(data_dir, entry["name"])
-        try:
-            return check_shard(path, entry, limits, listed=None if present is None else entry["name"] in present)
-        except ShardProblem as problem:
-            return problem
-
-    if spanwise_io.is_remote(data_dir) and len(entries) > 1:
-        with ThreadPoolExecutor(max_workers=min(_REMOTE_CHECK_THREADS, len(entries))) as pool:
-            results = list(pool.map(check, entries))  # in manifest order
-    else:
-        results = [check(entry) for entry in entries]
-    problems = [result for result in results if isinstance(result, ShardProblem)]
-    units = [unit for result in results if not isinstance(result, ShardProblem) for unit in result]
-    if problems and not skip_bad_shards:
-        them = "them" if len(problems) > 1 else "it"
-        raise ValueError(_format_problems(split, problems, f"re-run beam_pipelines.preprocess, or pass --skip_bad_shards to skip {them}"))
-    if problems and len(problems) == len(entries):
-        raise ValueError(_format_problems(split, problems, f"every shard of split {split!r} is bad, nothing left to read"))
-    return SplitScan(split, units, problems, unlisted)
-
-
-def list_units(data_dir: str, manifest: Mapping[str, Any], split: str, limits: DataLimits = DataLimits()) -> list[Unit]:
-    """The row groups of ``split``, checked against the manifest and the shard schema.
-
-    Reads only the listing and the Parquet footers. Raises ValueError naming the file and the
-    problem for a missing shard, a file that is not Parquet or is truncated, a foreign schema,
-    counts that disagree with the manifest or out-of-range labels or token ids (see
-    ``scan_split``, which can also skip bad shards).
-    """
-    return scan_split(data_dir, manifest, split, limits=limits).units
-
 
 LengthFn = Callable[[np.ndarray], np.ndarray]
 
@@ -536,14 +197,14 @@ class _RowGroupReader:
                     self.files.pop(next(iter(self.files))).close()
                 parquet = pq.ParquetFile(spanwise_io.open_read(unit.path))
                 self.files[unit.path] = parquet
-            table = parquet.read_row_group(unit.row_group, columns=_COLUMNS)
+            table = parquet.read_row_group(unit.row_group, columns=SHARD_COLUMNS)
             columns: dict[str, Any] = {"id": table.column("id").to_pylist(), "label": table.column("label").to_numpy()}
             for name in ("input_ids_a", "input_ids_b"):
                 array = table.column(name).combine_chunks()
                 columns[name] = (array.values.to_numpy(zero_copy_only=False), array.offsets.to_numpy())
         except Exception as error:  # pyarrow raises several types for corrupt pages
             raise ShardProblem(
-                unit.path, f"cannot be decoded, the file is corrupt ({_describe(error)})", unit.row_group, unit.num_rows
+                unit.path, f"cannot be decoded, the file is corrupt ({describe_error(error)})", unit.row_group, unit.num_rows
             ) from error
         problem = self._check_values(table, columns, unit)
         if problem:
@@ -554,7 +215,7 @@ class _RowGroupReader:
         """What is wrong with decoded values (corruption that left the pages decodable), or None."""
         if table.num_rows != unit.num_rows:
             return f"decodes to {table.num_rows} rows, the footer says {unit.num_rows}"
-        for name in _COLUMNS:
+        for name in SHARD_COLUMNS:
             if table.column(name).null_count:
                 return f"column {name!r} has {table.column(name).null_count} empty (null) values"
         labels = columns["label"]

@@ -24,18 +24,8 @@ from modeling.features import Example, FeatureBuilder, collate, parse_views
 from modeling.metrics import classification_metrics, confusion_matrix
 from modeling.pooling import add_to_pool_, batch_inputs, finish_pool, model_input_names, new_pool
 from modeling.prediction_output import PredictionWriter
-from trainer.data import (
-    DataLimits,
-    EpochPlan,
-    ShardProblem,
-    Unit,
-    _RowGroupReader,
-    eval_plan,
-    raise_batch_error,
-    read_rows_at,
-    start_loader,
-    worker_init_threads,
-)
+from trainer.data import EpochPlan, _RowGroupReader, eval_plan, raise_batch_error, read_rows_at, start_loader, worker_init_threads
+from trainer.shards import DataLimits, ShardProblem, Unit
 
 __all__ = ["score_documents", "evaluate_split", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
 

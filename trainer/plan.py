@@ -29,9 +29,10 @@ from modeling.features import FeatureBuilder
 from trainer import checkpoint as ckpt
 from trainer import resume
 from trainer.args import TrainConfig
-from trainer.data import DataLimits, ShardStream, SplitScan, Unit, scan_split, take_first
+from trainer.data import ShardStream
 from trainer.distributed import DistContext
 from trainer.optimization import warmup_steps
+from trainer.shards import DataLimits, SplitScan, Unit, scan_split, take_first
 
 __all__ = ["RunPlan", "ShardProblems", "protected_steps"]
 

@@ -29,7 +29,7 @@ import torch
 import spanwise_io
 from corpora.inputs import plan_inputs
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
-from modeling.classifier import DOCS_PER_CHUNK, Classifier, load_classifier, local_model_path, pool_views, score_views
+from modeling.classifier import DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, pool_views, score_views
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.prediction_output import PredictionWriter, Tally
 from schemas.columns import ColumnSpec
@@ -37,9 +37,9 @@ from schemas.manifest import check_compatible, read_manifest
 from schemas.rows import Reason, Rejection, Row
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
-from trainer.data import DataLimits, ShardProblem, scan_split
 from trainer.distributed import init_distributed, shutdown_distributed
 from trainer.evaluation import render_predictions, score_documents
+from trainer.shards import DataLimits, ShardProblem, scan_split
 
 __all__ = ["predict", "main", "RAW_SPLIT", "ROWS_PER_CHUNK"]
 

@@ -78,7 +78,7 @@ def check_model_fits(config: Any, model_config: Any, tokenizer: Any, label_names
 
 def check_splits(config: Any, manifest: dict[str, Any], scans: dict[str, Any]) -> None:
     """The evaluation split has a labelled document; the split to predict has a document."""
-    from trainer.data import has_labels
+    from trainer.shards import has_labels
 
     if config.do_eval:
         split = config.eval_split
