@@ -147,12 +147,29 @@ class Trainer:
             if plan.finished_run:
                 return
 
+        self._load_model()
+        if c.do_train:
+            self._setup_optimization()
+            self._apply_resume()
+            self.signals.use_group(self.ctx.distributed)
+        if self.ctx.is_main:
+            purge = self.global_step + 1 if self.global_step else None  # a resumed run replaces what followed its checkpoint
+            self.writer = TensorBoardLogger(c.resolved_logging_dir, purge_step=purge) if c.report_to == "tensorboard" else NullLogger()
+            if is_tuning_trial():
+                self.hypertune = HypertuneReporter(c.hypertune_metric_tag or c.metric_for_best_model)
+            if c.do_train:
+                self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2, default=str) + "\n```",
+                                     self.global_step)
+
+    def _load_model(self) -> None:
+        """The classifier on the device (new head seeded), DDP-wrapped and compiled as the flags say."""
+        c = self.config
         torch.manual_seed(c.seed)  # the new classifier head is initialised from this
         self.model = load_classifier(
             self.model_path,
             num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)),
-            label2id=dict(label_map),
+            label2id=dict(self.manifest["label_map"]),
             trust_remote_code=c.trust_remote_code,
             ignore_mismatched_sizes=c.ignore_mismatched_sizes,
         ).to(self.ctx.device)
@@ -167,18 +184,6 @@ class Trainer:
         self.train_model: torch.nn.Module = self.ddp or self.model
         if c.torch_compile:
             self.train_model = torch.compile(self.train_model, mode=c.torch_compile_mode, backend=c.torch_compile_backend or "inductor")
-        if c.do_train:
-            self._setup_optimization()
-            self._apply_resume()
-            self.signals.use_group(self.ctx.distributed)
-        if self.ctx.is_main:
-            purge = self.global_step + 1 if self.global_step else None  # a resumed run replaces what followed its checkpoint
-            self.writer = TensorBoardLogger(c.resolved_logging_dir, purge_step=purge) if c.report_to == "tensorboard" else NullLogger()
-            if is_tuning_trial():
-                self.hypertune = HypertuneReporter(c.hypertune_metric_tag or c.metric_for_best_model)
-            if c.do_train:
-                self.writer.add_text("run_config", "```\n" + json.dumps(self.run_config(), indent=2, default=str) + "\n```",
-                                     self.global_step)
 
     def _set_tf32(self) -> None:
         """``--tf32``: TF32 matmuls and convolutions on a GPU (on by default, as before the flag)."""
