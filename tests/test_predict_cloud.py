@@ -272,7 +272,7 @@ def test_predict_worker_stage_is_beams_sdk_image_with_cuda_torch_and_our_package
     (entrypoint,) = _args(stage, "ENTRYPOINT")
     assert json.loads(entrypoint) == ["/opt/apache/beam/boot"]
     copied = {source.rstrip("/") for rest in _args(stage, "COPY") for source in rest.split()[:-1]}
-    assert copied == {"tokenization", "schemas", "spanwise_io", "beam_pipelines", "trainer", "setup.py",
+    assert copied == {"tokenization", "schemas", "spanwise_io", "corpora", "modeling", "beam_pipelines", "trainer", "setup.py",
                       "requirements.txt", "constraints.txt"}
     runs = _args(stage, "RUN")
     (torch_run,) = [r for r in runs if "TORCH_CUDA_INDEX" in r]
