@@ -41,7 +41,7 @@ import transformers  # noqa: F401
 from transformers import AutoTokenizer  # noqa: F401
 
 from beam_pipelines.records import RECORD_SCHEMA
-from corpora.readers import ReadTask, TaskCounts, read_task
+from corpora.readers import DamagedFileError, ReadTask, TaskCounts, read_task
 from schemas.rows import Reason, Rejection, Row
 from tokenization.documents import MAX_CHARS_PER_TOKENIZER_CALL, cap_chars, cap_tokens, tokenize_texts
 from tokenization.rng import stable_hash64
@@ -128,7 +128,7 @@ class ReadTaskFn(beam.DoFn):
         counts = TaskCounts()
         batch: list[Row] = []
         chars = 0
-        for item in read_task(task, counts, self._decode_errors):
+        for item in self._read(task, counts):
             if isinstance(item, Rejection):
                 yield beam.pvalue.TaggedOutput(
                     REJECTED, dataclasses.replace(item, file_index=file.index, range_start=task.start)
@@ -142,6 +142,14 @@ class ReadTaskFn(beam.DoFn):
         if batch:
             yield key, batch
         yield beam.pvalue.TaggedOutput(COUNTS, (key, {"lines": counts.lines, "headers": counts.headers}))
+
+    def _read(self, task: ReadTask, counts: TaskCounts) -> Iterator[Row | Rejection]:
+        """``read_task``, with a damaged compressed file as a ``CorpusError``: the job stops with
+        its one-line message on every runner (``preprocess`` finds it in a remote traceback too)."""
+        try:
+            yield from read_task(task, counts, self._decode_errors)
+        except DamagedFileError as error:
+            raise CorpusError(str(error)) from None
 
 
 def train_labels(element: tuple[TaskKey, Sequence[Row]]) -> list[str]:

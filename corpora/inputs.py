@@ -20,7 +20,14 @@ from corpora.readers import EXTENSIONS, InputFile, format_of, inspect_file
 from schemas.columns import ColumnSpec
 from schemas.rows import REQUIRED_SPLITS, SPLITS
 
-__all__ = ["InputPlan", "plan_inputs", "split_patterns"]
+__all__ = ["InputPlan", "plan_inputs", "split_patterns", "parse_label_names", "LABEL_NAMES_HELP"]
+
+# The --label_names flag of preprocessing and prediction.
+LABEL_NAMES_HELP = (
+    "names of integer labels, in index order: 'business,entertainment,politics' or a file (local or gs://) "
+    "with one name per line; label 0 is the first name. Default: a Parquet file's Hugging Face ClassLabel "
+    "names, else the integers stay the labels"
+)
 
 # Threads that look at files at once (remote files: one small read each).
 _INSPECT_THREADS = 16
@@ -63,12 +70,39 @@ class InputPlan:
                         "bytes": f.size,
                         "header": f.has_header,
                         "columns": f.layout.describe(),
+                        **({"label_names": list(f.label_names)} if f.label_names else {}),
                     }
                     for f in files
                 ],
             }
             for split, files in self.files.items()
         }
+
+
+def parse_label_names(value: str | None) -> tuple[str, ...]:
+    """``--label_names``: comma-separated names, or a file holding one name per line.
+
+    Raises:
+        ValueError: an empty or repeated name, or a name that is an integer other than its own index.
+    """
+    if not value:
+        return ()
+    is_file = "," not in value and spanwise_io.exists(value) and not spanwise_io.isdir(value)
+    raw = spanwise_io.read_bytes(value).decode("utf-8-sig").splitlines() if is_file else value.split(",")
+    names = [name.strip() for name in raw]
+    if is_file:
+        names = [name for name in names if name]
+    where = f"--label_names {value}" + (" (a file)" if is_file else "")
+    if not names or any(not name for name in names):
+        raise ValueError(f"{where}: every name must be non-empty, e.g. --label_names business,sport,tech")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{where}: {', '.join(repr(name) for name in repeated)} given more than once")
+    misplaced = [name for index, name in enumerate(names) if name.isdigit() and int(name) != index]
+    if misplaced:
+        raise ValueError(f"{where}: the name {misplaced[0]!r} is an integer that is not its own index, so integer "
+                         "labels would be ambiguous; choose names that are not integers")
+    return tuple(names)
 
 
 def _data_dir_file(data_dir: str, split: str) -> str | None:
@@ -134,9 +168,12 @@ def _relative(path: str, folder: str) -> str:
 
 
 def plan_inputs(
-    patterns: Mapping[str, Sequence[str]], input_format: str | None, spec: ColumnSpec
+    patterns: Mapping[str, Sequence[str]], input_format: str | None, spec: ColumnSpec,
+    label_names: Sequence[str] = (),
 ) -> InputPlan:
     """List each split's files and look at each one (header, keys or schema) before any work.
+
+    ``label_names`` (``--label_names``) name the integer labels of every file.
 
     Raises:
         ValueError: a pattern matches no file; a file is given twice (in one split or two);
@@ -167,7 +204,7 @@ def plan_inputs(
 
     def inspect(job: tuple) -> InputFile:
         split, index, path, name, size, fmt = job
-        return inspect_file(split, index, path, name, size, fmt, spec)
+        return inspect_file(split, index, path, name, size, fmt, spec, label_names)
 
     remote = any(spanwise_io.is_remote(job[2]) for job in jobs)
     if remote and len(jobs) > 1:

@@ -16,21 +16,24 @@ the file's line numbers afterwards.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Mapping, Sequence
 
 import spanwise_io
 from schemas.columns import ColumnMap, ColumnSpec, resolve_columns
-from schemas.rows import LABELLED_SPLITS, Reason, Rejection, Row, cut_raw
-from schemas.tsv import UTF8_BOM, parse_line, strip_line_ending, tsv_layout
+from schemas.rows import LABELLED_SPLITS, REPEATED_HEADER_DETAIL, Reason, Rejection, Row, cut_raw
+from schemas.tsv import UTF8_BOM, is_header_again, parse_line, strip_line_ending, tsv_layout
 
 __all__ = [
+    "DamagedFileError",
     "FORMATS",
     "EXTENSIONS",
     "InputFile",
+    "class_label_names",
     "ReadTask",
     "TaskCounts",
     "format_of",
@@ -46,13 +49,37 @@ EXTENSIONS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".
 _JSONL_PROBE_LINES = 100
 
 
+class DamagedFileError(ValueError):
+    """A compressed input file that is cut short or corrupt: the job stops, naming the file, the
+    damage and how many of its rows were read before it (reading on would lose rows unseen).
+
+    ``_tagged_with_step`` tells Beam not to add its step to the message nor log a traceback
+    (as ``beam_pipelines.transforms.CorpusError``).
+    """
+
+    _tagged_with_step = True
+
+
+def _damaged(path: str, compression: str | None, error: BaseException, where: str) -> DamagedFileError | None:
+    """The ``DamagedFileError`` of a decompressor's error (None: the error is not about the data)."""
+    kind = spanwise_io.damage(error) if compression else None
+    if kind is None:
+        return None
+    return DamagedFileError(
+        f"{path}: the {compression} file is damaged: {kind}, {where}; nothing was published. "
+        "Replace it with a good copy (or leave it out) and run again"
+    )
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One input file of a split, as planned before the job starts.
 
     ``index`` is its place in the split's file list (the order that decides which of two rows
     with one ID is kept); ``name`` is its path relative to the split's common folder (derived
-    IDs and messages); ``row_groups`` holds each Parquet row group's ``(rows, bytes)``.
+    IDs and messages); ``row_groups`` holds each Parquet row group's ``(rows, bytes)``;
+    ``label_names`` the names of integer labels (``--label_names``, or a Parquet file's Hugging
+    Face ``ClassLabel``), by index.
     """
 
     split: str
@@ -65,6 +92,7 @@ class InputFile:
     layout: ColumnMap
     has_header: bool = False
     row_groups: tuple[tuple[int, int], ...] = ()
+    label_names: tuple[str, ...] = ()
 
     @property
     def labelled(self) -> bool:
@@ -118,22 +146,34 @@ def format_of(path: str, given: str | None) -> str:
 
 
 def inspect_file(
-    split: str, index: int, path: str, name: str, size: int, fmt: str, spec: ColumnSpec
+    split: str, index: int, path: str, name: str, size: int, fmt: str, spec: ColumnSpec,
+    label_names: Sequence[str] = (),
 ) -> InputFile:
     """Read what is needed to plan a file: its header, first object or Parquet schema.
 
+    ``label_names`` (``--label_names``) name integer labels; without them, a Parquet file's
+    Hugging Face metadata may (``ClassLabel`` names).
+
     Raises:
         ValueError: the columns asked for are not there (``schemas.columns.resolve_columns``),
-            a Parquet column has a type that cannot be read as asked, or a compressed Parquet file.
+            a Parquet column has a type that cannot be read as asked, a compressed Parquet file,
+            ``label_names`` that differ from the names in the file's metadata, or a text file
+            in UTF-16 or UTF-32. ``DamagedFileError``: a compressed file that cannot be read.
     """
     compression = spanwise_io.compression_of(path)
     labelled = split in LABELLED_SPLITS
     if fmt == "parquet":
         if compression:
             raise ValueError(f"{path}: a Parquet file compresses its own pages; give it without {compression} compression")
-        return _inspect_parquet(split, index, path, name, size, spec, labelled)
-    layout, has_header = _text_layout(path, compression, fmt, spec, labelled)
-    return InputFile(split, index, path, name, fmt, compression, size, layout, has_header)
+        return _inspect_parquet(split, index, path, name, size, spec, labelled, tuple(label_names))
+    try:
+        layout, has_header = _text_layout(path, compression, fmt, spec, labelled)
+    except Exception as error:  # noqa: BLE001 (each decompressor has its own error types)
+        damaged = _damaged(path, compression, error, "in its first lines")
+        if damaged is None:
+            raise
+        raise damaged from None
+    return InputFile(split, index, path, name, fmt, compression, size, layout, has_header, (), tuple(label_names))
 
 
 def _first_line(handle: IO[bytes]) -> bytes:
@@ -143,8 +183,37 @@ def _first_line(handle: IO[bytes]) -> bytes:
     return strip_line_ending(line)
 
 
+# Byte-order marks of the encodings that are not UTF-8 (the longer UTF-32 marks first).
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+               (b"\xfe\xff", "UTF-16"))
+
+
+def _check_utf8(path: str, handle: IO[bytes]) -> None:
+    """Stop at a file that starts with a UTF-16 or UTF-32 byte-order mark: read as UTF-8, its
+    header would be unreadable and every row invalid.
+
+    Raises:
+        ValueError: naming the file, its encoding and how to convert it.
+    """
+    peek = getattr(handle, "peek", None)
+    if peek is not None:
+        head = peek(4)[:4]
+    elif handle.seekable():
+        head = handle.read(4)
+        handle.seek(0)
+    else:
+        return
+    for bom, encoding in _OTHER_BOMS:
+        if head.startswith(bom):
+            raise ValueError(
+                f"{path}: the file is {encoding} (byte-order mark); convert it to UTF-8, e.g. "
+                f"iconv -f {encoding} -t UTF-8 IN > OUT, or save it as UTF-8"
+            )
+
+
 def _text_layout(path: str, compression: str | None, fmt: str, spec: ColumnSpec, labelled: bool) -> tuple[ColumnMap, bool]:
     with spanwise_io.open_decompressed(path, compression) as handle:
+        _check_utf8(path, handle)
         if fmt == "tsv":
             return tsv_layout(_first_line(handle), spec, file=path, labelled=labelled)
         if fmt == "csv":
@@ -201,6 +270,8 @@ def _parquet_type_problem(arrow_type: Any, role: str) -> str | None:
 
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
+    if role == "label" and (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
+        arrow_type = arrow_type.value_type  # a Sequence of ClassLabel: one label per row is read from it
     is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
     is_int = pa.types.is_integer(arrow_type)
     if role in ("text", "text_b", "alpha") and not is_text:
@@ -210,8 +281,27 @@ def _parquet_type_problem(arrow_type: Any, role: str) -> str | None:
     return None
 
 
+def class_label_names(metadata: Mapping[bytes, bytes] | None, column: str | None) -> tuple[str, ...]:
+    """The names of a column's Hugging Face ``ClassLabel`` (or ``Sequence``/``List`` of one), from the
+    ``huggingface`` schema metadata ``datasets.Dataset.to_parquet()`` writes; () if there are none."""
+    if not metadata or column is None or b"huggingface" not in metadata:
+        return ()
+    try:
+        feature = json.loads(metadata[b"huggingface"])["info"]["features"][column]
+    except (ValueError, KeyError, TypeError):
+        return ()
+    if isinstance(feature, list) and len(feature) == 1:  # the old spelling of a Sequence
+        feature = feature[0]
+    if isinstance(feature, dict) and feature.get("_type") in ("Sequence", "List", "LargeList"):
+        feature = feature.get("feature")
+    if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and isinstance(feature.get("names"), list):
+        return tuple(str(name) for name in feature["names"])
+    return ()
+
+
 def _inspect_parquet(
-    split: str, index: int, path: str, name: str, size: int, spec: ColumnSpec, labelled: bool
+    split: str, index: int, path: str, name: str, size: int, spec: ColumnSpec, labelled: bool,
+    label_names: tuple[str, ...] = (),
 ) -> InputFile:
     import pyarrow.parquet as pq
 
@@ -232,7 +322,13 @@ def _inspect_parquet(
         problem = _parquet_type_problem(schema.field(column).type, role)
         if problem:
             raise ValueError(f"{path}: column {column!r}: {problem}")
-    return InputFile(split, index, path, name, "parquet", None, size, layout, False, row_groups)
+    stored = class_label_names(schema.metadata, layout.label)
+    if label_names and stored and tuple(label_names) != stored:
+        raise ValueError(
+            f"{path}: its Hugging Face metadata names the labels of column {layout.label!r} {', '.join(stored)}, "
+            f"but --label_names says {', '.join(label_names)}; drop --label_names to use the file's names"
+        )
+    return InputFile(split, index, path, name, "parquet", None, size, layout, False, row_groups, label_names or stored)
 
 
 def plan_tasks(file: InputFile, range_bytes: int) -> list[ReadTask]:
@@ -262,18 +358,49 @@ def plan_tasks(file: InputFile, range_bytes: int) -> list[ReadTask]:
 def read_task(task: ReadTask, counts: TaskCounts, decode_errors: str = "strict") -> Iterator[Row | Rejection]:
     """The rows and rejections of one task, in file order; ``counts`` is filled as it goes.
 
-    Never raises for a bad row. Raises ``ValueError`` only when the file no longer matches
-    what was planned (its header changed since).
+    Never raises for a bad row. Raises ``DamagedFileError`` (a ``ValueError``) for a compressed
+    file that is cut short or corrupt, and ``ValueError`` when the file no longer matches what
+    was planned (its header changed since).
     """
+    file = task.file
+    if file.label_names:
+        for item in _read_task(task, counts, decode_errors):
+            yield _named(item, file) if isinstance(item, Row) and item.label else item
+    else:
+        yield from _read_task(task, counts, decode_errors)
+
+
+def _named(row: Row, file: InputFile) -> Row | Rejection:
+    """A row whose integer label is given its name (``file.label_names``); an index without a
+    name is rejected. A label that is not an integer stays as it is."""
+    label, names = row.label, file.label_names
+    if not label.isdigit() or label in names:
+        return row
+    index = int(label)
+    if index < len(names):
+        return dataclasses.replace(row, label=names[index])
+    return Rejection.of_row(row, Reason.UNNAMED_LABEL,
+                            f"label {index} has no name: the label names are {len(names)} (0..{len(names) - 1})")
+
+
+def _read_task(task: ReadTask, counts: TaskCounts, decode_errors: str) -> Iterator[Row | Rejection]:
     file = task.file
     if file.format == "parquet":
         yield from _read_parquet(task, counts)
-    elif file.format == "csv":
-        yield from _read_csv(task, counts, decode_errors)
-    else:
-        parse = _tsv_parser(file, decode_errors) if file.format == "tsv" else _jsonl_parser(file, decode_errors)
-        for line, offset, raw in _lines(task, counts):
-            yield parse(line, offset, raw)
+        return
+    try:
+        if file.format == "csv":
+            yield from _read_csv(task, counts, decode_errors)
+        else:
+            parse = _tsv_parser(file, decode_errors) if file.format == "tsv" else _jsonl_parser(file, decode_errors)
+            for line, offset, raw in _lines(task, counts):
+                yield parse(line, offset, raw)
+    except Exception as error:  # noqa: BLE001 (each decompressor has its own error types)
+        rows = counts.lines - counts.headers
+        damaged = _damaged(file.path, file.compression, error, f"after {rows} row{'s' if rows != 1 else ''}")
+        if damaged is None:
+            raise
+        raise damaged from None
 
 
 def _lines(task: ReadTask, counts: TaskCounts) -> Iterator[tuple[int, int, bytes]]:
@@ -329,10 +456,18 @@ def _jsonl_parser(file: InputFile, decode_errors: str):  # noqa: ANN202 (a closu
         except ValueError as error:
             return reject(Reason.INVALID_JSON, f"not valid JSON: {error}", text)
         if not isinstance(value, dict):
-            return reject(Reason.INVALID_JSON, f"a JSON {type(value).__name__}, not an object", text)
+            return reject(Reason.INVALID_JSON, f"{_json_kind(value)}, not an object", text)
         return _row_from_values(value, file, line, offset, cut_raw(text))
 
     return parse
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (``JSON null``, ``a JSON array``...), for messages."""
+    if value is None or isinstance(value, bool):
+        return f"JSON {json.dumps(value)}"
+    kinds = {list: "array", str: "string", int: "number", float: "number"}
+    return f"a JSON {kinds.get(type(value), type(value).__name__)}"
 
 
 def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset: int, raw: str) -> Row | Rejection:
@@ -351,6 +486,11 @@ def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset:
                 return reject(Reason.MISSING_FIELD, f"no {column!r} ({role} column)")
             return ""
         value = values[column]
+        if role == "label" and isinstance(value, list):  # a Sequence of ClassLabel: one label per row
+            if len(value) != 1:
+                return reject(Reason.WRONG_TYPE, f"{column!r} ({role} column) holds {len(value)} labels; "
+                                                 "a document has one label here")
+            value = value[0]
         if value is None:
             return ""
         if isinstance(value, bool) or not isinstance(value, kinds):
@@ -481,6 +621,8 @@ def _read_csv(task: ReadTask, counts: TaskCounts, decode_errors: str) -> Iterato
                     f"expected {len(layout.columns)} comma-separated fields, as the header ({', '.join(layout.columns)}), "
                     f"got {len(record.fields)}",
                 )
+            elif is_header_again(record.fields, layout):
+                yield reject(Reason.REPEATED_HEADER, REPEATED_HEADER_DETAIL)
             else:
                 values = dict(zip(layout.columns, record.fields))
                 yield _row_from_values(values, file, record.line, record.offset, cut_raw(record.text))

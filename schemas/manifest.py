@@ -187,8 +187,11 @@ def check_compatible(manifest: Mapping[str, Any], tokenizer_identity: Mapping[st
 
 def format_stats(manifest: Mapping[str, Any]) -> str:
     """The corpus statistics as a small text table, for people."""
+    labels = list(manifest["label_map"])
+    unnamed = bool(labels) and all(label.lstrip("-").isdigit() for label in labels)
     lines = [
-        f"labels ({len(manifest['label_map'])}): {', '.join(manifest['label_map'])}",
+        f"labels ({len(labels)}): {', '.join(labels)}"
+        + (" (integers without names: give --label_names to name them)" if unnamed else ""),
         f"{'split':<6} {'read':>7} {'written':>7} {'rejected':>8}  "
         f"{'p10':>6} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7}  {'>126':>6} {'>254':>6} {'>510':>6}",
     ]

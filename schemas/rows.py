@@ -22,6 +22,7 @@ __all__ = [
     "Rejection",
     "cut_raw",
     "describe_place",
+    "REPEATED_HEADER_DETAIL",
 ]
 
 SPLITS = ("train", "dev", "test")
@@ -50,11 +51,18 @@ class Reason:
     INVALID_CSV = "invalid_csv"
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
+    # a TSV or CSV line equal to the file's header, after line 1 (files joined with cat)
+    REPEATED_HEADER = "repeated_header"
+    # an integer label beyond the label names given (--label_names, a Parquet file's ClassLabel)
+    UNNAMED_LABEL = "unnamed_label"
 
 
 def cut_raw(text: str) -> str:
     """A row as read, cut at ``MAX_RAW_CHARS`` characters, saying how long it was."""
     return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + f"...[{len(text)} chars]"
+
+
+REPEATED_HEADER_DETAIL = "the header line again, inside the file (files joined with cat?); it is not a row"
 
 
 def describe_place(file: str, line: int | None, offset: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import IO, Iterator
 
 from schemas.columns import GLUE_LAYOUT, ColumnMap, ColumnSpec, looks_like_header, resolve_columns
-from schemas.rows import LABELLED_SPLITS, Reason, Rejection, Row, cut_raw
+from schemas.rows import LABELLED_SPLITS, REPEATED_HEADER_DETAIL, Reason, Rejection, Row, cut_raw
 
 __all__ = [
     "UTF8_BOM",
@@ -20,6 +20,7 @@ __all__ = [
     "strip_line_ending",
     "is_header",
     "tsv_layout",
+    "is_header_again",
     "parse_line",
 ]
 
@@ -75,6 +76,12 @@ def tsv_layout(first_line: bytes, spec: ColumnSpec, *, file: str, labelled: bool
             f"so {flags} cannot name its columns; add a header line or drop the flag"
         )
     return GLUE_LAYOUT, False
+
+
+def is_header_again(fields: list[str], layout: ColumnMap) -> bool:
+    """Whether a line after line 1 repeats the header of a file that has one (files joined with
+    ``cat``): read as a row, it would add a label named after the label column."""
+    return [f.replace("\ufeff", "").strip() for f in fields] == list(layout.columns)
 
 
 def _field_count_ok(count: int, layout: ColumnMap) -> bool:
@@ -135,6 +142,8 @@ def parse_line(
             split, file, line, Reason.WRONG_FIELD_COUNT,
             f"expected {_expected_fields(layout)}, got {count}", cut_raw(text), offset,
         )
+    if not layout.positional and count == len(layout.columns) and is_header_again(fields, layout):
+        return Rejection(split, file, line, Reason.REPEATED_HEADER, REPEATED_HEADER_DETAIL, cut_raw(text), offset)
     at_id, at_label, at_text, at_text_b, at_alpha = layout.positions
     row_id = fields[at_id].strip() if at_id is not None else ""
     label = fields[at_label].strip() if at_label is not None else ""

@@ -65,6 +65,7 @@ __all__ = [
     "size",
     "glob",
     "COMPRESSIONS",
+    "damage",
     "compression_of",
     "open_decompressed",
     "copy_dir_to_local",
@@ -285,13 +286,80 @@ def open_decompressed(path: str, compression: str | None) -> IO[bytes]:
         elif compression == "zstd":
             import zstandard
 
-            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
+            stream = _ZstdFrames(raw)
         else:
             raise ValueError(f"unknown compression {compression!r} for {path}")
     except BaseException:
         raw.close()
         raise
     return _Decompressed(stream, raw)
+
+
+# What the decompressors raise when the compressed data is cut short or corrupt (``damage``).
+_CUT_SHORT = "Compressed file ended before the end-of-stream marker was reached"
+
+
+def damage(error: BaseException) -> str | None:
+    """How a compressed file is damaged, from the error its decompressor raised; None if the
+    error says nothing about the data (a network or disk error, say).
+
+    gzip and bz2 raise ``EOFError`` for a file cut short and ``OSError``/``zlib.error`` for
+    corrupt data; zstd raises ``ZstdError`` (and ``_ZstdFrames`` an ``EOFError`` when cut short).
+    """
+    import gzip
+    import zlib
+
+    if isinstance(error, EOFError):
+        return "cut short (its compressed data ends before the end-of-stream marker)"
+    if isinstance(error, (gzip.BadGzipFile, zlib.error)) or (
+        type(error) is OSError and str(error) == "Invalid data stream"  # bz2
+    ) or type(error).__name__ == "ZstdError":
+        return f"corrupt data ({error})"
+    return None
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A zstd stream's decompressed bytes, frame after frame, that notices a file cut short.
+
+    ``zstandard``'s ``stream_reader`` ends quietly where the input ends, inside a frame or not,
+    so a truncated ``.zst`` file would lose its last rows without a word; here an input that
+    ends inside a frame raises ``EOFError``, as gzip and bz2 do.
+    """
+
+    def __init__(self, source: IO[bytes]) -> None:
+        import zstandard
+
+        self._source = source
+        self._context = zstandard.ZstdDecompressor()
+        self._frame: object | None = None
+        self._pending = memoryview(b"")
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        while not len(self._pending) and not self._ended:
+            chunk = self._source.read(1 << 16)
+            if not chunk:
+                self._ended = True
+                if self._frame is not None and not self._frame.eof:  # type: ignore[attr-defined]
+                    raise EOFError(_CUT_SHORT)
+                break
+            self._pending = memoryview(self._decompress(chunk))
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._frame is None or self._frame.eof:  # type: ignore[attr-defined]
+                self._frame = self._context.decompressobj()
+            out.append(self._frame.decompress(data))  # type: ignore[attr-defined]
+            data = self._frame.unused_data if self._frame.eof else b""  # type: ignore[attr-defined]
+        return b"".join(out)
 
 
 class _Decompressed(io.BufferedReader):
