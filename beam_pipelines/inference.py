@@ -13,15 +13,19 @@ document's view logits), so the pipeline predicts what ``trainer.predict`` and
   one; a batch is padded to its longest view.
 * ``PoolLogitsFn``: the mean (or max, the model's ``--pooling``) of a document's view logits,
   combined per document key wherever its views were scored.
+* ``KeepFirstIdFn``: of the rows that share an ID, the first (file order, then place in the
+  file) is kept and the others are rejected (``duplicate_id``), as preprocessing does.
 * ``TallyFn``: counts and the confusion matrix of the documents that carry a label.
 
-A document's key is ``(id, label as read, file index, offset)``: unique per row, so two rows
-with one ID are predicted apart, and it carries what the output needs, so no join is needed.
+A document's key is a ``DocKey``: unique per row, so two rows with one ID are scored apart
+until ``KeepFirstIdFn`` meets them, and it carries what the output (and a rejection) needs, so
+no join is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -31,11 +35,24 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from beam_pipelines.transforms import REJECTED, TaskKey
 from modeling.features import Example
 from modeling.prediction_output import Tally, prediction_record, softmax
-from schemas.rows import Reason, Rejection, Row
+from schemas.rows import Reason, Rejection, Row, describe_place
 
-__all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "TallyFn", "to_record", "view_tokens"]
+__all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "KeepFirstIdFn", "TallyFn", "to_record",
+           "view_tokens"]
 
-DocKey = tuple[str, str, int, int]  # (id, label as read, file index, offset)
+
+
+def _not_beams_resource_warning(record: logging.LogRecord) -> bool:
+    """A log filter for a false alarm of Beam 2.77's RunInference: it imports ``resource`` in one
+    ``try`` with its ``ModelManager``, which needs scipy, so without scipy it says "Resource module
+    is not available for current platform" (twice a run) on Linux, where it is. Only that line goes."""
+    return not record.getMessage().startswith("Resource module is not available for current platform")
+
+
+logging.getLogger().addFilter(_not_beams_resource_warning)  # Beam logs it on the root logger
+
+# (id, label as read, file index, offset, line in its read task, the task's first byte, the row as read)
+DocKey = tuple[str, str, int, int, int, int, str]
 
 
 def view_tokens(element: tuple[DocKey, Example]) -> int:
@@ -72,7 +89,7 @@ class ViewsFn(beam.DoFn):
                 )
                 continue
             doc_id = row.id or f"{name}:{row.line or row.offset}"  # (files without IDs are read whole)
-            key: DocKey = (doc_id, row.label, file_index, row.offset)
+            key: DocKey = (doc_id, row.label, file_index, row.offset, row.line, range_start, row.line_as_read())
             for view in self._documents.views(doc_id, ids_a, ids_b, self._views):
                 keyed.append((key, view))
         keyed.sort(key=view_tokens)
@@ -164,10 +181,40 @@ class PoolLogitsFn(beam.CombineFn):
 
 def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_names: Sequence[str]) -> dict[str, Any]:
     """A pooled document -> its output record (``id``, ``label``, ``probabilities``, ``views``)."""
-    (doc_id, _, _, _), (logits, views) = element
+    (doc_id, *_), (logits, views) = element
     record = prediction_record(doc_id, softmax(logits[None, :])[0], label_names)
     record["views"] = views
     return record
+
+
+class KeepFirstIdFn(beam.DoFn):
+    """``(id, [(document key, pooled)...])`` -> the first row's ``(document key, pooled)``; each later
+    row of that ID -> ``rejected`` (``duplicate_id``, naming where the kept one is).
+
+    "First" is preprocessing's order: the file's place in ``--input_files``, then the row's place
+    in the file. Side input: every read task's counts, to give the kept row's line in its file.
+    """
+
+    def __init__(self, split: str, paths: dict[int, str]):
+        self._split = split
+        self._paths = dict(paths)
+
+    def process(self, element: tuple[str, Iterable[tuple[DocKey, Any]]], task_counts: Any) -> Iterator[Any]:
+        doc_id, documents = element
+        ordered = sorted(documents, key=lambda document: (document[0][2], document[0][3]))
+        yield ordered[0]
+        if len(ordered) == 1:
+            return
+        from beam_pipelines.records import LineIndex
+
+        _, _, file_index, offset, line, range_start, _ = ordered[0][0]
+        where = describe_place(self._paths[file_index],
+                               LineIndex.of(task_counts).line(self._split, file_index, range_start, line), offset)
+        for (_, _, file_index, offset, line, range_start, raw), _ in ordered[1:]:
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                self._split, self._paths[file_index], line or None, Reason.DUPLICATE_ID,
+                f"ID {doc_id!r} already used at {where}; the first is kept", raw, offset, file_index, range_start,
+            ))
 
 
 class TallyFn(beam.CombineFn):
@@ -180,7 +227,7 @@ class TallyFn(beam.CombineFn):
         return Tally(self._label_names)
 
     def add_input(self, tally: Tally, element: tuple[DocKey, tuple[np.ndarray, int]]) -> Tally:
-        (_, label, _, _), (logits, views) = element
+        (_, label, *_), (logits, views) = element
         tally.add([label], [int(np.argmax(logits))], views)
         return tally
 

@@ -36,11 +36,12 @@ from apache_beam.runners.runner import PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
-from beam_pipelines.inference import PoolLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
-from beam_pipelines.preprocess import DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _interrupted, _not_an_interrupt, _runner_name
+from beam_pipelines.inference import KeepFirstIdFn, PoolLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
+from beam_pipelines.preprocess import (DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _corpus_error_in, _interrupted,
+                                      _not_an_interrupt, _runner_name, check_runner, remove_if_empty)
 from beam_pipelines.records import REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
-from corpora.inputs import InputPlan, plan_inputs
+from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs
 from corpora.readers import FORMATS, plan_tasks
 from modeling.classifier import TrainedView
 from modeling.features import parse_views
@@ -55,6 +56,8 @@ _LOG = logging.getLogger(__name__)
 SPLIT = "input"
 SUMMARY_NAME = "summary.json"
 PREDICTIONS_PREFIX = "predictions"
+# Beam's file sinks write into <output_dir>/beam-temp-<prefix>-<uuid>/ before they rename.
+_BEAM_TEMP_PREFIX = "beam-temp-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                           ("text_b", "text_b, sentence2")):
         group.add_argument(f"--{role}_column", default=None,
                            help=f"the {role} column (default: the first of {default})")
+    group.add_argument("--label_names", default=None, metavar="NAMES_OR_FILE", help=LABEL_NAMES_HELP)
     group.add_argument("--output_dir", help="folder (local or gs://) for the predictions, rejected/ and summary.json")
     group.add_argument("--eval_views", default=None,
-                       help="views per long document: 1, K random draws or 'chunks' (default: as the model was evaluated)")
+                       help="views per long document: 1, K random draws or 'chunks' (default: the views the model was "
+                            "trained with, as recorded in it)")
     group.add_argument("--batch_size", type=int, default=32, help="views per forward pass (default 32)")
     group.add_argument("--output_format", default="jsonl", choices=["jsonl", "parquet"],
                        help="predictions as JSON Lines or Parquet (default jsonl)")
@@ -131,6 +136,24 @@ def _previous_output(output_dir: str, overwrite: bool) -> list[str]:
     return ours
 
 
+def _discard_partial_output(output_dir: str, created: bool) -> None:
+    """Delete what a failed job wrote to ``output_dir`` (its predictions so far, rejected rows and
+    Beam's ``beam-temp-*`` folders), and the folder itself when this job made it."""
+    if not spanwise_io.exists(output_dir):
+        return
+    for name in spanwise_io.listdir(output_dir):
+        path = spanwise_io.join(output_dir, name)
+        try:
+            if name == sinks.REJECTED_DIR or name.startswith(_BEAM_TEMP_PREFIX):
+                spanwise_io.remove_tree(path)
+            elif name == SUMMARY_NAME or name.startswith(PREDICTIONS_PREFIX + "-"):
+                spanwise_io.remove(path)
+        except OSError as error:  # best effort: the job's own error matters more
+            _LOG.warning("could not delete %s: %s", path, error)
+    if created:
+        remove_if_empty(output_dir)
+
+
 def _num_shards(opts: argparse.Namespace, plan: InputPlan) -> int:
     if opts.num_shards:
         return opts.num_shards
@@ -177,7 +200,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     """Add the prediction graph to ``pipeline``; return the PCollection holding the summary.
 
     read task -> read and parse -> tokenize and build views (fused) -> RunInference ->
-    mean of each document's view logits (combined per document) -> sharded predictions;
+    mean of each document's view logits (combined per document) -> the first row of each ID
+    (later ones rejected) -> sharded predictions;
     rejected rows -> rejected/; counts and the confusion matrix -> summary.json.
     """
     read_range = max(1, int(opts.read_range_mb * (1 << 20)))
@@ -185,6 +209,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     tasks = [task for file in plan.files[SPLIT]
              for task in plan_tasks(file, read_range if file.layout.id is not None else 1 << 62)]
     names = {file.index: file.name for file in plan.files[SPLIT]}
+    paths = {file.index: file.path for file in plan.files[SPLIT]}
     read = (
         pipeline
         | "ListTasks" >> beam.Create(tasks, reshuffle=False)
@@ -202,8 +227,12 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
         | "RunInference" >> RunInference(handler)
         | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
         | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
+        | "ById" >> beam.Map(lambda document: (document[0][0], document))
+        | "GroupById" >> beam.GroupByKey()
+        | "KeepFirstOfId" >> beam.ParDo(KeepFirstIdFn(SPLIT, paths), beam.pvalue.AsDict(counts)).with_outputs(
+            transforms.REJECTED, main="documents")
     )
-    records = pooled | "ToRecord" >> beam.Map(to_record, label_names=list(view.label_names))
+    records = pooled.documents | "ToRecord" >> beam.Map(to_record, label_names=list(view.label_names))
     prefix = spanwise_io.join(opts.output_dir, PREDICTIONS_PREFIX)
     if opts.output_format == "parquet":
         written = records | "WritePredictions" >> beam.io.WriteToParquet(
@@ -216,9 +245,9 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
             | "WritePredictions" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", num_shards=shards,
                                                         shard_name_template="-SSSSS-of-NNNNN")
         )
-    tally = pooled | "Tally" >> beam.CombineGlobally(TallyFn(view.label_names))
+    tally = pooled.documents | "Tally" >> beam.CombineGlobally(TallyFn(view.label_names))
     rejected_files = (
-        (read[transforms.REJECTED], viewed[transforms.REJECTED])
+        (read[transforms.REJECTED], viewed[transforms.REJECTED], pooled[transforms.REJECTED])
         | "AllRejected" >> beam.Flatten()
         | "BatchRejected" >> beam.ParDo(sinks.BatchRejectionsFn({SPLIT: shards}))
         | "GroupRejected" >> GroupTablesByKey(REJECTION_SCHEMA, None)
@@ -252,10 +281,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
     runner = _runner_name(standard.runner)
+    check_runner(runner)
     view = TrainedView.read(opts.model_dir)
     views = parse_views(opts.eval_views if opts.eval_views is not None else view.eval_views)
     spec = ColumnSpec(opts.id_column, opts.label_column, opts.text_column, opts.text_b_column)
-    plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec)
+    plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec, parse_label_names(opts.label_names))
     previous = _previous_output(opts.output_dir, opts.overwrite)
     for name in previous:  # --overwrite: the earlier predictions go before this run writes (not kept on failure)
         path = spanwise_io.join(opts.output_dir, name)
@@ -263,6 +293,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             spanwise_io.remove_tree(path)
         else:
             spanwise_io.remove(path)
+    created_output_dir = not spanwise_io.exists(opts.output_dir)
     spanwise_io.makedirs(opts.output_dir)
     shards = _num_shards(opts, plan)
     base = {
@@ -287,8 +318,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return {**base, "job_id": job_id, "state": str(result.state)}
         state = result.wait_until_finish()
     except BaseException as error:
+        if runner.lower() in LOCAL_RUNNERS:  # a failed local job leaves nothing behind
+            _discard_partial_output(opts.output_dir, created_output_dir)
         if _interrupted(error):
             raise KeyboardInterrupt from None
+        corpus_error = _corpus_error_in(error) if isinstance(error, Exception) else None
+        if corpus_error is not None and corpus_error is not error:
+            raise corpus_error from error
         raise
     if state is not None and state != PipelineState.DONE:
         raise JobFailedError(f"prediction job {job_id or ''} ended in state {state}; see its logs")

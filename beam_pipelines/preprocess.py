@@ -42,6 +42,7 @@ if __name__ == "__main__" and "torch" not in sys.modules:
 import argparse
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -56,7 +57,7 @@ import spanwise_io
 from beam_pipelines import sinks, transforms
 from beam_pipelines.records import RECORD_SCHEMA, REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
-from corpora.inputs import InputPlan, plan_inputs, split_patterns
+from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs, split_patterns
 from corpora.readers import FORMATS, plan_tasks
 from schemas.columns import ColumnSpec
 from schemas.manifest import MANIFEST_NAME, format_stats, read_manifest
@@ -73,7 +74,12 @@ __all__ = [
     "DEFAULT_MAX_LABELS",
     "DEFAULT_RUNNER",
     "LOCAL_RUNNERS",
+    "TESTED_RUNNERS",
+    "UNTESTED_RUNNERS",
+    "DATA_LOSING_RUNNERS",
+    "check_runner",
     "build_pipeline",
+    "remove_if_empty",
     "submit",
     "run",
     "main",
@@ -99,6 +105,16 @@ DEFAULT_RUNNER = "FnApiRunner"
 # so records are grouped through spill files on disk (beam_pipelines.shuffle).
 LOCAL_RUNNERS = frozenset({"fnapirunner", "directrunner", "switchingdirectrunner", "bundlebaseddirectrunner",
                            "prismrunner", "testdirectrunner"})
+# Runners this project's tests run the pipelines on (Dataflow through its API, tests/fake_dataflow.py),
+# and portable runners expected to work that no test runs.
+TESTED_RUNNERS = ("FnApiRunner (the default)", "DirectRunner", "DataflowRunner")
+UNTESTED_RUNNERS = ("FlinkRunner", "SparkRunner", "PrismRunner")
+# Runners known to lose data on these pipelines, and how (checked by name before any work).
+DATA_LOSING_RUNNERS = {
+    "daskrunner": "Beam 2.77's DaskRunner loses data on these pipelines: it does not keep a step's tagged outputs "
+                  "apart (counts and rejected rows reach the steps meant for rows) and drops what a step emits when it finishes "
+                  "a bundle (the last batch of RunInference, silently)",
+}
 # How a CorpusError appears in a worker's traceback passed on as text (Dataflow, multi_processing).
 _CORPUS_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?CorpusError: (.+)$", re.MULTILINE)
 _STEP_ANNOTATION = re.compile(r" \[while running '[^']*'\]$")
@@ -133,6 +149,7 @@ class PreprocessOptions(PipelineOptions):
                 f"--{role}_column", default=None,
                 help=f"name of the {role} column in a header, JSON object or Parquet schema (default: the first of {default})",
             )
+        group.add_argument("--label_names", default=None, metavar="NAMES_OR_FILE", help=LABEL_NAMES_HELP)
         group.add_argument("--output_dir", help="folder (local or gs://) for manifest.json and the run's shards and rejected rows")
         group.add_argument("--tokenizer", help="fast tokenizer: local dir, gs:// dir or hub name")
         group.add_argument(
@@ -413,6 +430,20 @@ def _runner_name(runner: Any) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def check_runner(runner: str) -> None:
+    """Refuse, before any work, a runner known to lose data on these pipelines.
+
+    Raises:
+        ValueError: why, and the runners that are tested (and those expected to work untested).
+    """
+    why = DATA_LOSING_RUNNERS.get(runner.lower()) or DATA_LOSING_RUNNERS.get(runner.lower() + "runner")
+    if why:
+        raise ValueError(
+            f"--runner {runner}: {why}. Tested runners: {', '.join(TESTED_RUNNERS)}; expected to work but untested: "
+            f"{', '.join(UNTESTED_RUNNERS)}"
+        )
+
+
 def _discard(path: str | None, what: str) -> None:
     """Best effort: delete a failed run's folder or the spill files (the job's own error matters more)."""
     if not path:
@@ -424,6 +455,16 @@ def _discard(path: str | None, what: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
     except Exception as error:  # noqa: BLE001
         _LOG.warning("could not delete %s %s: %s", what, path, error)
+
+
+def remove_if_empty(folder: str) -> None:
+    """Remove a local folder this run made, once a failed run has left nothing in it."""
+    if spanwise_io.is_remote(folder):
+        return  # a gs:// "folder" is only a prefix: it goes with its last object
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass  # not empty (or already gone): what is there is not ours to delete
 
 
 @dataclass
@@ -495,6 +536,7 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
     runner = _runner_name(standard.runner)
+    check_runner(runner)
     opts = options.view_as(PreprocessOptions)
     _check_options(opts)
     patterns = split_patterns(opts.data_dir, {"train": opts.train_files, "dev": opts.dev_files, "test": opts.test_files})
@@ -515,8 +557,10 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
         raise ValueError(f"--spill_dir must be a folder on this machine, got {opts.spill_dir}")
     run_name = sinks.new_run_name()
     previous = _previous_run(opts.output_dir, opts.overwrite, run_name)
-    plan = plan_inputs(patterns, opts.input_format, spec)
+    label_names = parse_label_names(opts.label_names)
+    plan = plan_inputs(patterns, opts.input_format, spec, label_names)
     shard_counts = _shard_counts(opts, plan)
+    created_output_dir = not spanwise_io.exists(opts.output_dir)
     spanwise_io.makedirs(opts.output_dir)
     spill_dir = None
     if on_disk:
@@ -533,6 +577,7 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
             "input_format": opts.input_format,
             "columns": {"id": opts.id_column, "label": opts.label_column, "text": opts.text_column,
                         "text_b": opts.text_b_column},
+            "label_names": list(label_names) or None,
             "output_dir": opts.output_dir,
             "tokenizer": opts.tokenizer,
             "max_doc_tokens": opts.max_doc_tokens,
@@ -560,6 +605,8 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
     except BaseException as error:
         if local and run_dir not in str(error):  # (a failed Dataflow submission wrote nothing)
             _discard(run_dir, "the folder of the failed run")
+            if created_output_dir:
+                remove_if_empty(opts.output_dir)
         _discard(spill_dir, "the spill files")
         if _interrupted(error):
             raise KeyboardInterrupt from None

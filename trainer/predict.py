@@ -27,14 +27,14 @@ import numpy as np
 import torch
 
 import spanwise_io
-from corpora.inputs import plan_inputs
+from corpora.inputs import LABEL_NAMES_HELP, parse_label_names, plan_inputs
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
 from modeling.classifier import DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, pool_views, score_views
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.prediction_output import PredictionWriter, Tally
 from schemas.columns import ColumnSpec
 from schemas.manifest import check_compatible, read_manifest
-from schemas.rows import Reason, Rejection, Row
+from schemas.rows import Reason, Rejection, Row, describe_place
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.distributed import init_distributed, shutdown_distributed
@@ -51,9 +51,19 @@ ROWS_PER_CHUNK = DOCS_PER_CHUNK
 log = logging.getLogger("trainer.predict")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after a flag's help, except where there is no default value to show (None):
+    those flags say in words what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--model_dir", required=True, help="a model saved by trainer.task (local or gs://)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_dir", help="shards + manifest.json made by beam_pipelines.preprocess")
@@ -69,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                           ("text", "text, text_a, sentence, sentence1"),
                           ("text_b", "text_b, sentence2")):
         raw.add_argument(f"--{role}_column", default=None, help=f"the {role} column (default: the first of {default})")
+    raw.add_argument("--label_names", default=None, metavar="NAMES_OR_FILE", help=LABEL_NAMES_HELP)
     raw.add_argument("--rejected_output", default=None,
                      help="rejected rows as JSONL, each with its file, line, reason and the row as read "
                           "(default: the --output path with .rejected.jsonl)")
     raw.add_argument("--decode_errors", default="strict", choices=["strict", "replace"],
                      help="strict: reject rows with invalid UTF-8; replace: keep them with U+FFFD")
-    parser.add_argument("--eval_views", default=None, help="1, K or 'chunks' (default: as in training)")
+    parser.add_argument("--eval_views", default=None, help="views per long document: 1, K or 'chunks' (default: the views the model was trained "
+                             "with, as recorded in it)")
     parser.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=32,
                         help="views per batch")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers building the views")
@@ -172,13 +184,15 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--input_files runs in one process; to predict on many GPUs or machines use "
                          "python -m beam_pipelines.predict")
     spec = ColumnSpec(args.id_column, args.label_column, args.text_column, args.text_b_column)
-    plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec)  # columns checked first
+    plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec,  # columns checked first
+                       parse_label_names(args.label_names))
     classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
                                             bf16=args.bf16, fp16=args.fp16)
     views = parse_views(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
     rejected_path = args.rejected_output or _rejected_path(args.output)
     tally = Tally(classifier.label_names)
     read = 0
+    first_of_id: dict[str, str] = {}  # ID -> where its first row is (later rows of that ID are rejected)
     with spanwise_io.atomic_write(args.output) as out, spanwise_io.atomic_write(rejected_path) as rejected_out:
         writer = PredictionWriter(out, classifier.label_names, tsv=args.output.endswith(".tsv"))
 
@@ -196,10 +210,10 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                     chunk.append(item)
                     if len(chunk) == ROWS_PER_CHUNK:
-                        _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject)
+                        _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject, first_of_id)
                         chunk = []
                 if chunk:
-                    _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject)
+                    _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject, first_of_id)
                 read += counts.lines - counts.headers
     summary: dict[str, Any] = {"read": read, **tally.summary(), "output": args.output, "rejected_output": rejected_path,
                                "eval_views": str(views)}
@@ -216,8 +230,12 @@ def _rejected_path(output: str) -> str:
 
 
 def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row], views: int | str, batch_size: int,
-                   writer: PredictionWriter, tally: Tally, reject: Any) -> None:
-    """Score one chunk of rows and write their predictions (rows without tokens are rejected)."""
+                   writer: PredictionWriter, tally: Tally, reject: Any, first_of_id: dict[str, str]) -> None:
+    """Score one chunk of rows and write their predictions.
+
+    Rows without tokens are rejected, and so is a row whose ID an earlier row has (as
+    preprocessing keeps the first row of an ID); ``first_of_id`` remembers where each ID was first.
+    """
     doc_ids = [row.id or f"{file.name}:{row.line or row.offset}" for row in rows]
     examples: list[Example] = []
     owners: list[int] = []
@@ -227,6 +245,13 @@ def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row],
         if not len(ids_a):
             reject(Rejection.of_row(rows[index], Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"))
             continue
+        row = rows[index]
+        if row.id and row.id in first_of_id:
+            reject(Rejection.of_row(row, Reason.DUPLICATE_ID,
+                                    f"ID {row.id!r} already used at {first_of_id[row.id]}; the first is kept"))
+            continue
+        if row.id:
+            first_of_id[row.id] = describe_place(file.path, row.line, row.offset)
         for example in documents.views(doc_ids[index], ids_a, ids_b, views):
             examples.append(example)
             owners.append(len(kept))
