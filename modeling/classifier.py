@@ -344,6 +344,18 @@ def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, poolin
     return pool_logits(torch.from_numpy(np.asarray(logits, dtype=np.float32)), owners_t, documents, pooling).numpy()
 
 
+def _check_texts(texts: Sequence[Any], what: str) -> None:
+    """Every text is a ``str``: a None or a number would fail deep inside the tokenizer, naming nothing.
+
+    Raises:
+        ValueError: naming the first text that is not a string, its position and its type.
+    """
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            shown = "None" if text is None else f"a {type(text).__name__} ({text!r:.40})"
+            raise ValueError(f"{what} {index} is {shown}, not a string; give every text as a str")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One document's prediction: its label, each label's probability, and how many views were pooled."""
@@ -419,7 +431,8 @@ class Classifier:
             batch_size: views per forward pass.
 
         Raises:
-            ValueError: a text gives no tokens, or the arguments do not fit together.
+            ValueError: a text is not a string or gives no tokens, two ids are equal, or the arguments do
+                not fit together.
         """
         if isinstance(texts, str):
             raise ValueError("predict takes a list of texts; wrap a single text in a list")
@@ -450,6 +463,9 @@ class Classifier:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if texts_b is not None and len(texts_b) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(texts_b)} second texts")
+        _check_texts(texts, "text")
+        if texts_b is not None:
+            _check_texts(texts_b, "second text")
         chosen = parse_views(views if views is not None else self.view.eval_views)
         doc_ids = self._ids(texts, texts_b, ids)
         logits = np.zeros((len(texts), len(self.view.label_names)), dtype=np.float32)
@@ -478,4 +494,10 @@ class Classifier:
             return [text_id(text, texts_b[i] if texts_b is not None else "") for i, text in enumerate(texts)]
         if len(ids) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
-        return [str(i) for i in ids]
+        out = [str(i) for i in ids]
+        first: dict[str, int] = {}
+        for index, doc_id in enumerate(out):
+            if first.setdefault(doc_id, index) != index:
+                raise ValueError(f"ids {first[doc_id]} and {index} are both {doc_id!r}: each document needs its own ID "
+                                 "(its views are drawn per ID, and a prediction is known by it)")
+        return out

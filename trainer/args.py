@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import types
 from dataclasses import asdict, dataclass, field
@@ -80,8 +81,10 @@ class TrainConfig:
     seq_len_func: str = arg(_SEQ, "which tokens of a long document the model sees", "head", choices=list(SEQ_LEN_FUNCS))
     seq_func_params: list[int] = arg(_SEQ, "e.g. ht: 128 382; rs/rso/rsd: span length", [])
     fixed_spans: bool = arg(_SEQ, "draw random spans once (epoch 0) and reuse them every epoch, as the 2020 tool did", False)
-    eval_views: str = arg(_SEQ, "views per long document at evaluation: 1, K random draws, or 'chunks' (windows covering it, "
-                          "at most --max_chunks)", "1")
+    eval_views: str | None = arg(
+        _SEQ, "views per long document at evaluation (and the model's default in prediction): 1, K random draws, or "
+        "'chunks' (windows covering it, at most --max_chunks); unset: the views of --train_views, which the model "
+        "is trained to see", None)
     train_views: str = arg(
         _SEQ, "views per long training document, pooled into one prediction and one loss per document: 1 (one view, "
         "no pooling), K draws of a random --seq_len_func (re-drawn each epoch), or 'chunks' (consecutive windows, at "
@@ -137,7 +140,8 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- evaluation, checkpoints, logging
     eval_strategy: str = arg(_EVAL, "evaluate during training: no, every --eval_steps, or each epoch "
-                             "(a run with --do_eval also evaluates at its end)", "epoch", choices=["no", "steps", "epoch"])
+                             "(a run with --do_eval also evaluates at its end)", "epoch", choices=["no", "steps", "epoch"],
+                             aliases=["--evaluation_strategy"])
     eval_steps: int | None = arg(_EVAL, "with --eval_strategy steps: every N optimizer steps (unset: --logging_steps)", None)
     metric_for_best_model: str = arg(_EVAL, "the metric that decides the best model (loss: lower is better)", "macro_f1",
                                      choices=list(METRICS))
@@ -302,22 +306,130 @@ def load_config_file(path: str) -> dict[str, Any]:
     return values
 
 
+# How close an unknown config key must be to a flag's name for "did you mean" (difflib's ratio).
+_SUGGEST_CUTOFF = 0.8
+# Values of Hugging Face's TrainingArguments that mean "nothing set" (a dump writes its post-init
+# values: report_to "none" as [], debug "" as [], an unset switch as false).
+_UNSET = (None, "", [], {}, "none", ["none"])
+
+
+def _hf_training_defaults() -> dict[str, Any]:
+    """``{key: default}`` of Hugging Face's ``TrainingArguments`` (a config dumped with
+    ``TrainingArguments.to_json_string()`` holds every one of them); {} where transformers cannot say."""
+    try:
+        from transformers import TrainingArguments
+    except Exception:  # noqa: BLE001 (no transformers or no torch: every such key is then unknown)
+        return {}
+    defaults: dict[str, Any] = {}
+    for item in dataclasses.fields(TrainingArguments):
+        if not item.init:
+            continue
+        if item.default is not dataclasses.MISSING:
+            value = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            value = item.default_factory()
+        else:
+            continue
+        defaults[item.name] = getattr(value, "value", value)  # an Enum's value, as to_json_string writes it
+    return defaults
+
+
+def _hf_defaults_of_run(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """HF's defaults as its ``__post_init__`` sets them for this config's other values: a dump of a
+    run with ``use_cpu`` says ``dataloader_pin_memory: false``, one with workers on a Mac ``fork``."""
+    out = dict(defaults)
+    if values.get("use_cpu") is True and "dataloader_pin_memory" in out:
+        out["dataloader_pin_memory"] = False
+    if isinstance(values.get("dataloader_num_workers"), int) and values["dataloader_num_workers"] > 1 \
+            and values.get("dataloader_multiprocessing_context") == "fork":
+        out["dataloader_multiprocessing_context"] = "fork"
+    return out
+
+
+def _accelerator_defaults() -> dict[str, Any]:
+    """The dump of an ``AcceleratorConfig`` left at its defaults (HF writes one when accelerate is installed)."""
+    try:
+        from transformers.trainer_pt_utils import AcceleratorConfig
+    except Exception:  # noqa: BLE001
+        return {}
+    return {item.name: item.default for item in dataclasses.fields(AcceleratorConfig)
+            if item.default is not dataclasses.MISSING}
+
+
+def _unset(value: Any, false_too: bool) -> bool:
+    """Whether a value means "nothing set" (``false_too``: ``false`` as well, for a switch whose
+    default None HF turns into false)."""
+    return value is None or (false_too and value is False) or (isinstance(value, (str, list, dict)) and value in _UNSET)
+
+
+def _at_hf_default(key: str, value: Any, default: Any) -> bool:
+    """Whether a Hugging Face key of a dumped config leaves its setting as HF's default."""
+    if key.endswith("_token") and value == f"<{key.upper()}>":  # to_json_string masks tokens
+        return True
+    if value == default and type(value) is type(default):
+        return True
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(default, (int, float)):
+        return value == default  # 500 and 500.0
+    if _unset(value, default is None) and _unset(default, False):
+        return True
+    if isinstance(value, dict) and default is None and key == "accelerator_config":
+        defaults = _accelerator_defaults()
+        return bool(defaults) and all(k in defaults and v == defaults[k] for k, v in value.items())
+    return False
+
+
+def _hf_config_values(values: dict[str, Any]) -> dict[str, Any]:
+    """Our meaning of the values a Hugging Face dump gives to keys we share with it."""
+    values = dict(values)
+    report_to = values.get("report_to")
+    if isinstance(report_to, (list, tuple)):  # HF's list of integrations; [] is none
+        kinds = {str(item) for item in report_to} - {"none"}
+        values["report_to"] = "none" if not kinds else ",".join(sorted(kinds)) if kinds - {"tensorboard", "all"} else "tensorboard"
+    if "save_total_limit" in values and values["save_total_limit"] is None:  # HF: None keeps every checkpoint
+        values["save_total_limit"] = 0
+    return values
+
+
 def _config_argv(values: dict[str, Any], parser: argparse.ArgumentParser, path: str) -> list[str]:
-    """A config mapping as flags, which the parser then checks and converts like typed ones."""
+    """A config mapping as flags, which the parser then checks and converts like typed ones.
+
+    A config dumped by Hugging Face (``TrainingArguments.to_json_string()``) holds every key of
+    HF's trainer: those we do not have are ignored, and listed in one log line, when they are at
+    HF's default; a key of HF's set to another value is refused with its value, since the run
+    would silently not do what it says. A key that neither we nor HF define is refused, with a
+    suggestion only when a flag's name is close to it.
+    """
     names: dict[str, argparse.Action] = {}
     for action in parser._actions:
         for option in action.option_strings:
             names[option.lstrip("-")] = action
     unknown = [key for key in values if str(key) not in names or names[str(key)].dest in ("help", "config")]
+    ignored: list[str] = []
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), [n for n in names if "-" not in n], n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"config file {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
-                         "the keys are the flag names of python -m trainer.task --help")
+        hf = _hf_defaults_of_run(_hf_training_defaults(), values)
+        foreign = [key for key in unknown if str(key) not in hf]
+        if foreign:
+            hints = []
+            for key in foreign:
+                close = difflib.get_close_matches(str(key), [n for n in names if "-" not in n], n=1, cutoff=_SUGGEST_CUTOFF)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(f"config file {path}: unknown key{'s' if len(foreign) > 1 else ''} {', '.join(hints)}; "
+                             "the keys are the flag names of python -m trainer.task --help")
+        changed = [key for key in unknown if not _at_hf_default(str(key), values[key], hf[str(key)])]
+        if changed:
+            shown = ", ".join(f"{key}: {json.dumps(values[key], default=str)[:80]} (HF's default: "
+                              f"{json.dumps(hf[str(key)], default=str)[:40]})" for key in changed)
+            raise ValueError(f"config file {path}: {shown}: python -m trainer.task does not support "
+                             f"{'this Hugging Face setting' if len(changed) == 1 else 'these Hugging Face settings'}; "
+                             "remove the key or set it to HF's default")
+        ignored = [str(key) for key in unknown]
+        values = {key: value for key, value in values.items() if key not in unknown}
+    if ignored:
+        logging.getLogger("trainer.args").info(
+            "config file %s: ignoring %d Hugging Face TrainingArguments keys at their defaults: %s",
+            path, len(ignored), ", ".join(ignored))
     argv: list[str] = []
-    for key, value in values.items():
+    for key, value in _hf_config_values(values).items():
         if value is None:
             continue
         flag = f"--{key}"
@@ -410,9 +522,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
             f"{' and '.join(needs_eval)} need evaluations during training: add --do_eval with --eval_strategy "
             "epoch or steps (or drop the flag)"
         )
+    _check_views(c)
+    if c.eval_views is None:  # a model trained on pooled views is evaluated (and predicts) on them
+        c.eval_views = c.train_views
     if c.eval_views != "chunks" and not (c.eval_views.isdigit() and int(c.eval_views) >= 1):
         raise ValueError(f"--eval_views must be a positive integer or 'chunks', got {c.eval_views!r}")
-    _check_views(c)
     if c.notify_webhook_env and "://" in c.notify_webhook_env:
         raise ValueError("--notify_webhook_env takes the NAME of an environment variable holding the URL, not the URL")
     if c.max_steps <= 0 and c.num_train_epochs <= 0 and c.do_train:
