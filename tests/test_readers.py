@@ -323,3 +323,147 @@ def test_byte_ranges_read_every_line_once_with_its_line_number(tmp_path, lines, 
             resolved.append((line, item.offset, item.reason if isinstance(item, Rejection) else item.id))
     assert resolved == [(item.line, item.offset, item.reason if isinstance(item, Rejection) else item.id) for item in whole]
     assert sum(lines for *_, lines in counted) == whole_counts.lines
+
+
+# --------------------------------------------------------------------------- what a new user hit (issue 22)
+
+
+def _damaged(data: bytes, suffix: str, how: str) -> bytes:
+    """``data`` compressed, then cut short (``cut``) or with 50 bytes flipped in the middle (``corrupt``)."""
+    packed = {".gz": gzip.compress, ".bz2": bz2.compress,  # zstd with a checksum, as the zstd command writes it
+              ".zst": lambda b: zstandard.ZstdCompressor(write_checksum=True).compress(b)}[suffix](data)
+    middle = len(packed) // 2
+    if how == "cut":
+        return packed[:middle]
+    return packed[:middle] + bytes(b ^ 0x55 for b in packed[middle:middle + 50]) + packed[middle + 50:]
+
+
+def _jsonl_lines(count: int) -> bytes:
+    """JSON lines of random numbers: they compress to many blocks, as real text does."""
+    import random
+
+    rng = random.Random(0)
+    return b"".join(json.dumps({"id": f"d{i}", "text": " ".join(str(rng.random()) for _ in range(12)), "label": "pos"}
+                               ).encode() + b"\n" for i in range(count))
+
+
+@pytest.mark.parametrize("suffix, compression", [(".gz", "gzip"), (".bz2", "bz2"), (".zst", "zstd")])
+@pytest.mark.parametrize("how, kind", [("cut", "cut short"), ("corrupt", "corrupt data")])
+def test_a_damaged_compressed_file_stops_naming_the_file_the_damage_and_the_rows_read(tmp_path, suffix, compression,
+                                                                                     how, kind):
+    from corpora.readers import DamagedFileError
+
+    path = tmp_path / f"train.jsonl{suffix}"
+    path.write_bytes(_damaged(_jsonl_lines(8000), suffix, how))  # bz2: more than one 900 kB block
+    file = _inspect(path)  # the first lines are fine
+    counts = TaskCounts()
+    rows = 0
+    with pytest.raises(DamagedFileError) as error:
+        for item in read_task(plan_tasks(file, 1 << 30)[0], counts):
+            rows += 1  # a row or a rejected one: both were read
+    message = str(error.value)
+    assert message.startswith(f"{path}: the {compression} file is damaged: {kind}")
+    assert f"after {rows} rows; nothing was published" in message and 0 < rows < 8000
+    assert isinstance(error.value, ValueError)
+
+
+def test_a_small_damaged_file_stops_while_planning(tmp_path):
+    from corpora.readers import DamagedFileError
+
+    packed = gzip.compress(_jsonl_lines(3))
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(packed[:-8] + b"\0" * 8)  # a wrong CRC and length
+    with pytest.raises(DamagedFileError, match=r"train\.jsonl\.gz: the gzip file is damaged: corrupt data \(CRC check "
+                                               r"failed .*\), in its first lines"):
+        _inspect(path)
+
+
+@pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_a_utf16_file_is_named_as_such(tmp_path, encoding, name, fmt):
+    path = tmp_path / f"train.{fmt}"
+    text = {"csv": "id,text,label\n1,hello,pos\n", "tsv": "id\ttext\tlabel\n1\thello\tpos\n",
+            "jsonl": '{"id": 1, "text": "hello", "label": "pos"}\n'}[fmt]
+    path.write_bytes(("\ufeff" if encoding == "utf-16-be" else "").encode(encoding) + text.encode(encoding))
+    with pytest.raises(ValueError, match=rf"train\.{fmt}: the file is {name} \(byte-order mark\); convert it to UTF-8"):
+        _inspect(path)
+
+
+@pytest.mark.parametrize("fmt, sep", [("csv", ","), ("tsv", "\t")])
+def test_a_header_repeated_inside_a_file_is_rejected_with_its_own_reason(tmp_path, fmt, sep):
+    header = sep.join(["id", "text", "label"]) + "\n"
+    body = lambda first: "".join(sep.join([f"d{i}", f"text {i}", "pos"]) + "\n" for i in range(first, first + 2))  # noqa: E731
+    path = tmp_path / f"train.{fmt}"
+    path.write_text(header + body(0) + header + body(2) + " " + header, encoding="utf-8")  # as `cat a b c` makes it
+    items, counts = _read(path)
+    assert [r.id for r in _rows(items)] == ["d0", "d1", "d2", "d3"]
+    assert _reasons(items) == [(4, Reason.REPEATED_HEADER), (7, Reason.REPEATED_HEADER)]
+    assert {r.detail for r in items if isinstance(r, Rejection)} == {
+        "the header line again, inside the file (files joined with cat?); it is not a row"}
+    assert counts.lines - counts.headers == 6
+
+
+def test_a_json_null_line_is_called_null(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"id": "a", "text": "x", "label": "pos"}\nnull\n[1]\n"text"\n3\ntrue\n', encoding="utf-8")
+    details = [r.detail for r in _read(path)[0] if isinstance(r, Rejection)]
+    assert details == ["JSON null, not an object", "a JSON array, not an object", "a JSON string, not an object",
+                       "a JSON number, not an object", "JSON true, not an object"]
+
+
+def _hf_parquet(path, labels, names, sequence=False):
+    """A corpus as ``datasets.Dataset.to_parquet()`` writes it: integer labels, the names in the metadata."""
+    import datasets
+
+    label = datasets.ClassLabel(names=list(names))
+    features = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string"),
+                                  "label": datasets.Sequence(label) if sequence else label})
+    values = [[v] for v in labels] if sequence else list(labels)
+    datasets.Dataset.from_dict({"id": [f"h{i}" for i in range(len(labels))], "text": [f"text {i}" for i in range(len(labels))],
+                                "label": values}, features=features).to_parquet(str(path))
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_class_label_names_of_a_hugging_face_parquet_file_name_its_labels(tmp_path, sequence):
+    path = tmp_path / "train.parquet"
+    _hf_parquet(path, [2, 0, 1], ["tech", "business", "sport"], sequence)
+    assert _inspect(path).label_names == ("tech", "business", "sport")
+    assert [r.label for r in _rows(_read(path)[0])] == ["sport", "tech", "business"]
+
+
+def test_label_names_name_integer_labels_of_any_format(tmp_path):
+    from corpora.inputs import parse_label_names
+
+    names = parse_label_names("tech,business,sport")
+    (tmp_path / "names.txt").write_text("tech\nbusiness\nsport\n", encoding="utf-8")
+    assert parse_label_names(str(tmp_path / "names.txt")) == names == ("tech", "business", "sport")
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 7}\n{"text": "c", "label": "sport"}\n')
+    file = inspect_file("train", 0, str(jsonl), "train.jsonl", jsonl.stat().st_size, "jsonl", ColumnSpec(), names)
+    items = list(read_task(plan_tasks(file, 1 << 30)[0], TaskCounts()))
+    assert [r.label for r in _rows(items)] == ["business", "sport"]
+    (rejection,) = [r for r in items if isinstance(r, Rejection)]
+    assert (rejection.line, rejection.reason, rejection.detail) == (
+        2, Reason.UNNAMED_LABEL, "label 7 has no name: the label names are 3 (0..2)")
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text("text,label\na,0\n", encoding="utf-8")
+    file = inspect_file("train", 0, str(csv_path), "train.csv", csv_path.stat().st_size, "csv", ColumnSpec(), names)
+    assert [r.label for r in _rows(list(read_task(plan_tasks(file, 1 << 30)[0], TaskCounts())))] == ["tech"]
+    # without names, integers stay the labels
+    assert [r.label for r in _rows(_read(csv_path)[0])] == ["0"]
+
+
+def test_label_names_mistakes_are_named(tmp_path):
+    from corpora.inputs import parse_label_names
+
+    with pytest.raises(ValueError, match="--label_names a,,b: every name must be non-empty"):
+        parse_label_names("a,,b")
+    with pytest.raises(ValueError, match="--label_names a,b,a: 'a' given more than once"):
+        parse_label_names("a,b,a")
+    with pytest.raises(ValueError, match="the name '1' is an integer that is not its own index"):
+        parse_label_names("1,2")
+    path = tmp_path / "train.parquet"
+    _hf_parquet(path, [0], ["tech", "business"])
+    with pytest.raises(ValueError, match=r"its Hugging Face metadata names the labels of column 'label' tech, business, "
+                                         r"but --label_names says business, tech"):
+        inspect_file("train", 0, str(path), "train.parquet", path.stat().st_size, "parquet", ColumnSpec(), ("business", "tech"))

@@ -203,7 +203,7 @@ def test_too_many_labels_fails_with_a_clear_message(tmp_path):
     assert "raise --max_labels" in message and "--label_column" in message
     assert repr(sorted(texts)[0][:40] + "...") in message  # examples, cut to a readable length
     assert "while running" not in message  # no Beam step annotation
-    assert os.listdir(out) == []  # nothing published, the failed run's folder gone
+    assert not out.exists()  # nothing published: the failed run's folder gone, and the output folder it made
 
 
 def test_labels_up_to_the_bound_pass(tmp_path):

@@ -154,6 +154,62 @@ def test_config_file_mistakes_are_named(tmp_path):
         parse_args([str(listed)])
 
 
+def test_a_config_dumped_by_hugging_face_is_read_as_it_says(tmp_path, caplog):
+    """``TrainingArguments(...).to_json_string()`` plus the data keys (issue 22): HF's keys at HF's
+    defaults are ignored in one log line; ``report_to: []`` is none, ``save_total_limit: null`` keeps
+    every checkpoint, ``evaluation_strategy`` is ``eval_strategy``; a changed HF key is refused."""
+    import logging
+
+    from test_user_inputs import hf_training_dump
+    from trainer.args import parse_args
+
+    dump = hf_training_dump(learning_rate=3e-5, eval_strategy="epoch")
+    dump.update(data_dir="d", model_name_or_path="m", task_name="t", output_dir="o")
+    path = tmp_path / "hf.json"
+    path.write_text(json.dumps(dump))
+    with caplog.at_level(logging.INFO, logger="trainer.args"):
+        config = parse_args([str(path)])
+    assert (config.report_to, config.save_total_limit, config.eval_strategy, config.learning_rate) == ("none", 0, "epoch", 3e-5)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "trainer.args"]
+    ignored = [key for key in dump if key not in ("data_dir", "model_name_or_path", "task_name") and key not in config.to_dict()]
+    assert line == (f"config file {path}: ignoring {len(ignored)} Hugging Face TrainingArguments keys at their defaults: "
+                    + ", ".join(ignored))
+    assert {"data_seed", "use_cache", "deepspeed", "hub_token"} <= set(ignored)
+
+    older = dict(dump, evaluation_strategy="steps", eval_steps=5)  # transformers 4's name
+    del older["eval_strategy"]
+    path.write_text(json.dumps(older))
+    assert parse_args([str(path)]).eval_strategy == "steps"
+
+    path.write_text(json.dumps(dict(dump, data_seed=7, label_smoothing_factor=0.1)))
+    with pytest.raises(ValueError, match=r"hf\.json: label_smoothing_factor: 0\.1 \(HF's default: 0\.0\), data_seed: 7 "
+                                         r"\(HF's default: null\): python -m trainer\.task does not support these Hugging "
+                                         r"Face settings; remove the key or set it to HF's default$"):
+        parse_args([str(path)])
+
+
+@pytest.mark.parametrize("key, hint", [("data_seedz", ""), ("use_cach", ""), ("deepspeedx", ""),
+                                       ("learning_rat", " (did you mean 'learning_rate'?)"),
+                                       ("per_device_batch_size", " (did you mean 'per_device_eval_batch_size'?)")])
+def test_a_suggestion_only_when_close(tmp_path, key, hint):
+    from trainer.args import parse_args
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**dict(zip(BASE[::2], BASE[1::2])), key: 1}).replace('"--', '"'))
+    with pytest.raises(ValueError) as error:
+        parse_args([str(path)])
+    assert f"unknown key {key!r}{hint};" in str(error.value)
+
+
+def test_eval_views_default_to_the_train_views():
+    from trainer.args import parse_args
+
+    assert parse_args([*BASE, "--train_views", "chunks", "--max_chunks", "2"]).eval_views == "chunks"
+    assert parse_args([*BASE, "--train_views", "3", "--seq_len_func", "rs", "--seq_func_params", "8"]).eval_views == "3"
+    assert parse_args([*BASE, "--train_views", "chunks", "--max_chunks", "2", "--eval_views", "1"]).eval_views == "1"
+    assert parse_args(BASE).eval_views == "1"
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--load_best_model_at_end", "--eval_strategy", "no"], "--load_best_model_at_end need evaluations during training"),
     (["--early_stopping_patience", "2", "--do_train"], "--early_stopping_patience need evaluations during training"),
