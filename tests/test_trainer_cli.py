@@ -160,8 +160,8 @@ def test_a_config_dumped_by_hugging_face_is_read_as_it_says(tmp_path, caplog):
     every checkpoint, ``evaluation_strategy`` is ``eval_strategy``; a changed HF key is refused."""
     import logging
 
-    from test_user_inputs import hf_training_dump
     from trainer.args import parse_args
+    from trainer_helpers import hf_training_dump
 
     dump = hf_training_dump(learning_rate=3e-5, eval_strategy="epoch")
     dump.update(data_dir="d", model_name_or_path="m", task_name="t", output_dir="o")

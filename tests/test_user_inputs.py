@@ -23,29 +23,19 @@ from typing import Any
 
 import pytest
 
-from trainer_helpers import LABELS, REPO_ROOT, minilm_dir, subprocess_env, tiny_model, topic_rows  # noqa: F401
+from trainer_helpers import (  # noqa: F401  (tiny_model is a fixture)
+    LABELS,
+    REPO_ROOT,
+    hf_training_dump,
+    minilm_dir,
+    subprocess_env,
+    tiny_model,
+    topic_rows,
+)
 
 SIZES = {"train": 60, "dev": 15, "test": 12}
 # the ClassLabel order of the corpus (not sorted): integer i is CLASS_NAMES[i]
 CLASS_NAMES = ("tech", "sport", "food")
-
-
-def hf_training_dump(**changes: Any) -> dict[str, Any]:
-    """``TrainingArguments(...).to_json_string()`` of the installed transformers, as a user dumps it
-    (its device set-up, which needs the accelerate package, left out: it is not in the dump)."""
-    import torch
-    from transformers import TrainingArguments
-
-    class Args(TrainingArguments):
-        @property
-        def device(self) -> torch.device:
-            return torch.device("cpu")
-
-        @property
-        def n_gpu(self) -> int:
-            return 0
-
-    return json.loads(Args(output_dir="unused", **changes).to_json_string())
 
 
 def write_hf_parquet(path: Path, rows: list[tuple[str, str, str, str]]) -> None:

@@ -70,6 +70,24 @@ def make_tiny_model(directory: str | os.PathLike[str]) -> str:
     return directory
 
 
+def hf_training_dump(**changes: Any) -> dict[str, Any]:
+    """``TrainingArguments(...).to_json_string()`` of the installed transformers, as a user dumps it
+    (its device set-up, which needs the accelerate package, left out: it is not in the dump)."""
+    import torch
+    from transformers import TrainingArguments
+
+    class Args(TrainingArguments):
+        @property
+        def device(self) -> torch.device:
+            return torch.device("cpu")
+
+        @property
+        def n_gpu(self) -> int:
+            return 0
+
+    return json.loads(Args(output_dir="unused", **changes).to_json_string())
+
+
 def topic_text(rng: random.Random, label: str, words: int) -> str:
     """A document of ``words`` words: about 40% from the topic's list, the rest shared."""
     own = TOPIC_WORDS[label]
