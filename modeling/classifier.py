@@ -352,7 +352,7 @@ def _check_texts(texts: Sequence[Any], what: str) -> None:
     """
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            shown = "None" if text is None else f"a {type(text).__name__} ({text!r:.40})"
+            shown = "None" if text is None else f"of type {type(text).__name__} ({text!r:.40})"
             raise ValueError(f"{what} {index} is {shown}, not a string; give every text as a str")
 
 

@@ -238,9 +238,9 @@ def test_the_api_names_a_text_that_is_not_a_string(model):
     classifier = Classifier.from_pretrained(model, device="cpu")
     with pytest.raises(ValueError, match=r"^text 1 is None, not a string; give every text as a str$"):
         classifier.predict(["ball team", None])
-    with pytest.raises(ValueError, match=r"^text 0 is a int \(42\), not a string"):
+    with pytest.raises(ValueError, match=r"^text 0 is of type int \(42\), not a string"):
         classifier.predict([42])
-    with pytest.raises(ValueError, match=r"^second text 0 is a float"):
+    with pytest.raises(ValueError, match=r"^second text 0 is of type float \(1\.5\)"):
         classifier.predict(["ball"], [1.5])
 
 
