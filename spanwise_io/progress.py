@@ -36,7 +36,7 @@ import uuid
 from typing import IO, Callable
 
 __all__ = ["INTERVAL_ENV", "DEFAULT_LINE_INTERVAL", "DEFAULT_BAR_INTERVAL", "FLUSH_SECONDS", "interval",
-           "Progress", "SharedCounts", "JobProgress", "format_line"]
+           "Progress", "SharedCounts", "JobProgress", "format_line", "cpu_spent"]
 
 INTERVAL_ENV = "SPANWISE_PROGRESS_INTERVAL"
 # Seconds between plain lines (a log file should not fill up) and between refreshes of a bar.
@@ -46,6 +46,21 @@ DEFAULT_BAR_INTERVAL = 1.0
 FLUSH_SECONDS = 0.5
 # Shortest interval (tests ask for "0"): the reporting thread must not spin.
 MIN_INTERVAL = 0.005
+
+# CPU seconds this process has spent showing progress (the reporting threads) and counting it for a
+# launcher (SharedCounts.add, its file writes included): what bench/progress_overhead.py reports.
+_spent = [0.0]
+_spent_lock = threading.Lock()
+
+
+def cpu_spent() -> float:
+    """CPU seconds this process has spent on progress so far (see ``_spent``)."""
+    return _spent[0]
+
+
+def _charge(started: float) -> None:
+    with _spent_lock:
+        _spent[0] += time.thread_time() - started
 
 
 def interval(terminal: bool) -> float:
@@ -176,16 +191,21 @@ class Progress:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
+            started = time.thread_time()
             try:
-                docs, nbytes = self.counts
+                self._tick()
             except Exception:  # noqa: BLE001 - progress must never stop the job
-                continue
-            if self._bar is not None:
-                self._refresh_bar(docs, nbytes)
-            elif (docs, nbytes) != self._shown and docs > 0:
-                self._shown = (docs, nbytes)
-                self._write(format_line(self.desc, docs, nbytes, time.monotonic() - self._start,
-                                        total_docs=self.total_docs, total_bytes=self.total_bytes))
+                pass
+            _charge(started)
+
+    def _tick(self) -> None:
+        docs, nbytes = self.counts
+        if self._bar is not None:
+            self._refresh_bar(docs, nbytes)
+        elif (docs, nbytes) != self._shown and docs > 0:
+            self._shown = (docs, nbytes)
+            self._write(format_line(self.desc, docs, nbytes, time.monotonic() - self._start,
+                                    total_docs=self.total_docs, total_bytes=self.total_bytes))
 
     def _write(self, line: str) -> None:
         try:
@@ -241,6 +261,13 @@ class SharedCounts:
 
     def add(self, docs: int, nbytes: int, flush: bool = False) -> None:
         """Count ``docs`` documents and ``nbytes`` input bytes; write them out if due (or ``flush``)."""
+        started = time.thread_time()
+        try:
+            self._add(docs, nbytes, flush)
+        finally:
+            _charge(started)
+
+    def _add(self, docs: int, nbytes: int, flush: bool) -> None:
         state = self._state()
         with state[0]:
             state[1] += docs
