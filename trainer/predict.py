@@ -116,6 +116,7 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
     """``--data_dir``: score a split of a preprocessing run; return the summary (None on other ranks)."""
     ctx = init_distributed(args.use_cpu)
+    progress = Progress("predict: scored", enabled=ctx.is_main and not args.quiet)
     try:
         if args.fp16 and ctx.device.type != "cuda":
             raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
@@ -145,8 +146,8 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         skipped_row_groups: list[ShardProblem] | None = [] if args.skip_bad_shards else None
         model = load_classifier(model_dir).to(ctx.device)
-        total = sum(unit.rows for unit in scan.units) if ctx.world_size == 1 else None  # else: rank 0's share
-        progress = Progress("predict: scored", total_docs=total, enabled=ctx.is_main and not args.quiet).start()
+        progress.total_docs = sum(unit.rows for unit in scan.units) if ctx.world_size == 1 else None  # else: a share
+        progress.start()
         doc_ids, labels, logits = score_documents(
             model,
             scan.units,
@@ -183,6 +184,7 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
             summary.update(labelled=int(labelled.sum()), macro_f1=metrics["macro_f1"], mcc=metrics["mcc"])
         return summary if ctx.is_main else None
     finally:
+        progress.close(show=False)  # (after a failure; a finished run has shown its last line)
         shutdown_distributed()
 
 
@@ -283,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if summary is None:  # not the main rank: it wrote nothing
         return 0
-    if "--json" in (sys.argv[1:] if argv is None else argv):
+    if build_parser().parse_args(argv).json:
         print(json.dumps(summary))
     else:
         print(format_summary(summary))
