@@ -70,7 +70,9 @@ def interval(terminal: bool) -> float:
         try:
             seconds = float(value)
         except ValueError:
-            raise ValueError(f"${INTERVAL_ENV} must be a number of seconds, got {value!r}") from None
+            seconds = float("nan")
+        if not 0 <= seconds < 1e6:  # (nan and inf too)
+            raise ValueError(f"${INTERVAL_ENV} must be a number of seconds, got {value!r}")
         return max(seconds, MIN_INTERVAL)
     return DEFAULT_BAR_INTERVAL if terminal else DEFAULT_LINE_INTERVAL
 

@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers.utils import logging as transformers_logging
 
 from pipeline_helpers import make_docs, preprocess_argv, write_tsv
 from spanwise_io.progress import INTERVAL_ENV, Progress, SharedCounts, format_line
 from trainer_helpers import REPO_ROOT, prep, subprocess_env, task_argv, tiny_model, topic_rows, train_in_process  # noqa: F401
+
+# transformers binds its log handler to the sys.stderr of its first use: let that be the session's
+# stream, not the capsys stream of a test below, closed after it (later tests' warnings would fail).
+transformers_logging.get_logger("transformers")
 
 FAST = {INTERVAL_ENV: "0.02"}
 _LINE = re.compile(r"^(?P<what>\w+: \w+) (?P<docs>[\d,]+)(?: of [\d,]+)? documents(?:, (?P<mb>[\d.,]+) MB)?(?P<rest>.*)$")
