@@ -17,9 +17,9 @@ view logits (mean, or max for a model trained with ``--pooling max``) and writes
 ``label``, ``probabilities`` per label name and ``views``. Last, ``summary.json``: counts (read =
 predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the input carries
 labels. Without ``--runner`` the job runs here on Beam's FnApiRunner, showing on standard error
-the documents read (and scored: reading, tokenizing and scoring are one fused step there) with a
-rate and an ETA; on Dataflow, the job's ID, console link and states while it waits. ``--quiet``:
-neither. The command ends with a few readable lines of the summary (``--json``: the whole
+the documents scored with a rate and an ETA (the documents and bytes read, times the share of the
+views made so far that are scored: reading runs ahead of RunInference); on Dataflow, the job's
+ID, console link and states while it waits. ``--quiet``: neither. The command ends with a few readable lines of the summary (``--json``: the whole
 summary as one JSON object on standard output, and nothing else there).
 """
 
@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -51,7 +51,7 @@ from modeling.classifier import TrainedView
 from modeling.features import parse_views
 from modeling.prediction_output import Tally, format_summary
 from schemas.columns import ColumnSpec
-from spanwise_io.progress import JobProgress
+from spanwise_io.progress import JobProgress, SharedCounts
 
 __all__ = ["build_parser", "SPLIT", "SUMMARY_NAME", "PREDICTIONS_PREFIX", "build_pipeline", "run", "main"]
 
@@ -156,6 +156,21 @@ def _parquet_schema(label_names: Sequence[str]) -> pa.Schema:
     ], metadata={"spanwise": json.dumps({"label_names": list(label_names)})})
 
 
+class CountViewsFn(beam.DoFn):
+    """Passes views on unchanged, counting them as made or as scored for the progress shown here."""
+
+    def __init__(self, progress_dir: str, scored: bool):
+        self._counts = SharedCounts(progress_dir)
+        self._scored = scored
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self._counts.add(**{"scored" if self._scored else "views": 1})
+        yield element
+
+    def finish_bundle(self) -> None:
+        self._counts.add(flush=True)  # the last counts, exact for the last progress line
+
+
 class FinalizePredictFn(beam.DoFn):
     """Runs once, after every write: check read = predicted + rejected, write ``summary.json``."""
 
@@ -207,11 +222,14 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     counts = read[transforms.COUNTS]
     viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names)).with_outputs(
         transforms.REJECTED, main="views")
+    made = viewed.views | "CountViews" >> beam.ParDo(CountViewsFn(progress_dir, False)) if progress_dir else viewed.views
     handler = KeyedModelHandler(ViewModelHandler(opts.model_dir, opts.batch_size, opts.device, opts.bf16, opts.fp16,
                                                  opts.large_model))
+    scored = made | "RunInference" >> RunInference(handler)
+    if progress_dir:
+        scored = scored | "CountScored" >> beam.ParDo(CountViewsFn(progress_dir, True))
     pooled = (
-        viewed.views
-        | "RunInference" >> RunInference(handler)
+        scored
         | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
         | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
     )
@@ -292,7 +310,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _LOG.info("predicting %s with %s -> %s", ", ".join(opts.input_files), opts.model_dir, opts.output_dir)
     pipeline = beam.Pipeline(options=options)
     local = runner.lower() in LOCAL_RUNNERS
-    progress = JobProgress("predict: read", planned_bytes(plan.files[SPLIT]), enabled=local and not opts.quiet)
+    progress = JobProgress("predict: scored", planned_bytes(plan.files[SPLIT]), enabled=local and not opts.quiet,
+                           scoring=True)
     build_pipeline(pipeline, opts, plan, view, views, shards, base, progress.folder)
     try:
         with progress:

@@ -62,8 +62,9 @@ def _run(side: str, argv: list[str], quiet: bool) -> dict[str, Any]:
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{side} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    lines = [line for line in result.stderr.splitlines() if line.startswith(("preprocess: read", "predict: read"))]
-    return {**json.loads(result.stdout.splitlines()[-1]), "progress_lines": len(lines), "last_line": lines[-1] if lines else ""}
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("preprocess: read", "predict: read", "predict: scored"))]
+    return {**json.loads(result.stdout.splitlines()[-1]), "progress_lines": len(lines), "shown": lines,
+            "printed": result.stdout.splitlines()[:-1]}
 
 
 def _commands(args: argparse.Namespace, work: Path) -> dict[str, list[str]]:

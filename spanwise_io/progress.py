@@ -151,8 +151,11 @@ class Progress:
     @property
     def counts(self) -> tuple[int, int]:
         """``(documents, bytes)`` so far."""
-        if self._poll is not None:
-            return self._poll()
+        if self._poll is not None:  # never backwards, even where the poll estimates (SharedCounts.scored)
+            docs, nbytes = self._poll()
+            with self._lock:
+                self._docs, self._bytes = max(docs, self._docs), max(nbytes, self._bytes)
+                return self._docs, self._bytes
         with self._lock:
             return self._docs, self._bytes
 
@@ -237,14 +240,15 @@ class Progress:
 
 
 class SharedCounts:
-    """Documents and bytes that a job's workers add up and its launcher reads, through ``folder``.
+    """Documents, bytes (and views) that a job's workers add up and its launcher reads, through ``folder``.
 
     Each process keeps its own running totals (shared by its threads) and writes them to
-    ``<folder>/<pid>.json`` at most every ``FLUSH_SECONDS`` and on ``flush``; ``total`` sums
-    the files. Pickles as its folder name, so a Beam DoFn may hold it.
+    ``<folder>/<pid>.json`` at most every ``FLUSH_SECONDS`` and on ``flush``; ``totals`` sums
+    the files. Pickles as its folder name, so a Beam DoFn may hold it. ``views`` and ``scored``
+    count a prediction job's views made and scored (``JobProgress(scoring=True)``).
     """
 
-    _states: dict[str, list] = {}  # folder -> [lock, docs, bytes, last write, seconds between writes] of this process
+    _states: dict[str, list] = {}  # folder -> [lock, [docs, bytes, views, scored], last write, seconds between writes]
     _states_lock = threading.Lock()
 
     def __init__(self, folder: str) -> None:
@@ -258,53 +262,65 @@ class SharedCounts:
         if state is None:
             with SharedCounts._states_lock:
                 state = SharedCounts._states.setdefault(
-                    self.folder, [threading.Lock(), 0, 0, 0.0, min(FLUSH_SECONDS, interval(False))])
+                    self.folder, [threading.Lock(), [0, 0, 0, 0], 0.0, min(FLUSH_SECONDS, interval(False))])
         return state
 
-    def add(self, docs: int, nbytes: int, flush: bool = False) -> None:
-        """Count ``docs`` documents and ``nbytes`` input bytes; write them out if due (or ``flush``)."""
+    def add(self, docs: int = 0, nbytes: int = 0, flush: bool = False, *, views: int = 0, scored: int = 0) -> None:
+        """Count documents, input bytes, views made and scored; write them out if due (or ``flush``)."""
         started = time.thread_time()
         try:
-            self._add(docs, nbytes, flush)
+            self._add((docs, nbytes, views, scored), flush)
         finally:
             _charge(started)
 
-    def _add(self, docs: int, nbytes: int, flush: bool) -> None:
+    def _add(self, values: tuple[int, int, int, int], flush: bool) -> None:
         state = self._state()
         with state[0]:
-            state[1] += docs
-            state[2] += nbytes
+            counts = state[1]
+            for i, value in enumerate(values):
+                counts[i] += value
             now = time.monotonic()
-            if not flush and now - state[3] < state[4]:
+            if not flush and now - state[2] < state[3]:
                 return
-            state[3] = now
-            docs_now, bytes_now = state[1], state[2]
+            state[2] = now
             path = os.path.join(self.folder, f"{os.getpid()}.json")
             try:
                 with open(path + ".tmp", "w", encoding="utf-8") as handle:
-                    handle.write(json.dumps([docs_now, bytes_now]))
+                    handle.write(json.dumps(counts))
                 os.replace(path + ".tmp", path)
             except OSError:  # the launcher has gone (or removed the folder): nobody to tell
                 pass
 
-    def total(self) -> tuple[int, int]:
-        """The sums of every process's last written counts."""
-        docs = nbytes = 0
+    def totals(self) -> tuple[int, int, int, int]:
+        """``(documents, bytes, views, scored)``: the sums of every process's last written counts."""
+        sums = [0, 0, 0, 0]
         try:
             names = os.listdir(self.folder)
         except OSError:
-            return 0, 0
+            return 0, 0, 0, 0
         for name in names:
             if not name.endswith(".json"):
                 continue
             try:
                 with open(os.path.join(self.folder, name), encoding="utf-8") as handle:
-                    d, b = json.load(handle)
+                    values = json.load(handle)
             except (OSError, ValueError):
                 continue
-            docs += int(d)
-            nbytes += int(b)
-        return docs, nbytes
+            for i, value in enumerate(values[:4]):
+                sums[i] += int(value)
+        return sums[0], sums[1], sums[2], sums[3]
+
+    def total(self) -> tuple[int, int]:
+        """``(documents, bytes)`` read."""
+        return self.totals()[:2]
+
+    def scored(self) -> tuple[int, int]:
+        """``(documents, bytes)`` read, times the share of the views made so far that are scored: the
+        documents a prediction job has scored, whether its reading runs ahead of scoring or not."""
+        docs, nbytes, views, scored = self.totals()
+        if views == 0 or scored >= views:  # (no views yet, or none left: the counts read stand)
+            return docs, nbytes
+        return docs * scored // views, nbytes * scored // views
 
 
 class JobProgress:
@@ -312,15 +328,17 @@ class JobProgress:
 
     Makes the folder of its ``SharedCounts`` (``folder``: give it to the job's read step) and,
     as a context manager, shows the counts from it until the job returns; then removes the folder.
-    Disabled (a remote runner, ``--quiet``), ``folder`` is None and it shows nothing.
+    Disabled (a remote runner, ``--quiet``), ``folder`` is None and it shows nothing. ``scoring``:
+    show the documents scored (``SharedCounts.scored``), not those read.
     """
 
     def __init__(self, desc: str, total_bytes: int | None, enabled: bool = True,
-                 stream: IO[str] | None = None) -> None:
+                 stream: IO[str] | None = None, scoring: bool = False) -> None:
         self.folder = os.path.join(tempfile.gettempdir(), f"spanwise-progress-{os.getpid()}-{uuid.uuid4().hex[:12]}") \
             if enabled else None  # made on __enter__, so that a job that never starts leaves nothing behind
+        counts = SharedCounts(self.folder) if self.folder else None
         self.progress = Progress(desc, total_bytes=total_bytes, stream=stream, enabled=enabled,
-                                 poll=SharedCounts(self.folder).total if self.folder else None)
+                                 poll=(counts.scored if scoring else counts.total) if counts else None)
 
     def __enter__(self) -> "JobProgress":
         if self.folder:

@@ -3,7 +3,8 @@
 On a non-terminal (the output captured, as in CI), with ``SPANWISE_PROGRESS_INTERVAL`` small so
 that small inputs last long enough to report: preprocessing (Beam's FnApiRunner),
 ``trainer.predict --input_files``, ``beam_pipelines.predict`` and ``Classifier.predict(progress=True)``
-print at least one intermediate progress line whose counts are at most the final ones, and the
+print at least one intermediate progress line whose counts are at most the final ones (the
+pipeline's: documents read times the share of views scored), and the
 final counts equal the manifest's or the summary's. ``--json`` prints exactly one JSON object on
 standard output and nothing else there; without it a prediction run ends with a few readable
 lines; ``--quiet`` shows no progress.
@@ -213,7 +214,7 @@ def test_beam_predict_shows_progress_and_json_is_one_object(model, documents, tm
     assert result.stdout.count("\n") == 1
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["read"] == documents["read"] and summary["rejected"] == 1
-    assert_progress_then_total(result.stderr, "predict: read", summary["read"], documents["bytes"] / 1e6)
+    assert_progress_then_total(result.stderr, "predict: scored", summary["read"], documents["bytes"] / 1e6)
 
 
 def test_beam_predict_ends_with_readable_lines(model, documents, tmp_path, capsys):
@@ -230,7 +231,7 @@ def test_beam_predict_ends_with_readable_lines(model, documents, tmp_path, capsy
     assert lines[2:] == [f"predictions: {out / 'predictions-00000-of-00001.jsonl'}",
                          f"rejected rows: {out / 'rejected' / 'input-00000-of-00001.jsonl'}",
                          f"summary: {out / 'summary.json'}"]
-    assert "predict: read" not in captured.err
+    assert "predict: scored" not in captured.err
 
 
 def test_classifier_predict_shows_progress_on_request(model, documents, capsys, monkeypatch):
