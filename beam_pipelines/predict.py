@@ -156,15 +156,15 @@ def _parquet_schema(label_names: Sequence[str]) -> pa.Schema:
     ], metadata={"spanwise": json.dumps({"label_names": list(label_names)})})
 
 
-class CountViewsFn(beam.DoFn):
-    """Passes views on unchanged, counting them as made or as scored for the progress shown here."""
+class CountScoredFn(beam.DoFn):
+    """Passes scored views on unchanged, counting them for the progress shown here (``ViewsFn``
+    counts those made)."""
 
-    def __init__(self, progress_dir: str, scored: bool):
+    def __init__(self, progress_dir: str):
         self._counts = SharedCounts(progress_dir)
-        self._scored = scored
 
     def process(self, element: Any) -> Iterator[Any]:
-        self._counts.add(**{"scored" if self._scored else "views": 1})
+        self._counts.add(scored=1)
         yield element
 
     def finish_bundle(self) -> None:
@@ -220,14 +220,13 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
             transforms.REJECTED, transforms.COUNTS, main="batches")
     )
     counts = read[transforms.COUNTS]
-    viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names)).with_outputs(
+    viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names, progress_dir)).with_outputs(
         transforms.REJECTED, main="views")
-    made = viewed.views | "CountViews" >> beam.ParDo(CountViewsFn(progress_dir, False)) if progress_dir else viewed.views
     handler = KeyedModelHandler(ViewModelHandler(opts.model_dir, opts.batch_size, opts.device, opts.bf16, opts.fp16,
                                                  opts.large_model))
-    scored = made | "RunInference" >> RunInference(handler)
+    scored = viewed.views | "RunInference" >> RunInference(handler)
     if progress_dir:
-        scored = scored | "CountScored" >> beam.ParDo(CountViewsFn(progress_dir, True))
+        scored = scored | "CountScored" >> beam.ParDo(CountScoredFn(progress_dir))
     pooled = (
         scored
         | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
