@@ -150,10 +150,10 @@ class ReadTaskFn(beam.DoFn):
                     rejected = 0
                 yield key, batch
                 batch, chars = [], 0
+        if progress:  # the task is read: its exact counts, before its last batch goes downstream
+            progress.finish(counts)
         if batch:
             yield key, batch
-        if progress:
-            progress.finish(counts)
         yield beam.pvalue.TaggedOutput(COUNTS, (key, {"lines": counts.lines, "headers": counts.headers}))
 
 
