@@ -19,8 +19,9 @@ predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the 
 labels. Without ``--runner`` the job runs here on Beam's FnApiRunner, showing on standard error
 the documents scored with a rate and an ETA (the documents and bytes read, times the share of the
 views made so far that are scored: reading runs ahead of RunInference); on Dataflow, the job's
-ID, console link and states while it waits. ``--quiet``: neither. The command ends with a few readable lines of the summary (``--json``: the whole
-summary as one JSON object on standard output, and nothing else there).
+ID, console link and states while it waits. ``--quiet``: neither. The command ends with a few
+readable lines of the summary (``--json``: the whole summary as one JSON object on standard
+output, and nothing else there).
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     read task -> read and parse -> tokenize and build views (fused) -> RunInference ->
     mean of each document's view logits (combined per document) -> sharded predictions;
     rejected rows -> rejected/; counts and the confusion matrix -> summary.json. ``progress_dir``:
-    where the read step counts documents and bytes for the progress shown here (local runners).
+    where the read step counts documents and bytes, ``ViewsFn`` the views made and ``CountScored``
+    those scored, for the progress shown here (local runners).
     """
     read_range = max(1, int(opts.read_range_mb * (1 << 20)))
     # a file without IDs is read by one task, so that its derived IDs (<file>:<line>) are its own line numbers

@@ -115,12 +115,12 @@ class Progress:
     Counts arrive by ``update`` (the job runs in this thread) or, with ``poll``, are read every
     tick from elsewhere (``SharedCounts.total`` of a Beam job). A daemon thread shows them every
     ``interval`` seconds; ``close`` shows the final counts once. Disabled (``enabled=False``,
-    ``--quiet``), it counts and shows nothing.
+    ``--quiet``), it shows nothing and starts no thread.
 
     Args:
         desc: what is being counted, as the start of each line (``"preprocess: read"``).
         total_docs, total_bytes: what the run will reach, when known (the ETA follows the first).
-        poll: returns the current ``(documents, bytes)``; the job's own ``update`` calls are ignored.
+        poll: returns the current ``(documents, bytes)`` (then nothing calls ``update``).
         stream: where to show it (default standard error).
         terminal: bar or lines (default: whether ``stream`` is a terminal).
     """
