@@ -17,7 +17,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,7 +146,7 @@ def model(prep, tiny_model, tmp_path_factory) -> str:  # noqa: F811
 def documents(tmp_path_factory) -> dict[str, Any]:
     """1,200 labelled documents (more than one chunk of 512) and one row that is rejected."""
     path = tmp_path_factory.mktemp("progress_docs") / "docs.tsv"
-    rows = [row for row in topic_rows("test", 1200, seed=5)]
+    rows = topic_rows("test", 1200, seed=5)
     lines = ["\t".join(row) for row in rows] + ["bad-row\tonly two fields"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"path": str(path), "rows": rows, "read": len(rows) + 1, "bytes": path.stat().st_size}
