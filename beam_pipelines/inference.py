@@ -34,6 +34,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipelines.transforms import REJECTED, TaskKey
 from modeling.features import Example
+from spanwise_io.progress import SharedCounts
 from modeling.prediction_output import Tally, prediction_record, softmax
 from schemas.rows import Reason, Rejection, Row, describe_place
 
@@ -63,11 +64,12 @@ def view_tokens(element: tuple[DocKey, Example]) -> int:
 class ViewsFn(beam.DoFn):
     """``(task key, rows)`` -> ``(document key, view)`` per view, sorted by length; no tokens -> rejected."""
 
-    def __init__(self, model_dir: str, views: int | str, file_names: dict[int, str]):
+    def __init__(self, model_dir: str, views: int | str, file_names: dict[int, str], progress_dir: str | None = None):
         self._model_dir = model_dir
         self._views = views
         self._file_names = dict(file_names)
         self._documents: Any = None
+        self._progress = SharedCounts(progress_dir) if progress_dir else None  # views made, for the launcher
 
     def setup(self) -> None:
         from modeling.classifier import DocumentViews, TrainedView, local_model_path
@@ -93,6 +95,8 @@ class ViewsFn(beam.DoFn):
             for view in self._documents.views(doc_id, ids_a, ids_b, self._views):
                 keyed.append((key, view))
         keyed.sort(key=view_tokens)
+        if self._progress is not None:  # all of the batch's views at once: they are yielded as scored
+            self._progress.add(views=len(keyed))
         yield from keyed
 
 

@@ -16,7 +16,12 @@ with Beam's RunInference (the model loaded once per worker process), pools each 
 view logits (mean, or max for a model trained with ``--pooling max``) and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
 ``label``, ``probabilities`` per label name and ``views``. Last, ``summary.json``: counts (read =
 predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the input carries
-labels. Without ``--runner`` the job runs here on Beam's FnApiRunner.
+labels. Without ``--runner`` the job runs here on Beam's FnApiRunner, showing on standard error
+the documents scored with a rate and an ETA (the documents and bytes read, times the share of the
+views made so far that are scored: reading runs ahead of RunInference); on Dataflow, the job's
+ID, console link and states while it waits. ``--quiet``: neither. The command ends with a few
+readable lines of the summary (``--json``: the whole summary as one JSON object on standard
+output, and nothing else there).
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ import json
 import logging
 import math
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 import spanwise_io
@@ -42,11 +47,13 @@ from beam_pipelines.preprocess import (DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedE
 from beam_pipelines.records import REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
 from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs
+from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
 from modeling.classifier import TrainedView
 from modeling.features import parse_views
-from modeling.prediction_output import Tally
+from modeling.prediction_output import Tally, format_summary
 from schemas.columns import ColumnSpec
+from spanwise_io.progress import JobProgress, SharedCounts
 
 __all__ = ["build_parser", "SPLIT", "SUMMARY_NAME", "PREDICTIONS_PREFIX", "build_pipeline", "run", "main"]
 
@@ -109,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "share_model_across_processes), for models too large for one copy per process")
     group.add_argument("--overwrite", action="store_true", default=False,
                        help="replace the predictions already in --output_dir (deleted when this job starts)")
+    group.add_argument("--json", action="store_true", default=False,
+                       help="print the whole summary as one JSON object on standard output, and nothing else there")
+    group.add_argument("--quiet", action="store_true", default=False,
+                       help="no progress on standard error (local runners), no job states while waiting (Dataflow)")
     return parser
 
 
@@ -169,6 +180,21 @@ def _parquet_schema(label_names: Sequence[str]) -> pa.Schema:
     ], metadata={"spanwise": json.dumps({"label_names": list(label_names)})})
 
 
+class CountScoredFn(beam.DoFn):
+    """Passes scored views on unchanged, counting them for the progress shown here (``ViewsFn``
+    counts those made)."""
+
+    def __init__(self, progress_dir: str):
+        self._counts = SharedCounts(progress_dir)
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self._counts.add(scored=1)
+        yield element
+
+    def finish_bundle(self) -> None:
+        self._counts.add(flush=True)  # the last counts, exact for the last progress line
+
+
 class FinalizePredictFn(beam.DoFn):
     """Runs once, after every write: check read = predicted + rejected, write ``summary.json``."""
 
@@ -196,13 +222,16 @@ class FinalizePredictFn(beam.DoFn):
 
 
 def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: InputPlan, view: TrainedView,
-                   views: int | str, shards: int, base: Mapping[str, Any]) -> beam.PCollection:
+                   views: int | str, shards: int, base: Mapping[str, Any], progress_dir: str | None = None
+                   ) -> beam.PCollection:
     """Add the prediction graph to ``pipeline``; return the PCollection holding the summary.
 
     read task -> read and parse -> tokenize and build views (fused) -> RunInference ->
     mean of each document's view logits (combined per document) -> the first row of each ID
     (later ones rejected) -> sharded predictions;
-    rejected rows -> rejected/; counts and the confusion matrix -> summary.json.
+    rejected rows -> rejected/; counts and the confusion matrix -> summary.json. ``progress_dir``:
+    where the read step counts documents and bytes, ``ViewsFn`` the views made and ``CountScored``
+    those scored, for the progress shown here (local runners).
     """
     read_range = max(1, int(opts.read_range_mb * (1 << 20)))
     # a file without IDs is read by one task, so that its derived IDs (<file>:<line>) are its own line numbers
@@ -214,17 +243,19 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
         pipeline
         | "ListTasks" >> beam.Create(tasks, reshuffle=False)
         | "SpreadTasks" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(transforms.ReadTaskFn(opts.decode_errors)).with_outputs(
+        | "Read" >> beam.ParDo(transforms.ReadTaskFn(opts.decode_errors, progress_dir)).with_outputs(
             transforms.REJECTED, transforms.COUNTS, main="batches")
     )
     counts = read[transforms.COUNTS]
-    viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names)).with_outputs(
+    viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names, progress_dir)).with_outputs(
         transforms.REJECTED, main="views")
     handler = KeyedModelHandler(ViewModelHandler(opts.model_dir, opts.batch_size, opts.device, opts.bf16, opts.fp16,
                                                  opts.large_model))
+    scored = viewed.views | "RunInference" >> RunInference(handler)
+    if progress_dir:
+        scored = scored | "CountScored" >> beam.ParDo(CountScoredFn(progress_dir))
     pooled = (
-        viewed.views
-        | "RunInference" >> RunInference(handler)
+        scored
         | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
         | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
         | "ById" >> beam.Map(lambda document: (document[0][0], document))
@@ -310,12 +341,22 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     _LOG.info("predicting %s with %s -> %s", ", ".join(opts.input_files), opts.model_dir, opts.output_dir)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, opts, plan, view, views, shards, base)
+    local = runner.lower() in LOCAL_RUNNERS
+    progress = JobProgress("predict: scored", planned_bytes(plan.files[SPLIT]), enabled=local and not opts.quiet,
+                           scoring=True)
+    build_pipeline(pipeline, opts, plan, view, views, shards, base, progress.folder)
     try:
-        result = pipeline.run()
-        job_id = result.job_id() if callable(getattr(result, "job_id", None)) and runner.lower() not in LOCAL_RUNNERS else None
+        with progress:
+            result = pipeline.run()  # a local runner runs the whole job here
+        job_id = result.job_id() if callable(getattr(result, "job_id", None)) and not local else None
         if standard.no_wait_until_finish and job_id:
             return {**base, "job_id": job_id, "state": str(result.state)}
+        if job_id and not opts.quiet:
+            cloud = options.view_as(GoogleCloudOptions)
+            print(f"submitted {runner} job {job_id}; waiting for it to finish. Follow it at "
+                  f"https://console.cloud.google.com/dataflow/jobs/{cloud.region}/{job_id}?project={cloud.project}",
+                  file=sys.stderr)
+            logging.getLogger("apache_beam.runners.dataflow.dataflow_runner").setLevel(logging.INFO)  # its states
         state = result.wait_until_finish()
     except BaseException as error:
         if runner.lower() in LOCAL_RUNNERS:  # a failed local job leaves nothing behind
@@ -355,10 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    shown = {k: summary[k] for k in ("read", "documents", "rejected", "rejected_by_reason", "accuracy", "macro_f1")
-             if k in summary}
-    print(json.dumps(shown))
-    print(f"wrote {spanwise_io.join(summary['output_dir'], SUMMARY_NAME)}")
+    if build_parser().parse_known_args(argv)[0].json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary({**summary, "summary_output": spanwise_io.join(summary["output_dir"], SUMMARY_NAME)}))
     return 0
 
 

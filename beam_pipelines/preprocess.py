@@ -58,9 +58,11 @@ from beam_pipelines import sinks, transforms
 from beam_pipelines.records import RECORD_SCHEMA, REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
 from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs, split_patterns
+from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
 from schemas.columns import ColumnSpec
 from schemas.manifest import MANIFEST_NAME, format_stats, read_manifest
+from spanwise_io.progress import JobProgress
 from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 
@@ -212,6 +214,11 @@ class PreprocessOptions(PipelineOptions):
             "--overwrite", action="store_true", default=False,
             help="replace the earlier run in --output_dir (it stays intact until the new one is complete)",
         )
+        group.add_argument(
+            "--quiet", action="store_true", default=False,
+            help="no progress (documents and bytes read, rate, ETA) on standard error, and on Dataflow no job "
+                 "states while waiting; the final table is still printed",
+        )
 
 
 def _check_options(opts: PreprocessOptions) -> None:
@@ -300,6 +307,7 @@ def build_pipeline(
     shard_counts: dict[str, int],
     spill_dir: str | None,
     previous: Sequence[str] = (),
+    progress_dir: str | None = None,
 ) -> beam.PCollection:
     """Add the preprocessing graph to ``pipeline``; return the PCollection holding the manifest.
 
@@ -307,6 +315,7 @@ def build_pipeline(
     shard -> dedupe, label, write each shard; rejected rows grouped by bucket -> written; the
     small outputs (task counts, labels, length histograms, file lists) -> one commit step.
     docs/design.md has the table of steps, their keys and what bounds their memory.
+    ``progress_dir``: where the read step counts documents and bytes for the progress shown here.
     """
     read_range = max(1, int(opts.read_range_mb * (1 << 20)))
     tasks = [task for files in plan.files.values() for file in files for task in plan_tasks(file, read_range)]
@@ -314,7 +323,7 @@ def build_pipeline(
         pipeline
         | "ListTasks" >> beam.Create(tasks, reshuffle=False)
         | "SpreadTasks" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(transforms.ReadTaskFn(opts.decode_errors)).with_outputs(
+        | "Read" >> beam.ParDo(transforms.ReadTaskFn(opts.decode_errors, progress_dir)).with_outputs(
             transforms.REJECTED, transforms.COUNTS, main="batches"
         )
     )
@@ -598,10 +607,13 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
     }
     _LOG.info("preprocessing %s -> %s", "; ".join(f"{s}: {', '.join(p)}" for s, p in patterns.items()), run_dir)
     pipeline = beam.Pipeline(options=options)
+    progress = JobProgress("preprocess: read", planned_bytes(f for files in plan.files.values() for f in files),
+                           enabled=local and not opts.quiet)
     build_pipeline(pipeline, opts, plan, manifest_base, seq_config, run_name, shard_counts, spill_dir,
-                   previous.committed + previous.stale)
+                   previous.committed + previous.stale, progress.folder)
     try:
-        result = pipeline.run()  # the local runner runs the whole job here
+        with progress:
+            result = pipeline.run()  # the local runner runs the whole job here
     except BaseException as error:
         if local and run_dir not in str(error):  # (a failed Dataflow submission wrote nothing)
             _discard(run_dir, "the folder of the failed run")
@@ -645,7 +657,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_not_an_interrupt)
-    output_dir = PipelineOptions(argv).view_as(PreprocessOptions).output_dir
+    opts = PipelineOptions(argv).view_as(PreprocessOptions)
+    output_dir = opts.output_dir
     job: PreprocessJob | None = None
     try:
         job = submit(argv)
@@ -655,6 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"follow it at {job.console_url}")
             print(f"when it is done, its manifest is {spanwise_io.join(job.output_dir, MANIFEST_NAME)}")
             return 0
+        if job.job_id and not opts.quiet:
+            print(f"submitted {job.runner} job {job.job_id}; waiting for it to finish (Ctrl-C stops waiting, "
+                  f"not the job).\nfollow it at {job.console_url}", file=sys.stderr)
+            logging.getLogger("apache_beam.runners.dataflow.dataflow_runner").setLevel(logging.INFO)  # its states
         manifest = job.wait()
     except KeyboardInterrupt:
         if job is not None and job.job_id:

@@ -41,8 +41,10 @@ import transformers  # noqa: F401
 from transformers import AutoTokenizer  # noqa: F401
 
 from beam_pipelines.records import RECORD_SCHEMA
+from corpora.read_progress import TaskProgress
 from corpora.readers import DamagedFileError, ReadTask, TaskCounts, read_task
 from schemas.rows import Reason, Rejection, Row
+from spanwise_io.progress import SharedCounts
 from tokenization.documents import MAX_CHARS_PER_TOKENIZER_CALL, cap_chars, cap_tokens, tokenize_texts
 from tokenization.rng import stable_hash64
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
@@ -117,19 +119,25 @@ class ReadTaskFn(beam.DoFn):
     output is ``(task key, {"lines", "headers"})`` (lines started in the task, header lines),
     from which the pipeline checks read = written + rejected and numbers the lines of later
     byte ranges of a file.
+
+    With ``progress_dir`` (a folder on the launching machine: local runners only), the documents
+    and input bytes read are counted there for the launcher's progress (``spanwise_io.progress``).
     """
 
-    def __init__(self, decode_errors: str = "strict"):
+    def __init__(self, decode_errors: str = "strict", progress_dir: str | None = None):
         self._decode_errors = decode_errors
+        self._progress = SharedCounts(progress_dir) if progress_dir else None
 
     def process(self, task: ReadTask) -> Iterator[Any]:
         file = task.file
         key: TaskKey = (file.split, file.index, task.start)
         counts = TaskCounts()
         batch: list[Row] = []
-        chars = 0
+        chars = rejected = 0
+        progress = TaskProgress(task, self._progress.add) if self._progress else None
         for item in self._read(task, counts):
             if isinstance(item, Rejection):
+                rejected += 1
                 yield beam.pvalue.TaggedOutput(
                     REJECTED, dataclasses.replace(item, file_index=file.index, range_start=task.start)
                 )
@@ -137,8 +145,13 @@ class ReadTaskFn(beam.DoFn):
             batch.append(item)
             chars += len(item.text_a) + len(item.text_b)
             if len(batch) >= READ_BATCH_ROWS or chars >= _READ_BATCH_CHARS:
+                if progress:
+                    progress.advance(len(batch) + rejected, batch[-1].offset)
+                    rejected = 0
                 yield key, batch
                 batch, chars = [], 0
+        if progress:  # the task is read: its exact counts, before its last batch goes downstream
+            progress.finish(counts)
         if batch:
             yield key, batch
         yield beam.pvalue.TaggedOutput(COUNTS, (key, {"lines": counts.lines, "headers": counts.headers}))

@@ -42,6 +42,7 @@ import spanwise_io
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
 from modeling.pooling import batch_inputs, model_input_names, pool_logits
 from modeling.prediction_output import softmax
+from spanwise_io.progress import Progress
 from tokenization.documents import cap_tokens, tokenize_texts
 from tokenization.seq_len import SeqLenConfig, apply_seq_len, validate_seq_config
 from tokenization.tokenizer import load_tokenizer
@@ -418,6 +419,7 @@ class Classifier:
         ids: Sequence[str] | None = None,
         views: int | str | None = None,
         batch_size: int = 32,
+        progress: bool = False,
     ) -> list[Prediction]:
         """One prediction per text.
 
@@ -429,6 +431,8 @@ class Classifier:
                 hash of each text (``text_id``).
             views: 1, K or ``"chunks"``; default: what the model was evaluated with in training.
             batch_size: views per forward pass.
+            progress: show the documents scored, with a rate and an ETA, on standard error (a tqdm
+                bar on a terminal, else a line every few seconds; ``spanwise_io.progress``).
 
         Raises:
             ValueError: a text is not a string or gives no tokens, two ids are equal, or the arguments do
@@ -436,7 +440,8 @@ class Classifier:
         """
         if isinstance(texts, str):
             raise ValueError("predict takes a list of texts; wrap a single text in a list")
-        logits, counts = self.predict_logits(texts, texts_b, ids=ids, views=views, batch_size=batch_size)
+        logits, counts = self.predict_logits(texts, texts_b, ids=ids, views=views, batch_size=batch_size,
+                                             progress=progress)
         probabilities = softmax(logits) if len(texts) else np.zeros((0, len(self.view.label_names)))
         names = self.view.label_names
         doc_ids = self._ids(texts, texts_b, ids)
@@ -453,11 +458,12 @@ class Classifier:
         ids: Sequence[str] | None = None,
         views: int | str | None = None,
         batch_size: int = 32,
+        progress: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The pooled logits ``[len(texts), labels]`` and the number of views of each text.
 
         Texts are tokenized and scored ``DOCS_PER_CHUNK`` at a time, so that memory holds one
-        chunk's token ids and views, whatever the number of texts.
+        chunk's token ids and views, whatever the number of texts; ``progress`` counts them so.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -470,6 +476,14 @@ class Classifier:
         doc_ids = self._ids(texts, texts_b, ids)
         logits = np.zeros((len(texts), len(self.view.label_names)), dtype=np.float32)
         counts = np.zeros(len(texts), dtype=np.int64)
+        with Progress("predict: scored", total_docs=len(texts), enabled=progress) as shown:
+            self._score_chunks(texts, texts_b, doc_ids, chosen, batch_size, logits, counts, shown)
+        return logits, counts
+
+    def _score_chunks(self, texts: Sequence[str], texts_b: Sequence[str] | None, doc_ids: Sequence[str],
+                      chosen: int | str, batch_size: int, logits: np.ndarray, counts: np.ndarray,
+                      progress: Progress) -> None:
+        """Fill ``logits`` and ``counts``, ``DOCS_PER_CHUNK`` texts at a time."""
         for start in range(0, len(texts), DOCS_PER_CHUNK):
             end = min(start + DOCS_PER_CHUNK, len(texts))
             examples: list[Example] = []
@@ -486,7 +500,7 @@ class Classifier:
                                  batch_size=batch_size, autocast=self.autocast)
             logits[start:end] = pool_views(scored, owners, end - start, self.view.pooling)
             counts[start:end] = np.bincount(owners, minlength=end - start)
-        return logits, counts
+            progress.update(end - start)
 
     @staticmethod
     def _ids(texts: Sequence[str], texts_b: Sequence[str] | None, ids: Sequence[str] | None) -> list[str]:

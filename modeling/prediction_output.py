@@ -3,7 +3,8 @@
 One record format for every prediction path: JSONL ``{"id", "label", "probabilities": {name: p}}``
 (probabilities rounded to 6 decimals), or for a ``.tsv`` path a header ``id  label  p_<name>...``
 and one row per document. ``Tally`` counts documents, rejections and, where the input carries
-labels, the confusion matrix from which accuracy and macro-F1 are computed.
+labels, the confusion matrix from which accuracy and macro-F1 are computed. ``format_summary``
+turns a prediction run's summary into the few lines a person reads at its end.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO, Any, Sequence
+from typing import IO, Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from modeling.metrics import classification_metrics
 
-__all__ = ["prediction_record", "PredictionWriter", "Tally", "softmax"]
+__all__ = ["prediction_record", "PredictionWriter", "Tally", "softmax", "format_summary"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -120,3 +121,48 @@ class Tally:
             out.update({key: metrics[key] for key in ("accuracy", "macro_f1", "mcc", "confusion_matrix")})
             out["label_names"] = list(self.label_names)
         return out
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The end of a prediction run for a person: counts, metrics where labelled, where the outputs are.
+
+    ``summary`` is what ``trainer.predict`` or ``beam_pipelines.predict`` wrote to its summary
+    file; every key is optional but ``documents``. For example::
+
+        read 1,000 documents: 998 predicted, 2 rejected (no_tokens 1, wrong_field_count 1)
+        998 labelled: accuracy 0.8734, macro-F1 0.8690, MCC 0.8660
+        predictions: out/predictions.jsonl
+        rejected rows: out/predictions.rejected.jsonl
+        summary: out/predictions.summary.json
+    """
+    counts = f"{summary['documents']:,} predicted"
+    if "rejected" in summary:
+        counts += f", {summary['rejected']:,} rejected"
+        reasons = summary.get("rejected_by_reason") or {}
+        if reasons:
+            counts += " (" + ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items())) + ")"
+    lines = [f"read {summary['read']:,} documents: {counts}" if "read" in summary else counts]
+    if summary.get("skipped"):
+        skipped = summary["skipped"]
+        lines.append(f"skipped (--skip_bad_shards): {skipped.get('files', 0)} shard files, "
+                     f"{skipped.get('row_groups', 0)} row groups")
+    if "accuracy" in summary:
+        labelled = f"{summary['labelled']:,} labelled: " if "labelled" in summary else ""
+        metrics = [f"accuracy {summary['accuracy']:.4f}"]
+        metrics += [f"{name} {summary[key]:.4f}" for key, name in (("macro_f1", "macro-F1"), ("mcc", "MCC")) if key in summary]
+        lines.append(labelled + ", ".join(metrics))
+    if summary.get("unknown_labels"):
+        lines.append(f"{summary['unknown_labels']:,} documents have a label the model does not know (predicted, not scored)")
+    files = summary.get("files") or {}
+    predictions = files.get("predictions") or ([summary["output"]] if summary.get("output") else [])
+    if len(predictions) == 1:
+        lines.append(f"predictions: {predictions[0]}")
+    elif predictions:
+        lines.append(f"predictions: {len(predictions)} files, {predictions[0]} ...")
+    rejected = files.get("rejected") if "files" in summary else (
+        [summary["rejected_output"]] if summary.get("rejected") and summary.get("rejected_output") else [])
+    if rejected:
+        lines.append(f"rejected rows: {', '.join(rejected)}")
+    if summary.get("summary_output"):
+        lines.append(f"summary: {summary['summary_output']}")
+    return "\n".join(lines)

@@ -468,7 +468,7 @@ def test_no_wait_returns_once_the_job_is_submitted(gcs, corpus, fast_polling, ca
     assert fake.unhandled == [] and "GET _list_messages" not in fake.calls()  # no polling for the end
 
 
-def test_a_failed_job_is_an_error_naming_it(gcs, corpus, fast_polling, capsys):
+def test_a_failed_job_is_an_error_naming_it(gcs, corpus, fast_polling, capsys, caplog):
     from beam_pipelines import preprocess
 
     with FakeDataflow(create_state="JOB_STATE_PENDING", states=["JOB_STATE_RUNNING", "JOB_STATE_FAILED"]) as fake:
@@ -477,7 +477,12 @@ def test_a_failed_job_is_an_error_naming_it(gcs, corpus, fast_polling, capsys):
         assert preprocess.main(_submission_argv(corpus, gcs, fake.url)) == 1
     (first, second) = fake.jobs.values()
     assert first["currentState"] == second["currentState"] == "JOB_STATE_FAILED"
-    assert f"error: preprocessing job failed (job {second['id']}:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: preprocessing job failed (job {second['id']}:" in err
+    # while it waited: the job, where to follow it, its states
+    assert f"submitted DataflowRunner job {second['id']}; waiting for it to finish" in err
+    assert f"follow it at https://console.cloud.google.com/dataflow/jobs/europe-west4/{second['id']}?project=test-project" in err
+    assert f"Job {second['id']} is in state JOB_STATE_FAILED" in caplog.text  # Beam's own line
 
 
 def test_fake_dataflow_answers_the_rest_of_beams_client():

@@ -424,7 +424,10 @@ def test_ctrl_c_while_waiting_for_a_remote_job_leaves_its_folder(tmp_path, capsy
     monkeypatch.setattr(preprocess, "submit", lambda argv: preprocess.PreprocessJob(
         Interrupted(), str(tmp_path), "DataflowRunner", str(tmp_path / "run-x"), None, "2026-11-29_job", "https://console/job"))
     assert preprocess.main(["--output_dir", str(tmp_path)]) == 130
-    assert capsys.readouterr().err.strip() == (
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[:2] == ["submitted DataflowRunner job 2026-11-29_job; waiting for it to finish (Ctrl-C stops waiting, not the job).",
+                       "follow it at https://console/job"]  # what it waits for, and where to follow it
+    assert err[-1] == (
         f"interrupted: stopped waiting; DataflowRunner job 2026-11-29_job runs on and commits {tmp_path}/manifest.json "
         "when done (cancel it at https://console/job)"
     )

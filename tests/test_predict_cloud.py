@@ -360,7 +360,7 @@ def _workers_write_summary(output_dir: str):
     return on_create
 
 
-def test_predict_run_submits_the_gpu_job_to_dataflow(gcs, in_bucket, fast_polling, monkeypatch):  # noqa: F811
+def test_predict_run_submits_the_gpu_job_to_dataflow(gcs, in_bucket, fast_polling, monkeypatch, caplog):  # noqa: F811
     """The command the script prints, run by predict.run against the fake service."""
     from apache_beam.portability.api import beam_runner_api_pb2
 
@@ -384,6 +384,7 @@ def test_predict_run_submits_the_gpu_job_to_dataflow(gcs, in_bucket, fast_pollin
     (job,) = fake.jobs.values()
     assert job["currentState"] == "JOB_STATE_DONE" and elapsed < 60, elapsed
     assert summary["written_by_job"] == job["id"] and summary["documents"] == 30  # what the "workers" wrote
+    assert f"Job {job['id']} is in state JOB_STATE_DONE" in caplog.text  # its states while waiting (Beam's own line)
 
     (request,) = fake.created_jobs
     assert request["name"] == "spanwise-predict-test" and request["type"] in (1, "JOB_TYPE_BATCH")
@@ -448,8 +449,12 @@ def test_script_submits_to_dataflow(gcs, in_bucket):
     assert result.returncode == 0, result.stderr[-4000:]
     ran = [line for line in result.stderr.splitlines() if line.startswith(("+ ", "  --"))]
     assert dry_run_words("\n".join(ran)[2:]) == dry_run_words(dry.stdout)  # it ran what --dry-run printed
-    assert f"wrote {in_bucket['output_dir']}/summary.json" in result.stdout
-    assert json.loads(result.stdout.splitlines()[-2])["documents"] == 30
+    assert result.stdout.splitlines() == [  # the summary's readable lines
+        "read 33 documents: 30 predicted, 3 rejected (empty_text_a 1, invalid_utf8 1, missing_field 1)",
+        "accuracy 0.5000", f"summary: {in_bucket['output_dir']}/summary.json"]
+    (job,) = fake.jobs.values()
+    assert (f"submitted DataflowRunner job {job['id']}; waiting for it to finish. Follow it at "
+            f"https://console.cloud.google.com/dataflow/jobs/") in result.stderr
     assert fake.unhandled == [] and fake.calls() == ["POST _create_job"]
     (request,) = fake.created_jobs
     assert request["environment"]["serviceOptions"] == ["worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]

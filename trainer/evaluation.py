@@ -13,7 +13,7 @@ on the number of workers. The logits stay on the device, summed per document wit
 from __future__ import annotations
 
 import io
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -121,6 +121,7 @@ def score_documents(
     skipped: list[ShardProblem] | None = None,
     num_workers: int = 0,
     pooling: str = "mean",
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Doc ids, labels and pooled logits (``pooling``: mean or max of its views') of every document
     of the split (all ranks).
@@ -128,7 +129,8 @@ def score_documents(
     A row group that cannot be read raises ValueError naming the file and row group or, when
     ``skipped`` is a list, its documents are left out and the problem is appended to it (this
     rank's problems only). ``limits`` bounds the labels
-    and token ids read; ``num_workers`` DataLoader workers build the views.
+    and token ids read; ``num_workers`` DataLoader workers build the views. ``progress`` is told
+    how many more documents each batch starts to score (``trainer.predict``'s progress).
     """
     plan = eval_plan(units, batch_size=batch_size, rank=rank, world_size=world_size)
     stream = EvalStream(
@@ -159,6 +161,8 @@ def score_documents(
                     skipped.append(ShardProblem(problem["path"], problem["problem"], problem.get("row_group"), problem["rows"]))
             for index, doc_id, label in batch["docs"]:
                 doc_ids[index], labels[index] = doc_id, label
+            if progress is not None and batch["docs"]:
+                progress(len(batch["docs"]))
             if "input_ids" not in batch:
                 continue
             inputs = batch_inputs(batch, input_names, device)

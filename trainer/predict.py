@@ -11,8 +11,11 @@ Two kinds of input:
 Uses the sequence-length function the model was trained with (recorded in its folder), with
 deterministic draws, and optionally several views per long document (``--eval_views``) whose
 logits are averaged. Output: JSONL (``id``, ``label``, ``probabilities``) or, for a ``.tsv``
-path, a TSV with one probability column per label. Prints a summary (counts; accuracy and
-macro-F1 where the documents carry labels).
+path, a TSV with one probability column per label. Shows its progress on standard error
+(``--quiet``: none), writes the full summary as JSON (``--summary_output``) and prints a few
+readable lines of it: documents read, predicted, rejected by reason; accuracy, macro-F1 and MCC
+where the documents carry labels; where the outputs are. ``--json`` prints the full summary on
+standard output instead, and nothing else there, for scripts.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ import torch
 
 import spanwise_io
 from corpora.inputs import LABEL_NAMES_HELP, parse_label_names, plan_inputs
+from corpora.read_progress import TaskProgress, planned_bytes
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
-from modeling.classifier import DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, pool_views, score_views
+from modeling.classifier import (DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, pool_views,
+                                 score_views)
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
-from modeling.prediction_output import PredictionWriter, Tally
+from modeling.metrics import classification_metrics, confusion_matrix
+from modeling.prediction_output import PredictionWriter, Tally, format_summary
 from schemas.columns import ColumnSpec
 from schemas.manifest import check_compatible, read_manifest
 from schemas.rows import Reason, Rejection, Row, describe_place
+from spanwise_io.progress import Progress
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.distributed import init_distributed, shutdown_distributed
@@ -95,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp16", action="store_true", help="float16 autocast (GPU only)")
     parser.add_argument("--skip_bad_shards", action="store_true",
                         help="skip (and count) missing, corrupt or foreign shards and unreadable row groups instead of stopping")
+    parser.add_argument("--summary_output", default=None,
+                        help="the full summary as JSON (default: the --output path with .summary.json)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the full summary as one JSON object on standard output, and nothing else there")
+    parser.add_argument("--quiet", action="store_true", help="no progress (documents, rate, ETA) on standard error")
     return parser
 
 
@@ -105,9 +117,18 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("choose one of --bf16 and --fp16")
     if args.batch_size < 1 or args.dataloader_num_workers < 0:
         raise ValueError("--batch_size must be >= 1 and --dataloader_num_workers >= 0")
-    if args.input_files:
-        return predict_raw(args)
+    summary_path = args.summary_output or _beside(args.output, ".summary.json")
+    summary = predict_raw(args) if args.input_files else predict_shards(args)
+    if summary is not None:
+        summary["summary_output"] = summary_path
+        spanwise_io.write_bytes(summary_path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return summary
+
+
+def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
+    """``--data_dir``: score a split of a preprocessing run; return the summary (None on other ranks)."""
     ctx = init_distributed(args.use_cpu)
+    progress = Progress("predict: scored", enabled=ctx.is_main and not args.quiet)
     try:
         if args.fp16 and ctx.device.type != "cuda":
             raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
@@ -137,6 +158,8 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         skipped_row_groups: list[ShardProblem] | None = [] if args.skip_bad_shards else None
         model = load_classifier(model_dir).to(ctx.device)
+        progress.total_docs = sum(unit.rows for unit in scan.units) if ctx.world_size == 1 else None  # else: a share
+        progress.start()
         doc_ids, labels, logits = score_documents(
             model,
             scan.units,
@@ -152,7 +175,9 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             skipped=skipped_row_groups,
             num_workers=args.dataloader_num_workers,
             pooling=train_args.get("pooling", "mean"),
+            progress=progress.update,
         )
+        progress.close()
         for problem in skipped_row_groups or ():
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
@@ -166,8 +191,12 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
             summary["skipped"] = {"files": len(scan.skipped), "row_groups": len(skipped_row_groups or ()), "details": skipped}
         if labelled.any():
             summary["accuracy"] = float((predicted[labelled] == labels[labelled]).mean())
-        return summary
+            metrics = classification_metrics(confusion_matrix(labels[labelled], predicted[labelled], len(label_names)),
+                                             label_names)
+            summary.update(labelled=int(labelled.sum()), macro_f1=metrics["macro_f1"], mcc=metrics["mcc"])
+        return summary if ctx.is_main else None
     finally:
+        progress.close(show=False)  # (after a failure; a finished run has shown its last line)
         shutdown_distributed()
 
 
@@ -189,11 +218,13 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
     classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
                                             bf16=args.bf16, fp16=args.fp16)
     views = parse_views(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
-    rejected_path = args.rejected_output or _rejected_path(args.output)
+    rejected_path = args.rejected_output or _beside(args.output, ".rejected.jsonl")
     tally = Tally(classifier.label_names)
     read = 0
     first_of_id: dict[str, str] = {}  # ID -> where its first row is (later rows of that ID are rejected)
-    with spanwise_io.atomic_write(args.output) as out, spanwise_io.atomic_write(rejected_path) as rejected_out:
+    progress = Progress("predict: read", total_bytes=planned_bytes(plan.files[RAW_SPLIT]), enabled=not args.quiet)
+    with spanwise_io.atomic_write(args.output) as out, spanwise_io.atomic_write(rejected_path) as rejected_out, \
+            progress:
         writer = PredictionWriter(out, classifier.label_names, tsv=args.output.endswith(".tsv"))
 
         def reject(rejection: Rejection) -> None:
@@ -204,16 +235,21 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
             for task in plan_tasks(file, 1 << 62):  # one task per file: line numbers are the file's
                 counts = TaskCounts()
                 chunk: list[Row] = []
+                done = TaskProgress(task, lambda docs, nbytes, _: progress.update(docs, nbytes))
+                rejected = 0  # read rejections since the last chunk
                 for item in read_task(task, counts, args.decode_errors):
                     if isinstance(item, Rejection):
                         reject(item)
+                        rejected += 1
                         continue
                     chunk.append(item)
                     if len(chunk) == ROWS_PER_CHUNK:
                         _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject, first_of_id)
-                        chunk = []
+                        done.advance(len(chunk) + rejected, chunk[-1].offset)
+                        chunk, rejected = [], 0
                 if chunk:
                     _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject, first_of_id)
+                done.finish(counts)
                 read += counts.lines - counts.headers
     summary: dict[str, Any] = {"read": read, **tally.summary(), "output": args.output, "rejected_output": rejected_path,
                                "eval_views": str(views)}
@@ -222,11 +258,12 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _rejected_path(output: str) -> str:
-    for suffix in (".jsonl", ".tsv"):
-        if output.endswith(suffix):
-            return output[: -len(suffix)] + ".rejected.jsonl"
-    return output + ".rejected.jsonl"
+def _beside(output: str, suffix: str) -> str:
+    """A file beside ``output``: ``p.jsonl`` -> ``p<suffix>`` (the rejected rows, the summary)."""
+    for extension in (".jsonl", ".tsv"):
+        if output.endswith(extension):
+            return output[: -len(extension)] + suffix
+    return output + suffix
 
 
 def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row], views: int | str, batch_size: int,
@@ -271,7 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary))
+    if summary is None:  # not the main rank: it wrote nothing
+        return 0
+    if build_parser().parse_args(argv).json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
     return 0
 
 
