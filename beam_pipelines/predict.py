@@ -13,7 +13,8 @@ Reads the documents with preprocessing's readers (labels optional; bad rows go t
 tokenizer, applies the sequence-length function it was trained with (with the deterministic
 draws of ``trainer.predict``) and expands each long document into its views, scores the views
 with Beam's RunInference (the model loaded once per worker process), pools each document's
-view logits (mean, or max for a model trained with ``--pooling max``) and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
+view logits (mean, or max for a model trained with ``--pooling max``; a model with a head over
+the windows, ``--pooling attention|transformer``, pools their states with its head) and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
 ``label``, ``probabilities`` per label name and ``views``. Last, ``summary.json``: counts (read =
 predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the input carries
 labels. Without ``--runner`` the job runs here on Beam's FnApiRunner.
@@ -36,7 +37,16 @@ from apache_beam.runners.runner import PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
-from beam_pipelines.inference import KeepFirstIdFn, PoolLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
+from beam_pipelines.inference import (
+    ApplyHeadFn,
+    CollectStatesFn,
+    KeepFirstIdFn,
+    PoolLogitsFn,
+    TallyFn,
+    ViewModelHandler,
+    ViewsFn,
+    to_record,
+)
 from beam_pipelines.preprocess import (DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _corpus_error_in, _interrupted,
                                       _not_an_interrupt, _runner_name, check_runner, remove_if_empty)
 from beam_pipelines.records import REJECTION_SCHEMA
@@ -44,6 +54,7 @@ from beam_pipelines.shuffle import GroupTablesByKey
 from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs
 from corpora.readers import FORMATS, plan_tasks
 from modeling.classifier import TrainedView
+from modeling.pooling import HEAD_POOLINGS
 from modeling.features import parse_views
 from modeling.prediction_output import Tally
 from schemas.columns import ColumnSpec
@@ -222,11 +233,21 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
         transforms.REJECTED, main="views")
     handler = KeyedModelHandler(ViewModelHandler(opts.model_dir, opts.batch_size, opts.device, opts.bf16, opts.fp16,
                                                  opts.large_model))
-    pooled = (
+    scored = (
         viewed.views
         | "RunInference" >> RunInference(handler)
-        | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
-        | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
+        | "Scores" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result.inference)))
+    )
+    if view.pooling in HEAD_POOLINGS:  # the windows' states, in window order, through the model's head
+        per_document = (
+            scored
+            | "CollectStates" >> beam.CombinePerKey(CollectStatesFn())
+            | "ApplyHead" >> beam.ParDo(ApplyHeadFn(opts.model_dir, opts.bf16))
+        )
+    else:
+        per_document = scored | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
+    pooled = (
+        per_document
         | "ById" >> beam.Map(lambda document: (document[0][0], document))
         | "GroupById" >> beam.GroupByKey()
         | "KeepFirstOfId" >> beam.ParDo(KeepFirstIdFn(SPLIT, paths), beam.pvalue.AsDict(counts)).with_outputs(
