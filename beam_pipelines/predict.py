@@ -211,8 +211,9 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     """Add the prediction graph to ``pipeline``; return the PCollection holding the summary.
 
     read task -> read and parse -> tokenize and build views (fused) -> RunInference ->
-    mean of each document's view logits (combined per document) -> the first row of each ID
-    (later ones rejected) -> sharded predictions;
+    mean (max) of each document's view logits (combined per document), or for a whole-document
+    model its window states in order (combined per document) through its head -> the first row of
+    each ID (later ones rejected) -> sharded predictions;
     rejected rows -> rejected/; counts and the confusion matrix -> summary.json.
     """
     read_range = max(1, int(opts.read_range_mb * (1 << 20)))
