@@ -15,6 +15,10 @@ document's view logits), so the pipeline predicts what ``trainer.predict`` and
   combined per document key wherever its views were scored.
 * ``KeepFirstIdFn``: of the rows that share an ID, the first (file order, then place in the
   file) is kept and the others are rejected (``duplicate_id``), as preprocessing does.
+* For a whole-document model (``--pooling attention|transformer``) the handler returns each
+  window's state instead of logits; ``CollectStatesFn`` gathers a document's states in the order
+  of its windows (each view carries its position in the document), and ``ApplyHeadFn`` runs the
+  model's head (loaded alone, once per worker) on them.
 * ``TallyFn``: counts and the confusion matrix of the documents that carry a label.
 
 A document's key is a ``DocKey``: unique per row, so two rows with one ID are scored apart
@@ -38,8 +42,8 @@ from spanwise_io.progress import SharedCounts
 from modeling.prediction_output import Tally, prediction_record, softmax
 from schemas.rows import Reason, Rejection, Row, describe_place
 
-__all__ = ["DocKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "KeepFirstIdFn", "TallyFn", "to_record",
-           "view_tokens"]
+__all__ = ["DocKey", "ViewKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "CollectStatesFn", "ApplyHeadFn",
+           "KeepFirstIdFn", "TallyFn", "to_record", "view_tokens"]
 
 
 
@@ -54,15 +58,16 @@ logging.getLogger().addFilter(_not_beams_resource_warning)  # Beam logs it on th
 
 # (id, label as read, file index, offset, line in its read task, the task's first byte, the row as read)
 DocKey = tuple[str, str, int, int, int, int, str]
+ViewKey = tuple[DocKey, int]  # (document, the view's position among the document's views)
 
 
-def view_tokens(element: tuple[DocKey, Example]) -> int:
+def view_tokens(element: tuple[ViewKey, Example]) -> int:
     """A keyed view's length in tokens (for batching by size)."""
     return len(element[1].input_ids)
 
 
 class ViewsFn(beam.DoFn):
-    """``(task key, rows)`` -> ``(document key, view)`` per view, sorted by length; no tokens -> rejected."""
+    """``(task key, rows)`` -> ``((document key, position), view)`` per view, sorted by length; no tokens -> rejected."""
 
     def __init__(self, model_dir: str, views: int | str, file_names: dict[int, str], progress_dir: str | None = None):
         self._model_dir = model_dir
@@ -81,7 +86,7 @@ class ViewsFn(beam.DoFn):
     def process(self, element: tuple[TaskKey, Sequence[Row]]) -> Iterator[Any]:
         (_, file_index, range_start), rows = element
         name = self._file_names[file_index]
-        keyed: list[tuple[DocKey, Example]] = []
+        keyed: list[tuple[ViewKey, Example]] = []
         for index, ids_a, ids_b in self._documents.token_ids([r.text_a for r in rows], [r.text_b for r in rows]):
             row = rows[index]
             if not len(ids_a):
@@ -92,8 +97,8 @@ class ViewsFn(beam.DoFn):
                 continue
             doc_id = row.id or f"{name}:{row.line or row.offset}"  # (files without IDs are read whole)
             key: DocKey = (doc_id, row.label, file_index, row.offset, row.line, range_start, row.line_as_read())
-            for view in self._documents.views(doc_id, ids_a, ids_b, self._views):
-                keyed.append((key, view))
+            for position, view in enumerate(self._documents.views(doc_id, ids_a, ids_b, self._views)):
+                keyed.append(((key, position), view))
         keyed.sort(key=view_tokens)
         if self._progress is not None:  # all of the batch's views at once: they are yielded as scored
             self._progress.add(views=len(keyed))
@@ -163,9 +168,9 @@ class PoolLogitsFn(beam.CombineFn):
             return part.copy()
         return np.maximum(total, part) if self._max else total + part
 
-    def add_input(self, accumulator: tuple[np.ndarray | None, int], logits: np.ndarray) -> tuple[np.ndarray, int]:
+    def add_input(self, accumulator: tuple[np.ndarray | None, int], scored: tuple[int, np.ndarray]) -> tuple[np.ndarray, int]:
         total, count = accumulator
-        return self._join(total, np.asarray(logits, dtype=np.float64)), count + 1
+        return self._join(total, np.asarray(scored[1], dtype=np.float64)), count + 1
 
     def merge_accumulators(self, accumulators: Iterable[tuple[np.ndarray | None, int]]) -> tuple[np.ndarray | None, int]:
         total: np.ndarray | None = None
@@ -181,6 +186,52 @@ class PoolLogitsFn(beam.CombineFn):
         if total is None:
             raise ValueError("a document has no scored view")
         return (total if self._max else total / count).astype(np.float32), count
+
+
+class CollectStatesFn(beam.CombineFn):
+    """A document's ``(position, window state)`` pairs -> its states in window order, ``(windows, hidden)``."""
+
+    def create_accumulator(self) -> list[tuple[int, np.ndarray]]:
+        return []
+
+    def add_input(self, accumulator: list[tuple[int, np.ndarray]], scored: tuple[int, np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        accumulator.append((int(scored[0]), np.asarray(scored[1], dtype=np.float32)))
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[list[tuple[int, np.ndarray]]]) -> list[tuple[int, np.ndarray]]:
+        return [pair for part in accumulators for pair in part]
+
+    def extract_output(self, accumulator: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        if not accumulator:
+            raise ValueError("a document has no scored view")
+        return np.stack([state for _, state in sorted(accumulator, key=lambda pair: pair[0])])
+
+
+class ApplyHeadFn(beam.DoFn):
+    """``(document key, window states)`` -> ``(document key, (logits, views))`` by the model's head.
+
+    The head alone is loaded (``modeling.classifier.load_window_head``), once per worker, on the CPU:
+    it is small next to the encoder, and a document's windows are few.
+    """
+
+    def __init__(self, model_dir: str, bf16: bool = False):
+        self._model_dir = model_dir
+        self._bf16 = bf16
+        self._head: Any = None
+
+    def setup(self) -> None:
+        from modeling.classifier import load_window_head
+
+        self._head = load_window_head(self._model_dir)
+
+    def process(self, element: tuple[DocKey, np.ndarray]) -> Iterator[tuple[DocKey, tuple[np.ndarray, int]]]:
+        import torch
+
+        from modeling.classifier import head_logits
+
+        key, states = element
+        logits = head_logits(self._head, states, [0] * len(states), 1, autocast=torch.bfloat16 if self._bf16 else None)
+        yield key, (logits[0], len(states))
 
 
 def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_names: Sequence[str]) -> dict[str, Any]:

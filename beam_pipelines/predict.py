@@ -13,7 +13,8 @@ Reads the documents with preprocessing's readers (labels optional; bad rows go t
 tokenizer, applies the sequence-length function it was trained with (with the deterministic
 draws of ``trainer.predict``) and expands each long document into its views, scores the views
 with Beam's RunInference (the model loaded once per worker process), pools each document's
-view logits (mean, or max for a model trained with ``--pooling max``) and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
+view logits (mean, or max for a model trained with ``--pooling max``; a model with a head over
+the windows, ``--pooling attention|transformer``, pools their states with its head) and writes ``predictions-SSSSS-of-NNNNN.jsonl`` (or ``.parquet``): ``id``,
 ``label``, ``probabilities`` per label name and ``views``. Last, ``summary.json``: counts (read =
 predicted + rejected), and accuracy, macro-F1 and the confusion matrix when the input carries
 labels. Without ``--runner`` the job runs here on Beam's FnApiRunner, showing on standard error
@@ -41,9 +42,27 @@ from apache_beam.runners.runner import PipelineState
 
 import spanwise_io
 from beam_pipelines import sinks, transforms
-from beam_pipelines.inference import KeepFirstIdFn, PoolLogitsFn, TallyFn, ViewModelHandler, ViewsFn, to_record
-from beam_pipelines.preprocess import (DEFAULT_RUNNER, LOCAL_RUNNERS, JobFailedError, _corpus_error_in, _interrupted,
-                                      _not_an_interrupt, _runner_name, check_runner, remove_if_empty)
+from beam_pipelines.inference import (
+    ApplyHeadFn,
+    CollectStatesFn,
+    KeepFirstIdFn,
+    PoolLogitsFn,
+    TallyFn,
+    ViewModelHandler,
+    ViewsFn,
+    to_record,
+)
+from beam_pipelines.preprocess import (
+    DEFAULT_RUNNER,
+    LOCAL_RUNNERS,
+    JobFailedError,
+    _corpus_error_in,
+    _interrupted,
+    _not_an_interrupt,
+    _runner_name,
+    check_runner,
+    remove_if_empty,
+)
 from beam_pipelines.records import REJECTION_SCHEMA
 from beam_pipelines.shuffle import GroupTablesByKey
 from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs
@@ -51,6 +70,7 @@ from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
 from modeling.classifier import TrainedView
 from modeling.features import parse_views
+from modeling.pooling import HEAD_POOLINGS
 from modeling.prediction_output import Tally, format_summary
 from schemas.columns import ColumnSpec
 from spanwise_io.progress import JobProgress, SharedCounts
@@ -227,8 +247,9 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     """Add the prediction graph to ``pipeline``; return the PCollection holding the summary.
 
     read task -> read and parse -> tokenize and build views (fused) -> RunInference ->
-    mean of each document's view logits (combined per document) -> the first row of each ID
-    (later ones rejected) -> sharded predictions;
+    mean (max) of each document's view logits (combined per document), or for a whole-document
+    model its window states in order (combined per document) through its head -> the first row of
+    each ID (later ones rejected) -> sharded predictions;
     rejected rows -> rejected/; counts and the confusion matrix -> summary.json. ``progress_dir``:
     where the read step counts documents and bytes, ``ViewsFn`` the views made and ``CountScored``
     those scored, for the progress shown here (local runners).
@@ -254,10 +275,17 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     scored = viewed.views | "RunInference" >> RunInference(handler)
     if progress_dir:
         scored = scored | "CountScored" >> beam.ParDo(CountScoredFn(progress_dir))
+    scored = scored | "Scores" >> beam.MapTuple(lambda key, result: (key[0], (key[1], result.inference)))
+    if view.pooling in HEAD_POOLINGS:  # the windows' states, in window order, through the model's head
+        per_document = (
+            scored
+            | "CollectStates" >> beam.CombinePerKey(CollectStatesFn())
+            | "ApplyHead" >> beam.ParDo(ApplyHeadFn(opts.model_dir, opts.bf16))
+        )
+    else:
+        per_document = scored | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
     pooled = (
-        scored
-        | "Logits" >> beam.MapTuple(lambda key, result: (key, result.inference))
-        | "PoolViews" >> beam.CombinePerKey(PoolLogitsFn(view.pooling))
+        per_document
         | "ById" >> beam.Map(lambda document: (document[0][0], document))
         | "GroupById" >> beam.GroupByKey()
         | "KeepFirstOfId" >> beam.ParDo(KeepFirstIdFn(SPLIT, paths), beam.pvalue.AsDict(counts)).with_outputs(

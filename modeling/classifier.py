@@ -9,9 +9,12 @@ and the Python API (``Classifier``) all turn a document into model inputs and sc
 2. ``DocumentViews.views``: token ids -> the views the model was trained to see, with the
    deterministic draws of evaluation (``FeatureBuilder.eval_examples``: one view, K random draws
    or consecutive chunks);
-3. ``score_views``: views -> logits, in length-sorted batches (little padding);
+3. ``score_views``: views -> logits, in length-sorted batches (little padding); for a model with
+   a head over the windows (``--pooling attention|transformer``, ``modeling.window_heads``) the
+   windows' states instead;
 4. ``pool_views``: the mean (or max, ``--pooling``) of a document's view logits, as
-   ``trainer.predict`` on shards pools them.
+   ``trainer.predict`` on shards pools them; or ``head_logits``: the model's head over each
+   document's window states, in the order of its windows.
 
 What the model saw in training is recorded in its ``config.json`` under ``"spanwise"``
 (``TrainedView``), so that a model folder copied or pushed without ``run_config.json`` still
@@ -40,7 +43,8 @@ import torch
 
 import spanwise_io
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
-from modeling.pooling import batch_inputs, model_input_names, pool_logits
+from modeling.pooling import HEAD_POOLINGS, batch_inputs, model_input_names, pool_logits
+from modeling.window_heads import MODEL_TYPE, WindowHead, WindowHeadConfig, WindowHeadForSequenceClassification
 from modeling.prediction_output import softmax
 from spanwise_io.progress import Progress
 from tokenization.documents import cap_tokens, tokenize_texts
@@ -61,6 +65,10 @@ __all__ = [
     "score_views",
     "forward_batch",
     "pool_views",
+    "head_logits",
+    "is_window_model",
+    "start_classifier",
+    "load_window_head",
     "text_id",
     "local_model_path",
     "load_classifier",
@@ -254,6 +262,58 @@ def load_classifier(name_or_path: str, **kwargs: Any) -> Any:
         ) from error
 
 
+def start_classifier(name_or_path: str, *, pooling: str = "mean", max_windows: int = 1, head_layers: int = 2,
+                     head_reduce: str = "max", trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """The model a training run starts from (``--pooling`` decides its kind).
+
+    ``mean``/``max``: ``load_classifier`` (a new classification head on an encoder, or a saved
+    classifier). ``attention``/``transformer``: the encoder under a new ``WindowHead``
+    (``window_heads.WindowHeadForSequenceClassification.from_encoder``), or a saved whole-document
+    model of that same pooling, loaded whole.
+
+    Raises:
+        ValueError: a saved whole-document model with another ``--pooling``.
+    """
+    from transformers import AutoConfig
+
+    local = local_model_path(name_or_path)
+    saved = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+    saved_pooling = getattr(saved, "pooling", None) if getattr(saved, "model_type", None) == MODEL_TYPE else None
+    if saved_pooling is not None and saved_pooling != pooling:
+        raise ValueError(f"{name_or_path} is a whole-document model with --pooling {saved_pooling}; train it with "
+                         f"--pooling {saved_pooling}, or start from its encoder")
+    if pooling not in HEAD_POOLINGS or saved_pooling is not None:
+        return load_classifier(local, trust_remote_code=trust_remote_code, **kwargs)
+    return WindowHeadForSequenceClassification.from_encoder(
+        local, pooling=pooling, num_labels=kwargs["num_labels"], id2label=kwargs["id2label"],
+        label2id=kwargs["label2id"], max_windows=max_windows, head_layers=head_layers, head_reduce=head_reduce,
+        trust_remote_code=trust_remote_code)
+
+
+def is_window_model(model: torch.nn.Module) -> bool:
+    """A whole-document model (``--pooling attention|transformer``): it scores windows into states, not logits."""
+    inner = getattr(model, "_orig_mod", model)
+    return isinstance(getattr(inner, "module", inner), WindowHeadForSequenceClassification)
+
+
+def load_window_head(model_dir: str, device: torch.device | str = "cpu") -> WindowHead:
+    """The head alone of a whole-document model folder (its ``head.*`` weights), in eval mode.
+
+    For a step that pools window states computed elsewhere (the Beam pipeline's), without a
+    second copy of the encoder.
+    """
+    import safetensors
+
+    local = local_model_path(model_dir)
+    config = WindowHeadConfig.from_pretrained(local)
+    head = WindowHead.from_config(config)
+    prefix = "head."
+    with safetensors.safe_open(os.path.join(local, "model.safetensors"), framework="pt") as weights:
+        state = {key[len(prefix):]: weights.get_tensor(key) for key in weights.keys() if key.startswith(prefix)}
+    head.load_state_dict(state, strict=True)
+    return head.to(device).eval()
+
+
 def save_classifier(model: Any, tokenizer: Any, target: str, run_config: Mapping[str, Any],
                     manifest: Mapping[str, Any] | None) -> None:
     """``save_pretrained`` model + tokenizer + ``run_config.json`` to ``target`` (local or ``gs://``).
@@ -328,12 +388,13 @@ def forward_batch(
     pad_token_id: int,
     autocast: torch.dtype | None = None,
 ) -> np.ndarray:
-    """The logits of one batch of views (padded to its longest), on the host as float32."""
+    """The logits of one batch of views (padded to its longest), on the host as float32; of a
+    whole-document model, the windows' states (``window_states``), which ``head_logits`` pools."""
     batch = collate(examples, pad_token_id)
     inputs = batch_inputs(batch, model_input_names(model), device)
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        logits = model(**inputs).logits
-    return logits.float().cpu().numpy()
+        scores = model.window_states(**inputs) if is_window_model(model) else model(**inputs).logits
+    return scores.float().cpu().numpy()
 
 
 def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, pooling: str = "mean") -> np.ndarray:
@@ -355,6 +416,21 @@ def _check_texts(texts: Sequence[Any], what: str) -> None:
         if not isinstance(text, str):
             shown = "None" if text is None else f"of type {type(text).__name__} ({text!r:.40})"
             raise ValueError(f"{what} {index} is {shown}, not a string; give every text as a str")
+
+
+@torch.no_grad()
+def head_logits(head: WindowHead, states: np.ndarray, owners: Sequence[int], documents: int, *,
+                device: torch.device | str = "cpu", autocast: torch.dtype | None = None) -> np.ndarray:
+    """Each document's logits from its windows' states (``owners[i]``: the document of window ``i``;
+    a document's windows in the order of its views), by the model's head, as float32."""
+    owners_t = torch.as_tensor(np.asarray(owners, dtype=np.int64))
+    if (torch.bincount(owners_t, minlength=documents) == 0).any():
+        raise ValueError("a document has no view")
+    device = torch.device(device)
+    states_t = torch.from_numpy(np.asarray(states, dtype=np.float32)).to(device)
+    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        logits, _ = head(states_t, owners_t.to(device), documents)
+    return logits.float().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -498,9 +574,15 @@ class Classifier:
                     owners.append(index)
             scored = score_views(self.model, examples, device=self.device, pad_token_id=self.documents.pad_token_id,
                                  batch_size=batch_size, autocast=self.autocast)
-            logits[start:end] = pool_views(scored, owners, end - start, self.view.pooling)
+            logits[start:end] = self.pool(scored, owners, end - start)
             counts[start:end] = np.bincount(owners, minlength=end - start)
             progress.update(end - start)
+
+    def pool(self, scored: np.ndarray, owners: Sequence[int], documents: int) -> np.ndarray:
+        """Documents' logits from their views' scores (``score_views``): pooled logits, or the model's head."""
+        if is_window_model(self.model):
+            return head_logits(self.model.head, scored, owners, documents, device=self.device, autocast=self.autocast)
+        return pool_views(scored, owners, documents, self.view.pooling)
 
     @staticmethod
     def _ids(texts: Sequence[str], texts_b: Sequence[str] | None, ids: Sequence[str] | None) -> list[str]:

@@ -7,10 +7,12 @@ document), as evaluation has always done. The model scores every view in one for
 view logits are pooled per document (``mean`` or ``max``, elementwise over the classes) and the
 loss is one cross-entropy per document. Evaluation and prediction pool with the same rule.
 
-Why logits and not [CLS] states: mean and max of logits need no new parameters, so the saved
-model stays a plain ``AutoModelForSequenceClassification`` that any Hugging Face user loads. A
-learned attention pooling over [CLS] states (``--pooling attention``) would need a head saved
-beside the model and is not built: it is refused with a ValueError.
+Mean and max of logits need no new parameters, so such a model stays a plain
+``AutoModelForSequenceClassification``. The learned heads over the windows' states
+(``--pooling attention|transformer``, issue 19) are a model of their own
+(``modeling.window_heads``) whose forward takes the ``owners`` and returns logits per document:
+``pooled_forward`` calls it so, and evaluation then keeps a document's windows in one batch
+(``keeps_documents_whole``).
 
 Nothing here imports the data code: ``pool_logits`` is a pure function of tensors, so the
 tests check it against views scored one at a time.
@@ -26,7 +28,9 @@ import torch
 
 __all__ = [
     "POOLINGS",
-    "UNBUILT_POOLINGS",
+    "LOGIT_POOLINGS",
+    "HEAD_POOLINGS",
+    "keeps_documents_whole",
     "pool_logits",
     "pooled_forward",
     "select_windows",
@@ -37,14 +41,22 @@ __all__ = [
     "batch_inputs",
 ]
 
-POOLINGS = ("mean", "max")
-UNBUILT_POOLINGS = ("attention",)  # accepted by the parser, refused with a message (trainer.args)
+LOGIT_POOLINGS = ("mean", "max")  # of the views' logits, no parameters
+HEAD_POOLINGS = ("attention", "transformer")  # learned heads over the windows' states (= window_heads.HEAD_POOLINGS)
+POOLINGS = LOGIT_POOLINGS + HEAD_POOLINGS
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def _check(pooling: str) -> None:
+    if pooling not in LOGIT_POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(LOGIT_POOLINGS)}, got {pooling!r}")
+
+
+def keeps_documents_whole(pooling: str) -> bool:
+    """True for a head over the windows: all of a document's windows must be in one forward."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    return pooling in HEAD_POOLINGS
 
 
 def pool_logits(logits: torch.Tensor, owners: torch.Tensor, num_docs: int, pooling: str) -> torch.Tensor:
@@ -83,7 +95,14 @@ def model_input_names(model: torch.nn.Module) -> tuple[str, ...]:
 
 def pooled_forward(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], owners: torch.Tensor, num_docs: int,
                    pooling: str) -> torch.Tensor:
-    """One forward over all the views of a batch; the pooled logits per document (float32)."""
+    """One forward over all the views of a batch; the pooled logits per document (float32).
+
+    ``mean``/``max``: the model scores each view and the logits are pooled here; ``attention``/
+    ``transformer``: the model (``window_heads.WindowHeadForSequenceClassification``) pools the
+    windows' states itself, given ``owners`` (so every document's windows must be in ``inputs``).
+    """
+    if keeps_documents_whole(pooling):
+        return model(**inputs, owners=owners, num_docs=num_docs).logits.float()
     logits = model(**inputs).logits.float()
     return pool_logits(logits, owners, num_docs, pooling)
 

@@ -229,7 +229,11 @@ def test_pooled_batches_same_documents_owners_and_memory_bound(prep, tokenizer):
     (["--train_views", "all"], "--train_views must be a positive integer or 'chunks'"),
     (["--train_views", "chunks", "--max_chunks", "0"], "--max_chunks must be >= 1"),
     (["--train_views", "4", "--seq_len_func", "head"], "gives the same view every time"),
-    (["--pooling", "attention"], "--pooling attention .* is not built"),
+    (["--pooling", "attention"], "--pooling attention learns from a document's windows together"),
+    (["--pooling", "transformer", "--train_views", "4", "--seq_len_func", "rs", "--seq_func_params", "8",
+      "--eval_views", "chunks"], "--pooling transformer learns one embedding per window position"),
+    (["--pooling", "transformer", "--train_views", "chunks", "--max_chunks", "2", "--head_layers", "0"],
+     "--head_layers must be >= 1"),
 ])
 def test_view_flag_errors(flags, message, tmp_path):
     from trainer.args import parse_args

@@ -138,6 +138,26 @@ def test_study_helpers():
     assert module.func_flags("rs-fixed", 126, 16, None)[-1] == "--fixed_spans"
 
 
+def test_inverted_variant_reverses_sentence_order(capsys, tmp_path):
+    module = load_study()
+    text = 'Ad sales boost Time Warner profit. Profits jumped 76% to $1.13bn. The firm said "it is done." Why? Next!'
+    assert module.invert_text(text) == 'Next! Why? The firm said "it is done." Profits jumped 76% to $1.13bn. Ad sales boost Time Warner profit.'
+    assert module.invert_text("one sentence without an end") == "one sentence without an end"
+    assert module.invert_row("d1\ta\tsport\tFirst one. Second one.") == "d1\ta\tsport\tSecond one. First one."
+    argv = ["--corpus", "bbc", "--work_dir", str(tmp_path), "--train_limit", "300", "--funcs", "head",
+            "chunks-attention", "chunks-transformer", "--variant", "inverted", "--seeds", "13", "--dry-run"]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sentence order reversed" in out and "train300-devall-inverted" in out
+    train_lines = [line for line in out.splitlines() if " trainer.task " in line]
+    assert "--pooling attention" in train_lines[1] and "--eval_views chunks" in train_lines[1]
+    assert "--pooling transformer" in train_lines[2] and "--max_chunks 4" in train_lines[2]
+    args = module.parse(argv)
+    assert args.section == "inverted" and module.study_argv(args)[-2:] == ["--variant", "inverted"]
+    with pytest.raises(SystemExit, match="does not apply to --prep_dir"):
+        module.parse([*argv, "--prep_dir", str(tmp_path)])
+
+
 def test_update_markdown_appends_and_replaces(tmp_path):
     module = load_study()
     path = tmp_path / "results.md"

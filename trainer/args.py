@@ -28,9 +28,12 @@ from typing import Any, Sequence
 
 from tokenization.seq_len import SEQ_LEN_FUNCS
 
-__all__ = ["TrainConfig", "build_parser", "parse_args", "check_config", "load_config_file", "CONFIG_SUFFIXES"]
+__all__ = ["TrainConfig", "build_parser", "parse_args", "check_config", "load_config_file", "CONFIG_SUFFIXES",
+           "head_windows"]
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+POOLINGS = ("mean", "max", "attention", "transformer")  # = modeling.pooling.POOLINGS (this module imports no torch)
+HEAD_POOLINGS = ("attention", "transformer")
 METRICS = ("accuracy", "macro_f1", "mcc", "loss")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
@@ -94,8 +97,15 @@ class TrainConfig:
         "document keeps N evenly spaced windows, its first and last included; a training batch then holds at most "
         "--per_device_train_batch_size x N windows. Required with --train_views chunks; unset: evaluation uses all "
         "windows", None)
-    pooling: str = arg(_SEQ, "how the views' logits become one prediction (training, evaluation, prediction): mean or "
-                       "max per class; attention is not built", "mean", choices=["mean", "max", "attention"])
+    pooling: str = arg(_SEQ, "how a document's views become one prediction (training, evaluation, prediction): mean or "
+                       "max of their logits (no new parameters); attention (a learned attention over the windows' "
+                       "states, then the classifier) or transformer (window states + window-position embeddings, "
+                       "a small transformer over the windows, max or mean, then the classifier): a head trained with "
+                       "the encoder and saved beside it; these need --train_views chunks or K", "mean",
+                       choices=list(POOLINGS))
+    head_layers: int = arg(_SEQ, "--pooling transformer: transformer layers over the windows (of the encoder's width)", 2)
+    head_reduce: str = arg(_SEQ, "--pooling transformer: how the windows' outputs become one (max or mean)", "max",
+                           choices=["max", "mean"])
 
     # ---------------------------------------------------------------- training
     do_train: bool = arg(_TRAIN, "train (when none of --do_train/--do_eval/--do_predict is given: train and evaluate)", False)
@@ -556,6 +566,19 @@ def _check_views(c: TrainConfig) -> None:
         raise ValueError(f"--train_views {c.train_views} draws {c.train_views} random views of a long document, but "
                          f"--seq_len_func {c.seq_len_func} gives the same view every time: use one of "
                          f"{', '.join(RANDOM_SEQ_FUNCS)}, or --train_views chunks (consecutive windows)")
-    if c.pooling == "attention":
-        raise ValueError("--pooling attention (a learned attention over the views' [CLS] states) is not built: use "
-                         "--pooling mean or --pooling max (pooled logits, no new parameters)")
+    if c.pooling in HEAD_POOLINGS:
+        if c.train_views == "1":
+            raise ValueError(f"--pooling {c.pooling} learns from a document's windows together: add --train_views chunks "
+                             "--max_chunks N (or --train_views K with a random --seq_len_func)")
+        if c.pooling == "transformer" and c.max_chunks is None and "chunks" in (c.train_views, c.eval_views):
+            raise ValueError("--pooling transformer learns one embedding per window position: 'chunks' views need "
+                             "--max_chunks N (the positions it knows)")
+    if c.head_layers < 1:
+        raise ValueError(f"--head_layers must be >= 1, got {c.head_layers}")
+
+
+def head_windows(c: TrainConfig) -> int:
+    """The window positions a ``--pooling transformer`` head learns: the most views a document gets
+    in training or evaluation (``--max_chunks``, ``--train_views K``, ``--eval_views K``)."""
+    counts = [int(v) for v in (c.train_views, c.eval_views) if str(v).isdigit()]
+    return max([c.max_chunks or 1, *counts])

@@ -7,7 +7,10 @@ The views are built in DataLoader workers (``--dataloader_num_workers``): a rank
 into blocks of documents, worker ``w`` of ``K`` takes blocks ``w, w + K, ...`` and cuts each
 block's views into batches. The batches depend on the blocks only, so the logits do not depend
 on the number of workers. The logits stay on the device, summed per document with
-``index_add_``, and come to the host once, at the end.
+``index_add_``, and come to the host once, at the end. A head over the windows
+(``--pooling attention|transformer``) needs all of a document's windows in one forward: its
+batches end at document boundaries (up to ``batch_size`` windows, or one document's windows
+when it alone has more), and the model's document logits are written to their rows.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from modeling.features import Example, FeatureBuilder, collate, parse_views
 from modeling.metrics import classification_metrics, confusion_matrix
-from modeling.pooling import add_to_pool_, batch_inputs, finish_pool, model_input_names, new_pool
+from modeling.pooling import (
+    add_to_pool_,
+    batch_inputs,
+    finish_pool,
+    keeps_documents_whole,
+    model_input_names,
+    new_pool,
+    pooled_forward,
+)
 from modeling.prediction_output import PredictionWriter
 from trainer.data import EpochPlan, _RowGroupReader, eval_plan, raise_batch_error, read_rows_at, start_loader, worker_init_threads
 from trainer.shards import DataLimits, ShardProblem, Unit
@@ -39,7 +50,7 @@ class EvalStream(IterableDataset):
     is in it (a block whose row groups were all skipped yields a batch of ``docs`` only).
     A row group that cannot be read ends the stream with ``{"error": message}`` (see
     ``raise_batch_error``) or, with ``skip_bad_row_groups``, is left out and listed under
-    ``bad_row_groups``.
+    ``bad_row_groups``. With ``whole_documents`` no document's views are split between batches.
     """
 
     def __init__(
@@ -52,11 +63,13 @@ class EvalStream(IterableDataset):
         pad_token_id: int,
         limits: DataLimits | None = None,
         skip_bad_row_groups: bool = False,
+        whole_documents: bool = False,
     ) -> None:
         super().__init__()
         self.plan, self.features, self.views = plan, features, views
         self.batch_size, self.pad_token_id = batch_size, pad_token_id
         self.limits, self.skip_bad_row_groups = limits, skip_bad_row_groups
+        self.whole_documents = whole_documents
         self.block_rows = batch_size * BLOCK_BATCHES
 
     @property
@@ -87,11 +100,15 @@ class EvalStream(IterableDataset):
         docs: list[tuple[int, str, int]] = []
         for position, (doc_id, label, ids_a, ids_b) in rows:
             index = position - self.plan.start
+            examples = self.features.eval_examples(doc_id, label, ids_a, ids_b, self.views)
+            if self.whole_documents and pending and len(pending) + len(examples) > self.batch_size:
+                yield self._batch(pending, owners, docs)
+                pending, owners, docs = [], [], []
             docs.append((index, doc_id, int(label)))
-            for example in self.features.eval_examples(doc_id, label, ids_a, ids_b, self.views):
+            for example in examples:
                 pending.append(example)
                 owners.append(index)
-                if len(pending) == self.batch_size:
+                if len(pending) >= self.batch_size and not self.whole_documents:
                     yield self._batch(pending, owners, docs)
                     pending, owners, docs = [], [], []
         if pending or docs or not rows:
@@ -123,8 +140,8 @@ def score_documents(
     pooling: str = "mean",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Doc ids, labels and pooled logits (``pooling``: mean or max of its views') of every document
-    of the split (all ranks).
+    """Doc ids, labels and pooled logits (``pooling``: mean or max of its views', or the model's
+    head over them: attention, transformer) of every document of the split (all ranks).
 
     A row group that cannot be read raises ValueError naming the file and row group or, when
     ``skipped`` is a list, its documents are left out and the problem is appended to it (this
@@ -133,9 +150,10 @@ def score_documents(
     how many more documents each batch starts to score (``trainer.predict``'s progress).
     """
     plan = eval_plan(units, batch_size=batch_size, rank=rank, world_size=world_size)
+    whole = keeps_documents_whole(pooling)
     stream = EvalStream(
         plan, features, views=views, batch_size=batch_size, pad_token_id=pad_token_id, limits=limits,
-        skip_bad_row_groups=skipped is not None,
+        skip_bad_row_groups=skipped is not None, whole_documents=whole,
     )
     loader = DataLoader(
         stream, batch_size=None, num_workers=num_workers,
@@ -166,6 +184,17 @@ def score_documents(
             if "input_ids" not in batch:
                 continue
             inputs = batch_inputs(batch, input_names, device)
+            if whole:  # the model pools each document's windows (all of them in this batch)
+                rows, local = torch.unique(batch["owners"], return_inverse=True)  # on the host: no sync
+                rows = rows.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = pooled_forward(model, inputs, local.to(device, non_blocking=True), len(rows), pooling)
+                if sums is None:
+                    sums = torch.zeros((num_docs, logits.shape[1]), device=device)
+                sums[rows] = logits
+                counts.index_add_(0, batch["owners"].to(device, non_blocking=True),
+                                  torch.ones(len(batch["owners"]), device=device))
+                continue
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(**inputs).logits.float()
             if sums is None:
@@ -177,7 +206,7 @@ def score_documents(
         model.train(was_training)
     present = [index for index, doc_id in enumerate(doc_ids) if doc_id is not None]
     if sums is not None and present:
-        pooled = finish_pool(sums, counts, pooling).cpu().numpy()[present]  # the one transfer to the host
+        pooled = (sums if whole else finish_pool(sums, counts, pooling)).cpu().numpy()[present]  # the one transfer to the host
     else:
         pooled = np.zeros((0, 0), dtype=np.float32)
     result = ([doc_ids[i] for i in present], labels[present], pooled)

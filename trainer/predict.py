@@ -33,8 +33,7 @@ import spanwise_io
 from corpora.inputs import LABEL_NAMES_HELP, parse_label_names, plan_inputs
 from corpora.read_progress import TaskProgress, planned_bytes
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
-from modeling.classifier import (DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, pool_views,
-                                 score_views)
+from modeling.classifier import DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, score_views
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.metrics import classification_metrics, confusion_matrix
 from modeling.prediction_output import PredictionWriter, Tally, format_summary
@@ -297,7 +296,7 @@ def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row],
         return
     logits = score_views(classifier.model, examples, device=classifier.device, pad_token_id=documents.pad_token_id,
                          batch_size=batch_size, autocast=classifier.autocast)
-    predicted = writer.write([doc_ids[i] for i in kept], pool_views(logits, owners, len(kept), classifier.view.pooling))
+    predicted = writer.write([doc_ids[i] for i in kept], classifier.pool(logits, owners, len(kept)))
     tally.add([rows[i].label for i in kept], predicted, len(examples))
 
 

@@ -36,7 +36,8 @@ _EVAL_FIELDS = ("eval_split", "max_eval_samples", "eval_views", "eval_strategy",
 OUTPUT_FILES = ("model.safetensors", "config.json", "run_config.json", "eval_results.json", "preprocess_manifest.json",
                 "predict_results.tsv", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                 "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
-                "chat_template.jinja", "generation_config.json")
+                "chat_template.jinja", "generation_config.json",
+                "window_heads.py")
 
 
 def result_args(config: Any, *, world_size: int, total_steps: int, warmup_steps: int, data_created_at: Any) -> dict[str, Any]:
@@ -52,6 +53,8 @@ def result_args(config: Any, *, world_size: int, total_steps: int, warmup_steps:
         values.update(train_views=config.train_views, max_chunks=config.max_chunks, pooling=config.pooling)
     if "eval_views" in values and (config.max_chunks is not None or config.pooling != "mean"):
         values.update(max_chunks=config.max_chunks, pooling=config.pooling)
+    if config.pooling in ("attention", "transformer"):  # issue 19: the head's shape
+        values.update(head_layers=config.head_layers, head_reduce=config.head_reduce)
     return values
 
 

@@ -33,14 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import spanwise_io
-from modeling.classifier import load_classifier, local_model_path, save_classifier
+from modeling.classifier import load_classifier, local_model_path, save_classifier, start_classifier
 from modeling.features import FeatureBuilder, SpecialTokenTemplate, collate, parse_views
 from modeling.pooling import batch_inputs, model_input_names, pooled_forward
 from schemas.manifest import check_compatible, read_manifest
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
-from trainer.args import TrainConfig, parse_args
+from trainer.args import TrainConfig, head_windows, parse_args
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
 from trainer.data import raise_batch_error, start_loader, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
@@ -130,6 +130,8 @@ class Trainer:
         self.label_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
         self.model_path = local_model_path(c.model_name)
         model_config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=c.trust_remote_code)
+        if hasattr(model_config, "encoder_config"):  # a saved whole-document model: its encoder takes the windows
+            model_config = model_config.encoder_config()
         check_model_fits(c, model_config, self.tokenizer, self.label_names)
         self.features = FeatureBuilder(
             self.seq_config, SpecialTokenTemplate.from_tokenizer(self.tokenizer), c.seed, fixed_spans=c.fixed_spans,
@@ -164,9 +166,13 @@ class Trainer:
     def _load_model(self) -> None:
         """The classifier on the device (new head seeded), DDP-wrapped and compiled as the flags say."""
         c = self.config
-        torch.manual_seed(c.seed)  # the new classifier head is initialised from this
-        self.model = load_classifier(
+        torch.manual_seed(c.seed)  # the new classifier head (or head over the windows) is initialised from this
+        self.model = start_classifier(
             self.model_path,
+            pooling=c.pooling,
+            max_windows=head_windows(c),
+            head_layers=c.head_layers,
+            head_reduce=c.head_reduce,
             num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)),
             label2id=dict(self.manifest["label_map"]),
@@ -352,7 +358,7 @@ class Trainer:
         sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
         with sync:
             with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                if "owners" in source:  # --train_views: the views' logits pooled, one loss per document
+                if "owners" in source:  # --train_views: the views pooled (logits, or the head), one loss per document
                     labels = inputs.pop("labels")
                     owners = source["owners"].to(self.ctx.device, non_blocking=True)
                     logits = pooled_forward(model, inputs, owners, len(source["doc_ids"]), self.config.pooling)
@@ -365,7 +371,10 @@ class Trainer:
 
     def _dummy_batch(self) -> dict[str, Any]:
         """One empty document (special tokens only), for the zero-weight step of an empty batch under DDP."""
-        return collate([self.features.train_example("", 0, [], [], self.epoch)], self.pad_token_id)
+        batch = collate([self.features.train_example("", 0, [], [], self.epoch)], self.pad_token_id)
+        if self.train_views != 1:  # the pooled path, as the other ranks' batches take it
+            batch["owners"] = torch.zeros(1, dtype=torch.long)
+        return batch
 
     def _ends_group(self, batch: dict[str, Any]) -> bool:
         """Move the data position past ``batch``; True when its accumulation group is complete."""
