@@ -47,7 +47,7 @@ L4 = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
 # Our PTransform labels (beam_pipelines/predict.py build_pipeline); on Dataflow the rejected rows
 # meet through the runner's shuffle ("GroupRejected/Group"), not spill files.
 OUR_TRANSFORMS = (
-    "ListTasks", "SpreadTasks", "Read", "Views", "RunInference", "Logits", "PoolViews", "ToRecord", "ToJson",
+    "ListTasks", "SpreadTasks", "Read", "Views", "RunInference", "Scores", "PoolViews", "KeepFirstOfId", "ToRecord", "ToJson",
     "WritePredictions", "Tally", "AllRejected", "BatchRejected", "GroupRejected", "GroupRejected/Group",
     "WriteRejected", "FinalizeTrigger", "Finalize",
 )
