@@ -284,8 +284,6 @@ def open_decompressed(path: str, compression: str | None) -> IO[bytes]:
 
             stream = bz2.BZ2File(raw, mode="rb")
         elif compression == "zstd":
-            import zstandard
-
             stream = _ZstdFrames(raw)
         else:
             raise ValueError(f"unknown compression {compression!r} for {path}")
