@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import spanwise_io
 from schemas.rows import SPLITS
+from schemas.shard import PROBLEM_TYPES, SINGLE_LABEL
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -23,6 +24,7 @@ __all__ = [
     "validate_manifest",
     "check_compatible",
     "format_stats",
+    "problem_type_of",
 ]
 
 SCHEMA_VERSION = 1
@@ -55,6 +57,12 @@ def read_manifest(prep_dir: str) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     validate_manifest(manifest, source=path)
     return manifest
+
+
+def problem_type_of(manifest: Mapping[str, Any]) -> str:
+    """``single_label_classification`` or ``multi_label_classification`` (manifests written
+    before label sets have no ``problem_type``: one label per document)."""
+    return manifest.get("problem_type", SINGLE_LABEL)
 
 
 def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> None:
@@ -94,6 +102,16 @@ def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> 
         raise ValueError(
             f"{source}: label_map must map each label to a distinct index 0..N-1, got {json.dumps(label_map)[:200]}"
         )
+    if manifest.get("problem_type", SINGLE_LABEL) not in PROBLEM_TYPES:
+        raise ValueError(
+            f"{source}: problem_type must be one of {', '.join(PROBLEM_TYPES)}, got {json.dumps(manifest['problem_type'])[:100]}"
+        )
+    if "label_counts" in manifest:
+        counts = manifest["label_counts"]
+        if not isinstance(counts, Mapping) or set(counts) != set(label_map):
+            raise ValueError(f"{source}: label_counts must give a count for each label of label_map, got {json.dumps(counts)[:200]}")
+        for label, count in counts.items():
+            _require_count(count, f"label_counts[{json.dumps(label)}]", source)
     splits = manifest["splits"]
     if not isinstance(splits, Mapping):
         raise ValueError(f"{source}: splits must be a JSON object (split name -> files and counts), got {_json_type(splits)}")
