@@ -19,7 +19,7 @@ document's view logits), so the pipeline predicts what ``trainer.predict`` and
   window's state instead of logits; ``CollectStatesFn`` gathers a document's states in the order
   of its windows (each view carries its position in the document), and ``ApplyHeadFn`` runs the
   model's head (loaded alone, once per worker) on them.
-* ``TallyFn``: counts and the confusion matrix of the documents that carry a label.
+* ``TallyFn``: counts and the confusion matrix (label sets: per-label counts) of the documents that carry a label.
 
 A document's key is a ``DocKey``: unique per row, so two rows with one ID are scored apart
 until ``KeepFirstIdFn`` meets them, and it carries what the output (and a rejection) needs, so
@@ -39,7 +39,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from beam_pipelines.transforms import REJECTED, TaskKey
 from modeling.features import Example
 from spanwise_io.progress import SharedCounts
-from modeling.prediction_output import Tally, prediction_record, softmax
+from modeling.label_space import LabelSpace
+from modeling.prediction_output import Tally
 from schemas.rows import Reason, Rejection, Row, describe_place
 
 __all__ = ["DocKey", "ViewKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "CollectStatesFn", "ApplyHeadFn",
@@ -96,7 +97,8 @@ class ViewsFn(beam.DoFn):
                 )
                 continue
             doc_id = row.id or f"{name}:{row.line or row.offset}"  # (files without IDs are read whole)
-            key: DocKey = (doc_id, row.label, file_index, row.offset, row.line, range_start, row.line_as_read())
+            label = row.labels if self._documents.view.label_space.multi_label else row.label  # (a tuple, or None)
+            key: DocKey = (doc_id, label, file_index, row.offset, row.line, range_start, row.line_as_read())
             for position, view in enumerate(self._documents.views(doc_id, ids_a, ids_b, self._views)):
                 keyed.append(((key, position), view))
         keyed.sort(key=view_tokens)
@@ -234,10 +236,10 @@ class ApplyHeadFn(beam.DoFn):
         yield key, (logits[0], len(states))
 
 
-def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_names: Sequence[str]) -> dict[str, Any]:
-    """A pooled document -> its output record (``id``, ``label``, ``probabilities``, ``views``)."""
+def to_record(element: tuple[DocKey, tuple[np.ndarray, int]], label_space: LabelSpace) -> dict[str, Any]:
+    """A pooled document -> its output record (``id``, ``label`` or ``labels``, ``probabilities``, ``views``)."""
     (doc_id, *_), (logits, views) = element
-    record = prediction_record(doc_id, softmax(logits[None, :])[0], label_names)
+    record = label_space.record(doc_id, label_space.probabilities(logits[None, :])[0])
     record["views"] = views
     return record
 
@@ -275,19 +277,20 @@ class KeepFirstIdFn(beam.DoFn):
 class TallyFn(beam.CombineFn):
     """Pooled documents -> a ``modeling.prediction_output.Tally`` (counts and confusion matrix)."""
 
-    def __init__(self, label_names: Sequence[str]):
-        self._label_names = list(label_names)
+    def __init__(self, label_space: LabelSpace):
+        self._label_space = label_space
 
     def create_accumulator(self) -> Tally:
-        return Tally(self._label_names)
+        return Tally(self._label_space)
 
     def add_input(self, tally: Tally, element: tuple[DocKey, tuple[np.ndarray, int]]) -> Tally:
         (_, label, *_), (logits, views) = element
-        tally.add([label], [int(np.argmax(logits))], views)
+        space = self._label_space
+        tally.add([label], space.decide(space.probabilities(logits[None, :])), views)
         return tally
 
     def merge_accumulators(self, tallies: Iterable[Tally]) -> Tally:
-        out = Tally(self._label_names)
+        out = Tally(self._label_space)
         for tally in tallies:
             out.merge(tally)
         return out

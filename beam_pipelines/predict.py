@@ -70,6 +70,7 @@ from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
 from modeling.classifier import TrainedView
 from modeling.features import parse_views
+from modeling.label_space import LabelSpace
 from modeling.pooling import HEAD_POOLINGS
 from modeling.prediction_output import Tally, format_summary
 from schemas.columns import ColumnSpec
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="strict: reject rows with invalid UTF-8; replace: keep them with U+FFFD")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="where the model runs: auto = the worker's GPU when it has one (default auto)")
+    group.add_argument("--threshold", type=float, default=None,
+                       help="a multi-label model: predict each label whose probability is >= this (default: the "
+                       "model's own; its config.json's spanwise.best_threshold is the one with the best micro-F1 on dev)")
     group.add_argument("--bf16", action="store_true", default=False, help="bfloat16 autocast")
     group.add_argument("--fp16", action="store_true", default=False, help="float16 autocast (GPU only)")
     group.add_argument("--large_model", action="store_true", default=False,
@@ -153,6 +157,8 @@ def _check_options(opts: argparse.Namespace) -> None:
         raise ValueError("choose one of --bf16 and --fp16")
     if opts.fp16 and opts.device == "cpu":
         raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
+    if opts.threshold is not None and not 0.0 < opts.threshold < 1.0:
+        raise ValueError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
 
 
 def _previous_output(output_dir: str, overwrite: bool) -> list[str]:
@@ -191,10 +197,11 @@ def _num_shards(opts: argparse.Namespace, plan: InputPlan) -> int:
     return max(1, math.ceil(plan.estimated_bytes(SPLIT) / (opts.shard_size_mb << 20)))
 
 
-def _parquet_schema(label_names: Sequence[str]) -> pa.Schema:
+def _parquet_schema(label_space: LabelSpace) -> pa.Schema:
+    label_names = label_space.names
     return pa.schema([
         pa.field("id", pa.string()),
-        pa.field("label", pa.string()),
+        pa.field("labels", pa.list_(pa.string())) if label_space.multi_label else pa.field("label", pa.string()),
         pa.field("probabilities", pa.struct([pa.field(name, pa.float64()) for name in label_names])),
         pa.field("views", pa.int32()),
     ], metadata={"spanwise": json.dumps({"label_names": list(label_names)})})
@@ -291,11 +298,12 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
         | "KeepFirstOfId" >> beam.ParDo(KeepFirstIdFn(SPLIT, paths), beam.pvalue.AsDict(counts)).with_outputs(
             transforms.REJECTED, main="documents")
     )
-    records = pooled.documents | "ToRecord" >> beam.Map(to_record, label_names=list(view.label_names))
+    label_space = view.label_space.with_threshold(opts.threshold)
+    records = pooled.documents | "ToRecord" >> beam.Map(to_record, label_space=label_space)
     prefix = spanwise_io.join(opts.output_dir, PREDICTIONS_PREFIX)
     if opts.output_format == "parquet":
         written = records | "WritePredictions" >> beam.io.WriteToParquet(
-            prefix, _parquet_schema(view.label_names), file_name_suffix=".parquet", num_shards=shards,
+            prefix, _parquet_schema(label_space), file_name_suffix=".parquet", num_shards=shards,
             shard_name_template="-SSSSS-of-NNNNN")
     else:
         written = (
@@ -304,7 +312,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
             | "WritePredictions" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", num_shards=shards,
                                                         shard_name_template="-SSSSS-of-NNNNN")
         )
-    tally = pooled.documents | "Tally" >> beam.CombineGlobally(TallyFn(view.label_names))
+    tally = pooled.documents | "Tally" >> beam.CombineGlobally(TallyFn(label_space))
     rejected_files = (
         (read[transforms.REJECTED], viewed[transforms.REJECTED], pooled[transforms.REJECTED])
         | "AllRejected" >> beam.Flatten()

@@ -45,7 +45,8 @@ import spanwise_io
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
 from modeling.pooling import HEAD_POOLINGS, batch_inputs, model_input_names, pool_logits
 from modeling.window_heads import MODEL_TYPE, WindowHead, WindowHeadConfig, WindowHeadForSequenceClassification
-from modeling.prediction_output import softmax
+from modeling.label_space import DEFAULT_THRESHOLD, LabelSpace
+from schemas.shard import SINGLE_LABEL
 from spanwise_io.progress import Progress
 from tokenization.documents import cap_tokens, tokenize_texts
 from tokenization.seq_len import SeqLenConfig, apply_seq_len, validate_seq_config
@@ -104,6 +105,11 @@ class TrainedView:
             (``{"name", "params", "max_seq_length"}``), or None.
         pooling: how a document's view logits become one (``mean`` or ``max``, ``--pooling``).
         max_chunks: the most windows of a ``chunks`` view set (``--max_chunks``), None: all.
+        problem_type: ``single_label_classification`` (softmax, one label) or
+            ``multi_label_classification`` (a sigmoid per label, a label set).
+        threshold: label sets: a label is predicted at or above this probability (``--threshold``).
+        best_threshold: label sets: the threshold with the best micro-F1 in the saved model's
+            evaluation (None: not evaluated); predictions use ``threshold`` unless told otherwise.
     """
 
     label_names: tuple[str, ...]
@@ -117,6 +123,14 @@ class TrainedView:
     preprocess_seq_len: Mapping[str, Any] | None = None
     pooling: str = "mean"
     max_chunks: int | None = None
+    problem_type: str = SINGLE_LABEL
+    threshold: float = DEFAULT_THRESHOLD
+    best_threshold: float | None = None
+
+    @property
+    def label_space(self) -> LabelSpace:
+        """The model's labels, problem type and decision threshold."""
+        return LabelSpace(self.label_names, self.problem_type, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -150,6 +164,9 @@ class TrainedView:
             preprocess_seq_len={k: pre[k] for k in ("name", "params", "max_seq_length")} if pre else None,
             pooling=str(args.get("pooling") or "mean"),
             max_chunks=args.get("max_chunks"),
+            problem_type=str(run_config.get("problem_type") or SINGLE_LABEL),
+            threshold=float(run_config.get("threshold") or args.get("threshold") or DEFAULT_THRESHOLD),
+            best_threshold=run_config.get("best_threshold"),
         )
 
     @classmethod
@@ -287,7 +304,7 @@ def start_classifier(name_or_path: str, *, pooling: str = "mean", max_windows: i
     return WindowHeadForSequenceClassification.from_encoder(
         local, pooling=pooling, num_labels=kwargs["num_labels"], id2label=kwargs["id2label"],
         label2id=kwargs["label2id"], max_windows=max_windows, head_layers=head_layers, head_reduce=head_reduce,
-        trust_remote_code=trust_remote_code)
+        trust_remote_code=trust_remote_code, problem_type=kwargs.get("problem_type"))
 
 
 def is_window_model(model: torch.nn.Module) -> bool:
@@ -435,12 +452,18 @@ def head_logits(head: WindowHead, states: np.ndarray, owners: Sequence[int], doc
 
 @dataclass(frozen=True)
 class Prediction:
-    """One document's prediction: its label, each label's probability, and how many views were pooled."""
+    """One document's prediction: its label, each label's probability, and how many views were pooled.
+
+    ``label`` is the most probable label. ``labels`` is the predicted set: ``(label,)`` for a model
+    of one label per document; for a multi-label model, every label whose (sigmoid) probability
+    reaches the model's threshold, in the model's label order (possibly none).
+    """
 
     id: str
     label: str
     probabilities: dict[str, float] = field(repr=False)
     views: int = 1
+    labels: tuple[str, ...] = ()
 
 
 class Classifier:
@@ -453,10 +476,11 @@ class Classifier:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, view: TrainedView, *, device: torch.device,
-                 autocast: torch.dtype | None = None) -> None:
+                 autocast: torch.dtype | None = None, threshold: float | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.view = view
+        self.label_space = view.label_space.with_threshold(threshold)
         self.documents = DocumentViews(tokenizer, view)
         self.device = device
         self.autocast = autocast
@@ -466,13 +490,15 @@ class Classifier:
 
     @classmethod
     def from_pretrained(cls, model_dir: str, *, device: str | None = None, bf16: bool = False,
-                        fp16: bool = False) -> "Classifier":
+                        fp16: bool = False, threshold: float | None = None) -> "Classifier":
         """Load a model folder saved by ``trainer.task`` (local or ``gs://``).
 
         Args:
             model_dir: the folder (its config.json, weights, tokenizer and training record).
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: a GPU when there is one.
             bf16, fp16: autocast the forward passes.
+            threshold: a multi-label model's decision threshold (default: the one it was trained with;
+                its record also holds ``best_threshold``, the one with the best micro-F1 on dev).
         """
         local = local_model_path(model_dir)
         if not os.path.isdir(local):
@@ -481,7 +507,7 @@ class Classifier:
         torch_device = pick_device(device)
         dtype = autocast_dtype(bf16, fp16, torch_device)
         return cls(load_scoring_model(local, torch_device), load_tokenizer(local), view, device=torch_device,
-                   autocast=dtype)
+                   autocast=dtype, threshold=threshold)
 
     @property
     def label_names(self) -> list[str]:
@@ -518,11 +544,14 @@ class Classifier:
             raise ValueError("predict takes a list of texts; wrap a single text in a list")
         logits, counts = self.predict_logits(texts, texts_b, ids=ids, views=views, batch_size=batch_size,
                                              progress=progress)
-        probabilities = softmax(logits) if len(texts) else np.zeros((0, len(self.view.label_names)))
-        names = self.view.label_names
+        space = self.label_space
+        probabilities = space.probabilities(logits)
+        decisions = space.decide(probabilities)
+        names = space.names
         doc_ids = self._ids(texts, texts_b, ids)
         return [
-            Prediction(doc_ids[i], names[int(np.argmax(row))], {n: float(p) for n, p in zip(names, row)}, int(counts[i]))
+            Prediction(doc_ids[i], names[int(np.argmax(row))], {n: float(p) for n, p in zip(names, row)}, int(counts[i]),
+                       tuple(space.chosen(decisions[i])))
             for i, row in enumerate(probabilities)
         ]
 

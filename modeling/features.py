@@ -9,11 +9,12 @@ tokens, and checked on a second probe. Per sample the work is then list concaten
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 
+from modeling.label_space import label_tensor
 from modeling.pooling import select_windows
 from tokenization.rng import EVAL_EPOCH, doc_rng
 from tokenization.seq_len import SeqLenConfig, apply_seq_len
@@ -100,12 +101,21 @@ def _find(haystack: Sequence[int], needle: Sequence[int], start: int = 0) -> int
     raise ValueError(f"cannot find {list(needle)} in {list(haystack)} while probing the tokenizer's special tokens")
 
 
+# A document's label: a label index (-1: unlabelled), or for label sets a 0/1 int8 row over the
+# labels (a row of -1: unlabelled), see ``modeling.label_space``.
+Label = Union[int, np.ndarray]
+
+
+def _label(label: Label) -> Label:
+    return label if isinstance(label, np.ndarray) else int(label)
+
+
 @dataclass
 class Example:
     """One model input of document ``doc_id`` (several evaluation views may share a document)."""
 
     doc_id: str
-    label: int
+    label: Label
     input_ids: list[int]
     token_type_ids: list[int]
 
@@ -131,15 +141,15 @@ class FeatureBuilder:
         budget = self.config.budget_pair if len(ids_b) else self.config.budget_single
         return len(ids_a) + len(ids_b) > budget
 
-    def train_example(self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int) -> Example:
+    def train_example(self, doc_id: str, label: Label, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int) -> Example:
         draw_epoch = 0 if self.fixed_spans else epoch
         rng = doc_rng(self.seed, draw_epoch, doc_id) if self.config.is_random and self._too_long(ids_a, ids_b) else None
         a, b = apply_seq_len(ids_a, ids_b, self.config, rng)
         ids, types = self.template.build(_to_list(a), _to_list(b))
-        return Example(doc_id, int(label), ids, types)
+        return Example(doc_id, _label(label), ids, types)
 
     def train_views(
-        self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int, views: int | str
+        self, doc_id: str, label: Label, ids_a: Sequence[int], ids_b: Sequence[int], epoch: int, views: int | str
     ) -> list[Example]:
         """The views of one training document for ``--train_views`` (pooled into one prediction).
 
@@ -163,7 +173,7 @@ class FeatureBuilder:
         ]
 
     def eval_examples(
-        self, doc_id: str, label: int, ids_a: Sequence[int], ids_b: Sequence[int], views: int | str = 1
+        self, doc_id: str, label: Label, ids_a: Sequence[int], ids_b: Sequence[int], views: int | str = 1
     ) -> list[Example]:
         """The views of one document for evaluation (deterministic).
 
@@ -175,7 +185,7 @@ class FeatureBuilder:
         """
         if not self._too_long(ids_a, ids_b):
             ids, types = self.template.build(_to_list(ids_a), _to_list(ids_b))
-            return [Example(doc_id, int(label), ids, types)]
+            return [Example(doc_id, _label(label), ids, types)]
         if views == EVAL_VIEWS_CHUNKS:
             return [self._build(doc_id, label, a, b) for a, b in self._chunks(ids_a, ids_b)]
         count = int(views) if self.config.is_random else 1
@@ -186,9 +196,9 @@ class FeatureBuilder:
             out.append(self._build(doc_id, label, a, b))
         return out
 
-    def _build(self, doc_id: str, label: int, a: Sequence[int], b: Sequence[int]) -> Example:
+    def _build(self, doc_id: str, label: Label, a: Sequence[int], b: Sequence[int]) -> Example:
         ids, types = self.template.build(_to_list(a), _to_list(b))
-        return Example(doc_id, int(label), ids, types)
+        return Example(doc_id, _label(label), ids, types)
 
     def _chunks(self, ids_a: Sequence[int], ids_b: Sequence[int]) -> list[tuple[Sequence[int], Sequence[int]]]:
         if len(ids_b):
@@ -229,6 +239,6 @@ def collate(examples: Sequence[Example], pad_token_id: int, pad_to_multiple_of: 
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
         "token_type_ids": torch.from_numpy(token_type_ids),
-        "labels": torch.as_tensor([example.label for example in examples], dtype=torch.long),
+        "labels": label_tensor([example.label for example in examples]),
         "doc_ids": [example.doc_id for example in examples],
     }

@@ -224,18 +224,23 @@ class WindowHeadForSequenceClassification(PreTrainedModel):
             num_docs = int(owners.max()) + 1
         states = self.window_states(input_ids, attention_mask, token_type_ids)
         logits, weights = self.head(states, owners.to(states.device), int(num_docs))
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        if labels is None:
+            loss = None
+        elif self.config.problem_type == "multi_label_classification":  # label sets: a sigmoid per label
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        else:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
         return DocumentClassifierOutput(loss=loss, logits=logits, window_weights=weights)
 
     @classmethod
     def from_encoder(cls, encoder_path: str, *, pooling: str, num_labels: int, id2label: dict[int, str],
                      label2id: dict[str, int], max_windows: int, head_layers: int = 2, head_reduce: str = "max",
-                     trust_remote_code: bool = False) -> "WindowHeadForSequenceClassification":
+                     trust_remote_code: bool = False, problem_type: str | None = None) -> "WindowHeadForSequenceClassification":
         """A pretrained encoder (``AutoModel`` of ``encoder_path``) under a new head (torch's seeded initialisation)."""
         encoder = AutoModel.from_pretrained(encoder_path, trust_remote_code=trust_remote_code)
         config = WindowHeadConfig(encoder=encoder.config.to_dict(), pooling=pooling, max_windows=max_windows,
                                   head_layers=head_layers, head_reduce=head_reduce, num_labels=num_labels,
-                                  id2label=id2label, label2id=label2id)
+                                  id2label=id2label, label2id=label2id, problem_type=problem_type)
         model = cls(config)
         missing, unexpected = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
         if unexpected or [key for key in missing if not key.endswith("position_ids")]:

@@ -260,3 +260,57 @@ def signal_group_after_batches(argv: list[str], trace: Path, sig: int, batches: 
         if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode, stdout, stderr
+
+
+def label_set_rows(split: str, count: int, seed: int = 0) -> list[tuple[str, tuple[str, ...], str]]:
+    """``(id, label set, text)`` rows of a multi-label topic corpus: each document mixes the words of
+    0, 1 or 2 topics (its labels; none: shared words only), every 7th one long."""
+    rng = random.Random(f"sets-{split}-{seed}")
+    subsets = [(), *((label,) for label in LABELS), *((a, b) for i, a in enumerate(LABELS) for b in LABELS[i + 1:])]
+    rows = []
+    for i in range(count):
+        labels = subsets[i % len(subsets)]
+        words = LONG_WORDS[(i // 7) % len(LONG_WORDS)] if i % 7 == 0 else 16 + rng.randrange(40)
+        text = " ".join(
+            rng.choice(TOPIC_WORDS[rng.choice(labels)]) if labels and rng.random() < 0.5 else rng.choice(SHARED_WORDS)
+            for _ in range(words)
+        )
+        rows.append((f"{split}-{i:03d}", labels, text))
+    return rows
+
+
+def write_label_set_shards(out_dir: str | os.PathLike[str], sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """A multi-label corpus (``label_set_rows``) written straight as shards + manifest.json, tokenized
+    with the bundled MiniLM tokenizer: the trainer's input without the pipeline (whose own
+    multi-label output is tested in tests/test_multi_label_input.py)."""
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from schemas.manifest import SCHEMA_VERSION, write_manifest
+    from schemas.shard import MULTI_LABEL, records_to_table, shard_name, shard_schema
+    from tokenization.tokenizer import tokenizer_identity
+
+    out_dir = str(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    label_map = {label: index for index, label in enumerate(sorted(LABELS))}
+    rows = {split: label_set_rows(split, count) for split, count in (sizes or SPLIT_SIZES).items()}
+    splits = {}
+    for split, split_rows in rows.items():
+        records = []
+        for doc_id, labels, text in split_rows:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            records.append({"id": doc_id, "labels": sorted(label_map[label] for label in labels), "input_ids_a": ids,
+                            "input_ids_b": [], "num_tokens_a": len(ids), "num_tokens_b": 0, "alpha": "a"})
+        name = shard_name(split, 0, 1)
+        table = records_to_table(records, MULTI_LABEL).cast(shard_schema(sorted(LABELS), MULTI_LABEL))
+        pq.write_table(table, os.path.join(out_dir, name), row_group_size=32, compression="zstd")
+        groups = pq.ParquetFile(os.path.join(out_dir, name)).metadata.num_row_groups
+        splits[split] = {"read": len(records), "records": len(records), "rejected": 0,
+                         "files": [{"name": name, "rows": len(records), "row_groups": groups}]}
+    counts = {label: sum(label in labels for _, labels, _ in rows["train"]) for label in label_map}
+    manifest = {"schema_version": SCHEMA_VERSION, "tokenizer": tokenizer_identity(tokenizer, minilm_dir()),
+                "label_map": label_map, "label_counts": counts, "problem_type": MULTI_LABEL, "max_doc_tokens": 32768,
+                "splits": splits}
+    write_manifest(out_dir, manifest)
+    return {"data_dir": out_dir, "rows": rows, "manifest": manifest}

@@ -34,7 +34,9 @@ __all__ = ["TrainConfig", "build_parser", "parse_args", "check_config", "load_co
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 POOLINGS = ("mean", "max", "attention", "transformer")  # = modeling.pooling.POOLINGS (this module imports no torch)
 HEAD_POOLINGS = ("attention", "transformer")
-METRICS = ("accuracy", "macro_f1", "mcc", "loss")
+# what an evaluation reports: one label (accuracy, macro_f1, mcc) or label sets (micro_f1,
+# macro_f1, exact_match), and the loss of either
+METRICS = ("accuracy", "macro_f1", "mcc", "loss", "micro_f1", "exact_match")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -155,6 +157,10 @@ class TrainConfig:
     eval_steps: int | None = arg(_EVAL, "with --eval_strategy steps: every N optimizer steps (unset: --logging_steps)", None)
     metric_for_best_model: str = arg(_EVAL, "the metric that decides the best model (loss: lower is better)", "macro_f1",
                                      choices=list(METRICS))
+    threshold: float = arg(
+        _EVAL, "label sets (a corpus preprocessed with --multi_label): a label is predicted when its sigmoid probability "
+        "is >= this; recorded with the model as its decision threshold (each evaluation also reports the threshold "
+        "that maximises micro-F1, best_threshold)", 0.5)
     load_best_model_at_end: bool = arg(
         _EVAL, "save the best evaluated model as the final model (its checkpoint is kept whatever --save_total_limit)", False)
     early_stopping_patience: int | None = arg(
@@ -516,6 +522,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"--warmup_steps is a number of steps or a fraction in (0, 1), got {c.warmup_steps}")
     if c.dataloader_num_workers < 0 or c.pad_to_multiple_of < 0 or c.warmup_steps < 0:
         raise ValueError("--dataloader_num_workers, --pad_to_multiple_of and --warmup_steps must be >= 0")
+    if not 0.0 < c.threshold < 1.0:
+        raise ValueError(f"--threshold must be between 0 and 1 (exclusive), got {c.threshold}")
     if not 0.0 <= c.warmup_ratio <= 1.0:
         raise ValueError(f"--warmup_ratio must be in [0, 1], got {c.warmup_ratio}")
     if c.learning_rate <= 0:

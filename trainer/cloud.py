@@ -56,11 +56,15 @@ class HypertuneReporter:
         os.replace(tmp, self.path)
 
 
+# what a notification reports, where the evaluation has it (one label, or label sets)
+_METRICS = ("accuracy", "micro_f1", "macro_f1", "mcc", "exact_match", "loss")
+
+
 def run_summary(task_name: str, status: str, output_dir: str, metrics: Mapping[str, Any] | None, error: str | None = None) -> dict[str, Any]:
     """The notification payload: Slack-compatible ``text`` plus structured fields."""
     parts = [f"spanwise run '{task_name}' {status}"]
     if metrics:
-        parts.append(", ".join(f"{k} {metrics[k]:.4f}" for k in ("accuracy", "macro_f1", "mcc", "loss") if k in metrics))
+        parts.append(", ".join(f"{k} {metrics[k]:.4f}" for k in _METRICS if k in metrics))
     if error:
         parts.append(f"error: {error}")
     parts.append(f"output: {output_dir}")
@@ -69,7 +73,7 @@ def run_summary(task_name: str, status: str, output_dir: str, metrics: Mapping[s
         "task_name": task_name,
         "status": status,
         "output_dir": output_dir,
-        "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "mcc", "loss", "step") if metrics and k in metrics},
+        "metrics": {k: metrics[k] for k in (*_METRICS, "step") if metrics and k in metrics},
         "error": error,
     }
 

@@ -44,7 +44,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import spanwise_io
 from modeling.features import FeatureBuilder, collate
-from trainer.shards import SHARD_COLUMNS, DataLimits, ShardProblem, Unit, describe_error
+from modeling.label_space import label_tensor
+from trainer.shards import DataLimits, ShardProblem, Unit, describe_error
 
 __all__ = [
     "EpochPlan",
@@ -197,8 +198,12 @@ class _RowGroupReader:
                     self.files.pop(next(iter(self.files))).close()
                 parquet = pq.ParquetFile(spanwise_io.open_read(unit.path))
                 self.files[unit.path] = parquet
-            table = parquet.read_row_group(unit.row_group, columns=SHARD_COLUMNS)
-            columns: dict[str, Any] = {"id": table.column("id").to_pylist(), "label": table.column("label").to_numpy()}
+            table = parquet.read_row_group(unit.row_group, columns=self.limits.columns)
+            columns: dict[str, Any] = {"id": table.column("id").to_pylist()}
+            if self.limits.multi_label:
+                columns["label"], columns["label_range"] = self._label_sets(table.column("labels"))
+            else:
+                columns["label"] = table.column("label").to_numpy()
             for name in ("input_ids_a", "input_ids_b"):
                 array = table.column(name).combine_chunks()
                 columns[name] = (array.values.to_numpy(zero_copy_only=False), array.offsets.to_numpy())
@@ -215,11 +220,16 @@ class _RowGroupReader:
         """What is wrong with decoded values (corruption that left the pages decodable), or None."""
         if table.num_rows != unit.num_rows:
             return f"decodes to {table.num_rows} rows, the footer says {unit.num_rows}"
-        for name in SHARD_COLUMNS:
-            if table.column(name).null_count:
+        for name in self.limits.columns:
+            if name != "labels" and table.column(name).null_count:  # a null label set: unlabelled
                 return f"column {name!r} has {table.column(name).null_count} empty (null) values"
         labels = columns["label"]
-        if len(labels):
+        if self.limits.multi_label:
+            low, high = columns["label_range"]
+            problem = self.limits.check_label_sets(low, high, table.column("labels").null_count)
+            if problem:
+                return problem
+        elif len(labels):
             problem = self.limits.check_labels(int(labels.min()), int(labels.max()))
             if problem:
                 return problem
@@ -245,7 +255,28 @@ class _RowGroupReader:
         for name in ("input_ids_a", "input_ids_b"):
             values, offsets = columns[name]
             out.append(values[offsets[index] : offsets[index + 1]])
-        return columns["id"][index], int(columns["label"][index]), out[0], out[1]
+        label = columns["label"][index]
+        return columns["id"][index], label if self.limits.multi_label else int(label), out[0], out[1]
+
+    def _label_sets(self, column: Any) -> tuple[np.ndarray, tuple[int | None, int | None]]:
+        """A ``labels`` column as 0/1 int8 rows over the labels (a null set, unlabelled: a row of -1),
+        and the range of the indices it holds (None, None: every set empty), to check them."""
+        array = column.combine_chunks()
+        values = array.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets = array.offsets.to_numpy()
+        if len(values) == 0:
+            low = high = None
+        else:
+            low, high = int(values.min()), int(values.max())
+        width = self.limits.num_labels if self.limits.num_labels is not None else (high + 1 if high is not None else 0)
+        rows = np.zeros((len(array), width), dtype=np.int8)
+        if len(values) and (low < 0 or high >= width):
+            return rows, (low, high)  # refused by the check; not placed
+        owners = np.repeat(np.arange(len(array)), np.diff(offsets))
+        rows[owners, values] = 1
+        if array.null_count:
+            rows[np.asarray(array.is_null())] = -1
+        return rows, (low, high)
 
 
 def read_rows(
@@ -447,7 +478,7 @@ class ShardStream(IterableDataset):
             return {"doc_ids": []}
         batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of)
         batch["doc_ids"] = [doc_id for doc_id, _, _, _ in rows]
-        batch["labels"] = torch.as_tensor([int(label) for _, label, _, _ in rows], dtype=torch.long)
+        batch["labels"] = label_tensor([label for _, label, _, _ in rows])
         batch["owners"] = torch.as_tensor(owners, dtype=torch.long)
         return batch
 

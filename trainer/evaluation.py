@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from modeling.features import Example, FeatureBuilder, collate, parse_views
-from modeling.metrics import classification_metrics, confusion_matrix
+from modeling.label_space import LabelSpace, labelled_rows
+from modeling.metrics import best_threshold, classification_metrics, confusion_matrix, label_set_counts, multi_label_metrics
 from modeling.pooling import (
     add_to_pool_,
     batch_inputs,
@@ -38,7 +39,7 @@ from modeling.prediction_output import PredictionWriter
 from trainer.data import EpochPlan, _RowGroupReader, eval_plan, raise_batch_error, read_rows_at, start_loader, worker_init_threads
 from trainer.shards import DataLimits, ShardProblem, Unit
 
-__all__ = ["score_documents", "evaluate_split", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
+__all__ = ["score_documents", "evaluate_split", "label_metrics", "parse_views", "render_predictions", "EvalStream", "BLOCK_BATCHES"]
 
 BLOCK_BATCHES = 8  # documents per block: this many batches' worth
 
@@ -104,7 +105,7 @@ class EvalStream(IterableDataset):
             if self.whole_documents and pending and len(pending) + len(examples) > self.batch_size:
                 yield self._batch(pending, owners, docs)
                 pending, owners, docs = [], [], []
-            docs.append((index, doc_id, int(label)))
+            docs.append((index, doc_id, label))
             for example in examples:
                 pending.append(example)
                 owners.append(index)
@@ -162,7 +163,7 @@ def score_documents(
     )
     num_docs = plan.num_rows
     doc_ids: list[str | None] = [None] * num_docs
-    labels = np.full(num_docs, -1, dtype=np.int64)
+    labels: list[Any] = [-1] * num_docs
     sums: torch.Tensor | None = None
     counts = torch.zeros(num_docs, device=device)
     seen_problems: set[tuple[str, int]] = set()
@@ -209,7 +210,7 @@ def score_documents(
         pooled = (sums if whole else finish_pool(sums, counts, pooling)).cpu().numpy()[present]  # the one transfer to the host
     else:
         pooled = np.zeros((0, 0), dtype=np.float32)
-    result = ([doc_ids[i] for i in present], labels[present], pooled)
+    result = ([doc_ids[i] for i in present], _label_array([labels[i] for i in present]), pooled)
     if world_size > 1:
         gathered: list[Any] = [None] * world_size
         dist.all_gather_object(gathered, result)
@@ -219,30 +220,58 @@ def score_documents(
     return result
 
 
+def _label_array(labels: Sequence[Any]) -> np.ndarray:
+    """Documents' labels as one array: indices ``[documents]``, or 0/1 rows ``[documents, labels]``."""
+    if labels and isinstance(labels[0], np.ndarray):
+        return np.stack(labels)
+    return np.asarray(labels, dtype=np.int64)
+
+
 def evaluate_split(
     model: torch.nn.Module,
     units: Sequence[Unit],
     features: FeatureBuilder,
-    label_names: Sequence[str],
+    label_space: LabelSpace,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro-F1, MCC, per-class precision/recall and confusion matrix."""
+    """The metrics of the split's labelled documents (``label_metrics``)."""
     _, labels, logits = score_documents(model, units, features, **kwargs)
-    labelled = labels >= 0
+    return label_metrics(label_space, labels, logits)
+
+
+def label_metrics(label_space: LabelSpace, labels: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
+    """Loss and metrics of the labelled documents among ``labels`` and their pooled ``logits``.
+
+    One label: accuracy, macro-F1, MCC, per-class precision/recall and the confusion matrix.
+    Label sets: micro-F1, macro-F1 and exact-match accuracy at the label space's threshold,
+    per-label precision/recall, and the threshold that maximises micro-F1 here
+    (``best_threshold``, with ``micro_f1_at_best_threshold``).
+
+    Raises:
+        ValueError: no document is labelled.
+    """
+    labelled = labelled_rows(labels)
     if not labelled.any():
         raise ValueError("the evaluation split has no labelled documents")
     logits_t = torch.from_numpy(np.asarray(logits[labelled], dtype=np.float64))
-    labels_t = torch.from_numpy(labels[labelled])
-    loss = float(torch.nn.functional.cross_entropy(logits_t, labels_t))
-    predictions = logits_t.argmax(dim=1).numpy()
-    metrics = classification_metrics(confusion_matrix(labels_t.numpy(), predictions, len(label_names)), label_names)
+    targets = labels[labelled]
+    loss = float(label_space.loss(logits_t, torch.from_numpy(targets)))
+    probabilities = label_space.probabilities(logits[labelled])
+    if label_space.multi_label:
+        predicted = label_space.decide(probabilities)
+        metrics = multi_label_metrics(label_set_counts(targets, predicted), label_space.names)
+        metrics["threshold"] = label_space.threshold
+        metrics["best_threshold"], metrics["micro_f1_at_best_threshold"] = best_threshold(targets, probabilities)
+    else:
+        predictions = logits_t.argmax(dim=1).numpy()
+        metrics = classification_metrics(confusion_matrix(targets, predictions, len(label_space.names)), label_space.names)
     metrics["loss"] = loss
     return metrics
 
 
-def render_predictions(path: str, doc_ids: Sequence[str], logits: np.ndarray, label_names: Sequence[str]) -> bytes:
+def render_predictions(path: str, doc_ids: Sequence[str], logits: np.ndarray, label_space: LabelSpace) -> bytes:
     """Predictions as TSV (``id``, ``label``, one probability column per label) for a ``.tsv`` path,
-    else JSONL (``id``, ``label``, ``probabilities``): ``modeling.prediction_output``'s format."""
+    else JSONL (``id``, ``label`` or ``labels``, ``probabilities``): ``modeling.prediction_output``'s format."""
     out = io.BytesIO()
-    PredictionWriter(out, label_names, tsv=path.endswith(".tsv")).write(doc_ids, np.asarray(logits))
+    PredictionWriter(out, label_space, tsv=path.endswith(".tsv")).write(doc_ids, np.asarray(logits))
     return out.getvalue()

@@ -26,6 +26,8 @@ import torch.distributed as dist
 import spanwise_io
 from modeling.classifier import RUN_CONFIG_NAME
 from modeling.features import FeatureBuilder
+from schemas.manifest import problem_type_of
+from schemas.shard import MULTI_LABEL
 from trainer import checkpoint as ckpt
 from trainer import resume
 from trainer.args import TrainConfig
@@ -136,7 +138,8 @@ class RunPlan:
     def limits(self, split: str) -> DataLimits:
         """Allowed labels and token ids of ``split``: the training split must be labelled."""
         labelled = self.config.do_train and split == self.config.train_split
-        return DataLimits(len(self.manifest["label_map"]), not labelled, self.manifest["tokenizer"].get("vocab_size"))
+        return DataLimits(len(self.manifest["label_map"]), not labelled, self.manifest["tokenizer"].get("vocab_size"),
+                          multi_label=problem_type_of(self.manifest) == MULTI_LABEL)
 
     # ------------------------------------------------------------------ shards
     def scan(self) -> None:

@@ -33,18 +33,26 @@ import spanwise_io
 from corpora.inputs import LABEL_NAMES_HELP, parse_label_names, plan_inputs
 from corpora.read_progress import TaskProgress, planned_bytes
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
-from modeling.classifier import DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, load_classifier, local_model_path, score_views
+from modeling.classifier import (
+    DOCS_PER_CHUNK,
+    RUN_CONFIG_NAME,
+    Classifier,
+    TrainedView,
+    load_classifier,
+    local_model_path,
+    score_views,
+)
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
-from modeling.metrics import classification_metrics, confusion_matrix
+from modeling.label_space import labelled_rows
 from modeling.prediction_output import PredictionWriter, Tally, format_summary
 from schemas.columns import ColumnSpec
-from schemas.manifest import check_compatible, read_manifest
+from schemas.manifest import check_compatible, problem_type_of, read_manifest
 from schemas.rows import Reason, Rejection, Row, describe_place
 from spanwise_io.progress import Progress
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer.distributed import init_distributed, shutdown_distributed
-from trainer.evaluation import render_predictions, score_documents
+from trainer.evaluation import label_metrics, render_predictions, score_documents
 from trainer.shards import DataLimits, ShardProblem, scan_split
 
 __all__ = ["predict", "main", "RAW_SPLIT", "ROWS_PER_CHUNK"]
@@ -96,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=32,
                         help="views per batch")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers building the views")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="a multi-label model: predict each label whose probability is >= this (default: the model's "
+                        "own, --threshold of its training; its config.json's spanwise.best_threshold is the one with "
+                        "the best micro-F1 on dev)")
     parser.add_argument("--use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU with bf16, or CPU)")
     parser.add_argument("--fp16", action="store_true", help="float16 autocast (GPU only)")
@@ -116,6 +128,8 @@ def predict(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("choose one of --bf16 and --fp16")
     if args.batch_size < 1 or args.dataloader_num_workers < 0:
         raise ValueError("--batch_size must be >= 1 and --dataloader_num_workers >= 0")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise ValueError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}")
     summary_path = args.summary_output or _beside(args.output, ".summary.json")
     summary = predict_raw(args) if args.input_files else predict_shards(args)
     if summary is not None:
@@ -141,9 +155,13 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
         manifest = read_manifest(args.data_dir)
         check_compatible(manifest, tokenizer_identity(tokenizer, args.model_dir))
         label_names = run_config["label_names"]
+        space = TrainedView.read(model_dir).label_space.with_threshold(args.threshold)
         data_labels = [name for name, _ in sorted(manifest["label_map"].items(), key=lambda item: item[1])]
         if data_labels != label_names:
             raise ValueError(f"{args.data_dir}: label map {data_labels} differs from the model's {label_names}")
+        if problem_type_of(manifest) != space.problem_type:
+            raise ValueError(f"{args.data_dir} has problem_type {problem_type_of(manifest)} but the model "
+                             f"{args.model_dir} is a {space.problem_type} model; preprocess the data as it was for training")
         seq = run_config["seq_len"]
         seq_config = validate_seq_config(seq["name"], seq["params"], seq["max_seq_length"], tokenizer)
         features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"],
@@ -151,7 +169,7 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
         views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
 
         # the same up-front check as training (listing + Parquet footers), before the model is loaded
-        limits = DataLimits(len(label_names), True, manifest["tokenizer"].get("vocab_size"))
+        limits = DataLimits(len(label_names), True, manifest["tokenizer"].get("vocab_size"), multi_label=space.multi_label)
         scan = scan_split(args.data_dir, manifest, args.split, limits=limits, skip_bad_shards=args.skip_bad_shards)
         for problem in scan.skipped:
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
@@ -179,20 +197,17 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
         progress.close()
         for problem in skipped_row_groups or ():
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
-        probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy() if len(doc_ids) else np.zeros((0, len(label_names)))
-        predicted = probabilities.argmax(axis=1) if len(doc_ids) else np.zeros(0, dtype=np.int64)
         if ctx.is_main:
-            spanwise_io.write_bytes(args.output, render_predictions(args.output, doc_ids, logits, label_names))
-        labelled = labels >= 0
+            spanwise_io.write_bytes(args.output, render_predictions(args.output, doc_ids, logits, space))
+        labelled = labelled_rows(labels) if len(doc_ids) else np.zeros(0, dtype=bool)
         summary: dict[str, Any] = {"documents": len(doc_ids), "output": args.output, "eval_views": str(views)}
         if scan.skipped or skipped_row_groups:
             skipped = [problem.to_dict() for problem in [*scan.skipped, *(skipped_row_groups or ())]]
             summary["skipped"] = {"files": len(scan.skipped), "row_groups": len(skipped_row_groups or ()), "details": skipped}
         if labelled.any():
-            summary["accuracy"] = float((predicted[labelled] == labels[labelled]).mean())
-            metrics = classification_metrics(confusion_matrix(labels[labelled], predicted[labelled], len(label_names)),
-                                             label_names)
-            summary.update(labelled=int(labelled.sum()), macro_f1=metrics["macro_f1"], mcc=metrics["mcc"])
+            metrics = label_metrics(space, labels, logits)
+            names = ("micro_f1", "macro_f1", "exact_match", "threshold") if space.multi_label else ("accuracy", "macro_f1", "mcc")
+            summary.update(labelled=int(labelled.sum()), **{name: metrics[name] for name in names})
         return summary if ctx.is_main else None
     finally:
         progress.close(show=False)  # (after a failure; a finished run has shown its last line)
@@ -215,16 +230,16 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
     plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec,  # columns checked first
                        parse_label_names(args.label_names))
     classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
-                                            bf16=args.bf16, fp16=args.fp16)
+                                            bf16=args.bf16, fp16=args.fp16, threshold=args.threshold)
     views = parse_views(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
     rejected_path = args.rejected_output or _beside(args.output, ".rejected.jsonl")
-    tally = Tally(classifier.label_names)
+    tally = Tally(classifier.label_space)
     read = 0
     first_of_id: dict[str, str] = {}  # ID -> where its first row is (later rows of that ID are rejected)
     progress = Progress("predict: read", total_bytes=planned_bytes(plan.files[RAW_SPLIT]), enabled=not args.quiet)
     with spanwise_io.atomic_write(args.output) as out, spanwise_io.atomic_write(rejected_path) as rejected_out, \
             progress:
-        writer = PredictionWriter(out, classifier.label_names, tsv=args.output.endswith(".tsv"))
+        writer = PredictionWriter(out, classifier.label_space, tsv=args.output.endswith(".tsv"))
 
         def reject(rejection: Rejection) -> None:
             tally.rejected[rejection.reason] += 1
@@ -297,7 +312,8 @@ def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row],
     logits = score_views(classifier.model, examples, device=classifier.device, pad_token_id=documents.pad_token_id,
                          batch_size=batch_size, autocast=classifier.autocast)
     predicted = writer.write([doc_ids[i] for i in kept], classifier.pool(logits, owners, len(kept)))
-    tally.add([rows[i].label for i in kept], predicted, len(examples))
+    multi = classifier.label_space.multi_label
+    tally.add([rows[i].labels if multi else rows[i].label for i in kept], predicted, len(examples))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Any, Sequence
 
+from modeling.metrics import METRIC_NAMES, MULTI_LABEL_METRIC_NAMES
+
 __all__ = ["model_max_positions", "check_model_fits", "check_splits", "check_device", "check_seq_offline", "main"]
 
 # models whose position ids start after the padding index (max_position_embeddings - pad_token_id - 1 usable)
@@ -73,6 +75,21 @@ def check_model_fits(config: Any, model_config: Any, tokenizer: Any, label_names
             f"model {name} is a classifier of {saved_labels} labels but the data has {len(label_names)} "
             f"({', '.join(label_names)}); pass --ignore_mismatched_sizes to replace its head with a new one of "
             f"{len(label_names)} labels (initialised from --seed), or start from its base model"
+        )
+
+
+def check_metric(config: Any, label_space: Any) -> None:
+    """``--metric_for_best_model`` is one that an evaluation of these labels reports.
+
+    Raises:
+        ValueError: accuracy or MCC for label sets, micro-F1 or exact match for one label per document.
+    """
+    names = MULTI_LABEL_METRIC_NAMES if label_space.multi_label else METRIC_NAMES
+    if config.metric_for_best_model not in names:
+        kind = "label sets (problem_type multi_label_classification)" if label_space.multi_label else "one label per document"
+        raise ValueError(
+            f"--metric_for_best_model {config.metric_for_best_model}: {config.data_dir} has {kind}, whose evaluation "
+            f"reports {', '.join(names)}; choose one of them"
         )
 
 

@@ -1,7 +1,7 @@
 """``python -m trainer.report``: a PNG plot of finished (or running) training runs.
 
     python -m trainer.report RUN_DIR [RUN_DIR ...] --output plot.png \\
-        [--metric accuracy|macro_f1|mcc|loss] [--x auto|epoch|step] [--title TEXT]
+        [--metric accuracy|macro_f1|mcc|loss|micro_f1|exact_match] [--x auto|epoch|step] [--title TEXT]
 
 Each ``RUN_DIR`` is the ``--output_dir`` of a ``trainer.task`` run (local or ``gs://``). The
 left panel is the evaluation metric at every evaluation, read from ``eval_results.json``
@@ -37,7 +37,7 @@ log = logging.getLogger("trainer.report")
 EVAL_RESULTS_NAME = "eval_results.json"  # as trainer.task writes them (not imported: no torch needed here)
 RUN_CONFIG_NAME = "run_config.json"
 EVENTS_PREFIX = "events.out.tfevents."
-METRICS = ("accuracy", "macro_f1", "mcc", "loss")
+METRICS = ("accuracy", "macro_f1", "mcc", "loss", "micro_f1", "exact_match")  # the last two: label sets
 
 
 @dataclass
@@ -234,6 +234,9 @@ def plot_runs(runs: Sequence[RunRecord], output: str, metric: str = "accuracy", 
     eval_panel = Panel(f"{metric} on the evaluation split", "", metric)
     loss_panel = Panel("training loss (TensorBoard train/loss)", "optimizer step", "loss")
     for run in runs:
+        if run.history and metric not in run.history[0]:
+            has = ", ".join(name for name in METRICS if name in run.history[0])
+            raise ValueError(f"{run.label}: its evaluations have no {metric} (they have {has}); choose --metric from those")
         if run.history:
             xs, eval_panel.xlabel = _x_values(run.history, x)
             eval_panel.series.append(Series(run.label, xs, [float(entry[metric]) for entry in run.history]))

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow.parquet as pq
 
 import spanwise_io
-from schemas.shard import LEGACY_TYPES, SHARD_SCHEMA
+from schemas.shard import LEGACY_TYPES, MULTI_LABEL_SHARD_SCHEMA, SHARD_SCHEMA
 
 __all__ = [
     "Unit",
@@ -33,12 +33,18 @@ __all__ = [
     "has_labels",
     "describe_error",
     "SHARD_COLUMNS",
+    "shard_columns",
 ]
 
 log = logging.getLogger("trainer.data")
 
-# the columns a shard must have (and the shard stream reads)
+# the columns a shard must have (and the shard stream reads); label sets: ``labels`` for ``label``
 SHARD_COLUMNS = ["id", "label", "input_ids_a", "input_ids_b"]
+
+
+def shard_columns(multi_label: bool) -> list[str]:
+    """``SHARD_COLUMNS``, with the ``labels`` column of a multi-label corpus instead of ``label``."""
+    return ["id", "labels", "input_ids_a", "input_ids_b"] if multi_label else list(SHARD_COLUMNS)
 _PARQUET_MAGIC = b"PAR1"
 _REMOTE_CHECK_THREADS = 16
 
@@ -114,11 +120,36 @@ class DataLimits:
         num_labels: labels must be < this (the size of the manifest's label map); None: unchecked.
         allow_unlabelled: whether label -1 (no label) is allowed; a training split has none.
         vocab_size: token ids must be < this (the tokenizer's vocabulary); None: unchecked.
+        multi_label: the shards hold label sets (a ``labels`` list column, null = no label), as
+            the manifest's ``problem_type`` says.
     """
 
     num_labels: int | None = None
     allow_unlabelled: bool = True
     vocab_size: int | None = None
+    multi_label: bool = False
+
+    @property
+    def label_column(self) -> str:
+        return "labels" if self.multi_label else "label"
+
+    @property
+    def columns(self) -> list[str]:
+        return shard_columns(self.multi_label)
+
+    def check_label_sets(self, low: int | None, high: int | None, unlabelled: int) -> str | None:
+        """The problem with label sets whose indices range over ``low..high`` (None: all sets
+        empty), ``unlabelled`` of them null, or None."""
+        if unlabelled and not self.allow_unlabelled:
+            return f"{unlabelled} documents without a label set (null), which a training split cannot have"
+        if low is not None and low < 0:
+            return f"label index {low} is out of range (label sets hold indices 0..N-1)"
+        if high is not None and self.num_labels is not None and high >= self.num_labels:
+            return (
+                f"label {high} is out of range for the label_map of manifest.json "
+                f"({self.num_labels} labels, indices 0..{self.num_labels - 1})"
+            )
+        return None
 
     def check_labels(self, low: int, high: int) -> str | None:
         """The problem with labels ranging over ``low..high``, or None."""
@@ -174,17 +205,20 @@ def _leaf_stats(metadata: Any, group: int, leaf: str) -> Any:
 def _check_footer(path: str, metadata: Any, file_size: int, entry: Mapping[str, Any], limits: DataLimits) -> str | None:
     """The problem found in a shard's Parquet metadata (schema, counts, value ranges), or None."""
     schema = metadata.schema.to_arrow_schema()
-    missing = [name for name in SHARD_COLUMNS if schema.get_field_index(name) < 0]
+    expected = MULTI_LABEL_SHARD_SCHEMA if limits.multi_label else SHARD_SCHEMA
+    missing = [name for name in limits.columns if schema.get_field_index(name) < 0]
     wrong = [
-        f"column {name!r} is {schema.field(name).type}, expected {SHARD_SCHEMA.field(name).type}"
-        for name in SHARD_COLUMNS
+        f"column {name!r} is {schema.field(name).type}, expected {expected.field(name).type}"
+        for name in limits.columns
         if name not in missing
-        and schema.field(name).type != SHARD_SCHEMA.field(name).type
+        and schema.field(name).type != expected.field(name).type
         and schema.field(name).type not in LEGACY_TYPES.get(name, ())
     ]
     if missing or wrong:
         what = ([f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"] if missing else []) + wrong
-        return f"foreign schema, not a spanwise shard: {'; '.join(what)} (it has columns {', '.join(schema.names)})"
+        kind = " (manifest.json says the corpus has label sets, problem_type multi_label_classification)" if (
+            limits.multi_label and "labels" in missing) else ""
+        return f"foreign schema, not a spanwise shard{kind}: {'; '.join(what)} (it has columns {', '.join(schema.names)})"
     if metadata.num_rows != entry["rows"]:
         return f"holds {metadata.num_rows} rows but manifest.json says {entry['rows']}"
     if "row_groups" in entry and metadata.num_row_groups != entry["row_groups"]:
@@ -201,13 +235,15 @@ def _check_footer(path: str, metadata: Any, file_size: int, entry: Mapping[str, 
                 )
         if row_group.num_rows == 0:
             continue
-        for name in ("id", "label"):
+        for name in ("id",) if limits.multi_label else ("id", "label"):
             stats = _leaf_stats(metadata, group, name)
             if stats is not None and stats.null_count:
                 return f"row group {group}: column {name!r} has {stats.null_count} empty (null) values"
-        stats = _leaf_stats(metadata, group, "label")
+        stats = _leaf_stats(metadata, group, limits.label_column)
         if stats is not None and stats.has_min_max:
-            problem = limits.check_labels(int(stats.min), int(stats.max))
+            low, high = int(stats.min), int(stats.max)
+            # a label set's null count mixes unlabelled and empty sets: checked when the rows are read
+            problem = limits.check_label_sets(low, high, 0) if limits.multi_label else limits.check_labels(low, high)
             if problem:
                 return f"row group {group}: {problem}"
         for name in ("input_ids_a", "input_ids_b"):
@@ -266,7 +302,7 @@ def check_shard(path: str, entry: Mapping[str, Any], limits: DataLimits = DataLi
     for group in range(metadata.num_row_groups):
         rows = metadata.row_group(group).num_rows
         if rows > 0:
-            stats = _leaf_stats(metadata, group, "label")
+            stats = None if limits.multi_label else _leaf_stats(metadata, group, "label")
             label_max = int(stats.max) if stats is not None and stats.has_min_max else None
             units.append(Unit(path, group, rows, label_max=label_max))
     return units

@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -35,19 +36,20 @@ from torch.utils.data import DataLoader
 import spanwise_io
 from modeling.classifier import load_classifier, local_model_path, save_classifier, start_classifier
 from modeling.features import FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from modeling.label_space import LabelSpace
 from modeling.pooling import batch_inputs, model_input_names, pooled_forward
-from schemas.manifest import check_compatible, read_manifest
+from schemas.manifest import check_compatible, problem_type_of, read_manifest
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
 from trainer import checkpoint as ckpt
-from trainer.args import TrainConfig, head_windows, parse_args
+from trainer.args import METRICS, TrainConfig, head_windows, parse_args
 from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, run_summary
 from trainer.data import raise_batch_error, start_loader, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, render_predictions, score_documents
 from trainer.optimization import build_optimizer, build_scheduler, optimizer_step
 from trainer.plan import RunPlan, protected_steps
-from trainer.preflight import check_device, check_model_fits, check_splits
+from trainer.preflight import check_device, check_metric, check_model_fits, check_splits
 from trainer.stopping import Stopped, StopSignals
 from trainer.tensorboard_logs import NullLogger, TensorBoardLogger
 from trainer.tracking import EvalTracker
@@ -128,6 +130,8 @@ class Trainer:
         self.train_views = parse_views(c.train_views)
         label_map = self.manifest["label_map"]
         self.label_names = [name for name, _ in sorted(label_map.items(), key=lambda item: item[1])]
+        self.label_space = LabelSpace(tuple(self.label_names), problem_type_of(self.manifest), c.threshold)
+        check_metric(c, self.label_space)
         self.model_path = local_model_path(c.model_name)
         model_config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=c.trust_remote_code)
         if hasattr(model_config, "encoder_config"):  # a saved whole-document model: its encoder takes the windows
@@ -174,6 +178,7 @@ class Trainer:
             head_layers=c.head_layers,
             head_reduce=c.head_reduce,
             num_labels=len(self.label_names),
+            problem_type=self.label_space.problem_type,
             id2label=dict(enumerate(self.label_names)),
             label2id=dict(self.manifest["label_map"]),
             trust_remote_code=c.trust_remote_code,
@@ -219,6 +224,7 @@ class Trainer:
             "args": self.config.to_dict(),
             "seq_len": self.seq_config.to_dict(),
             "label_names": self.label_names,
+            "problem_type": self.label_space.problem_type,
             "world_size": self.ctx.world_size,
             "data_manifest_created_at": self.manifest.get("created_at"),
             "data_problems": self.plan.problems.to_dict(),
@@ -227,6 +233,10 @@ class Trainer:
         }
         if self.config.do_train:
             config["result_args"] = self.plan.result_args
+        if self.label_space.multi_label:
+            config["threshold"] = self.label_space.threshold
+            # the decision threshold with the best micro-F1 in the saved model's evaluation (None: not evaluated)
+            config["best_threshold"] = (self.final_metrics() or {}).get("best_threshold")
         return config
 
     # ------------------------------------------------------------------ checkpoints
@@ -358,20 +368,22 @@ class Trainer:
         sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
         with sync:
             with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                labels = inputs.pop("labels")
                 if "owners" in source:  # --train_views: the views pooled (logits, or the head), one loss per document
-                    labels = inputs.pop("labels")
                     owners = source["owners"].to(self.ctx.device, non_blocking=True)
                     logits = pooled_forward(model, inputs, owners, len(source["doc_ids"]), self.config.pooling)
-                    loss = torch.nn.functional.cross_entropy(logits, labels)
                 else:
-                    loss = model(**inputs).loss
+                    logits = model(**inputs).logits
+                # cross-entropy, or BCE per label for label sets (LabelSpace.loss, as the model's own loss)
+                loss = self.label_space.loss(logits, labels)
                 loss = loss * 0.0 if empty else loss / size
             self.scaler.scale(loss).backward()
         return loss.detach()
 
     def _dummy_batch(self) -> dict[str, Any]:
         """One empty document (special tokens only), for the zero-weight step of an empty batch under DDP."""
-        batch = collate([self.features.train_example("", 0, [], [], self.epoch)], self.pad_token_id)
+        label = np.zeros(len(self.label_names), dtype=np.int8) if self.label_space.multi_label else 0
+        batch = collate([self.features.train_example("", label, [], [], self.epoch)], self.pad_token_id)
         if self.train_views != 1:  # the pooled path, as the other ranks' batches take it
             batch["owners"] = torch.zeros(1, dtype=torch.long)
         return batch
@@ -469,7 +481,7 @@ class Trainer:
             self.model,
             self.plan.eval_units,
             self.features,
-            self.label_names,
+            self.label_space,
             views=self.views,
             batch_size=c.per_device_eval_batch_size,
             device=self.ctx.device,
@@ -488,11 +500,10 @@ class Trainer:
         value = self.evals.add(metrics, may_stop=c.do_train and self.global_step < self.plan.total_steps,
                                announce=self.ctx.is_main)
         if self.ctx.is_main:
-            log.info(
-                "eval step %d: loss %.4f accuracy %.4f macro_f1 %.4f mcc %.4f",
-                self.global_step, metrics["loss"], metrics["accuracy"], metrics["macro_f1"], metrics["mcc"],
-            )
-            for name in ("loss", "accuracy", "macro_f1", "mcc"):
+            names = ("loss", "micro_f1", "macro_f1", "exact_match", "best_threshold") if self.label_space.multi_label \
+                else ("loss", "accuracy", "macro_f1", "mcc")
+            log.info("eval step %d: %s", self.global_step, " ".join(f"{name} {metrics[name]:.4f}" for name in names))
+            for name in names:
                 self.writer.add_scalar(f"eval/{name}", metrics[name], self.global_step)
             if self.hypertune is not None:
                 self.hypertune.report(value, self.global_step)
@@ -519,7 +530,7 @@ class Trainer:
         )
         path = spanwise_io.join(c.output_dir, PREDICT_RESULTS_NAME)
         if self.ctx.is_main:
-            spanwise_io.write_bytes(path, render_predictions(path, doc_ids, logits, self.label_names))
+            spanwise_io.write_bytes(path, render_predictions(path, doc_ids, logits, self.label_space))
             log.info("predictions of split %r (%d documents): %s", c.test_split, len(doc_ids), path)
         self._barrier()
         return path
@@ -559,7 +570,7 @@ class Trainer:
             hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
             hparams["seq_func_params"] = " ".join(map(str, self.config.seq_func_params))
             self.writer.add_hparams(
-                hparams, {f"hparam/{k}": final[k] for k in ("accuracy", "macro_f1", "mcc", "loss") if k in final}, run_name="."
+                hparams, {f"hparam/{k}": final[k] for k in METRICS if k in final}, run_name="."
             )
             self.writer.sync()
         self._barrier()
@@ -645,10 +656,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     final = results.get("final") if results else None
     if final and int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"\n{final['split']}: accuracy {final['accuracy']:.4f}  macro-F1 {final['macro_f1']:.4f}  "
-            f"MCC {final['mcc']:.4f}  loss {final['loss']:.4f}  ({final['num_examples']} documents, eval_views {final['eval_views']})"
-        )
+        shown = [(key, name) for key, name in (("accuracy", "accuracy"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"),
+                                               ("mcc", "MCC"), ("exact_match", "exact match"), ("loss", "loss")) if key in final]
+        print(f"\n{final['split']}: " + "  ".join(f"{name} {final[key]:.4f}" for key, name in shown)
+              + f"  ({final['num_examples']} documents, eval_views {final['eval_views']})")
     return 0
 
 
