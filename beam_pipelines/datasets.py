@@ -26,8 +26,8 @@ with ``beam_pipelines.preprocess --multi_label``). They paired consecutive summa
 shuffled split and took the union of their genres; here each document is one class, so a pair
 joins two documents of DIFFERENT classes (``pair_documents``): every pair has two labels and the
 documents are twice as long. The splits are made first, so no document is in two splits; each
-document is used at most once, and the few that find no partner of another class are dropped
-(counted). ``--unpaired_fraction F`` keeps a share of each split's documents single (one label),
+document is used at most once, and the few that find no partner of another class (one when a
+split's number is odd) are dropped (counted). ``--unpaired_fraction F`` keeps a share of each split's documents single (one label),
 so that label sets vary in size.
 """
 
@@ -189,12 +189,15 @@ def pair_documents(
     """Pair the documents of one split two by two, each pair of two different labels.
 
     The documents are shuffled (from ID order, so the result depends only on them and ``rng``);
-    the first ``round(len * unpaired_fraction)`` stay single. The others are taken in that order:
-    each is paired with the earliest waiting document of another label, or waits. The waiting
-    documents therefore all have one label, so at the end only documents of a single label
-    (the surplus of the commonest label) are left without a partner: they are dropped. A pair
-    is ``Document("<first id>+<second id>", "<label>|<label>" (sorted), "<first text> <second text>")``,
-    the first the one that waited.
+    the first ``round(len * unpaired_fraction)`` stay single. The others are paired at random:
+    a pair's first label is drawn in proportion to the documents each label has left, its second
+    likewise among the other labels, so that labels meet about as often as their sizes make
+    them, not in a fixed pattern. Only when one label holds half of what is left or more (when
+    a free draw could leave documents of one label without a partner) is it drawn first, or
+    second. So every document finds a partner whenever no label has more than half of them
+    (then one is left over when their number is odd); otherwise the surplus of that label is
+    left over. The documents left over are dropped (counted). The order of a pair's two texts is
+    drawn too. A pair is ``Document("<id>+<id>", "<label>|<label>" (sorted), "<text> <text>")``.
 
     Returns:
         ``(documents, counts)``: the pairs and single documents, and ``{"pairs", "single",
@@ -204,20 +207,44 @@ def pair_documents(
     rng.shuffle(order)
     single_count = round(len(order) * unpaired_fraction)
     out = list(order[:single_count])
-    waiting: list[Document] = []  # all of one label (see above)
-    pairs = 0
+    pools: dict[str, list[Document]] = defaultdict(list)  # each label's documents, in the shuffled order
     for doc in order[single_count:]:
-        if waiting and waiting[0].label != doc.label:
-            first = waiting.pop(0)
-            out.append(Document(
-                id=f"{first.id}{_PAIR_ID_JOINER}{doc.id}",
-                label=PAIR_SEPARATOR.join(sorted((first.label, doc.label))),
-                text=f"{first.text} {doc.text}",
-            ))
-            pairs += 1
-        else:
-            waiting.append(doc)
-    return out, {"pairs": pairs, "single": single_count, "unpaired_dropped": len(waiting)}
+        pools[doc.label].append(doc)
+    labels = sorted(pools)
+
+    def draw(left: dict[str, int], exclude: str | None) -> str:
+        """A label other than ``exclude``, drawn in proportion to its documents ``left``."""
+        candidates = [label for label in labels if label != exclude and left[label] > 0]
+        position = rng.randrange(sum(left[label] for label in candidates))
+        for label in candidates:
+            if position < left[label]:
+                return label
+            position -= left[label]
+        raise AssertionError("unreachable")
+
+    pairs = 0
+    while True:
+        left = {label: len(pools[label]) for label in labels}
+        if sum(1 for count in left.values() if count) < 2:
+            break
+        total = sum(left.values())
+        largest = max(labels, key=lambda label: (left[label], label))
+        first = largest if 2 * left[largest] >= total else draw(left, None)
+        left[first] -= 1
+        # once the pair is made, total - 2 documents are left: no label may hold more than half of them
+        forced = [label for label in labels if label != first and 2 * left[label] > total - 2]
+        second = max(forced, key=lambda label: (left[label], label)) if forced else draw(left, first)
+        one, two = pools[first].pop(0), pools[second].pop(0)
+        if rng.random() < 0.5:
+            one, two = two, one
+        out.append(Document(
+            id=f"{one.id}{_PAIR_ID_JOINER}{two.id}",
+            label=PAIR_SEPARATOR.join(sorted((one.label, two.label))),
+            text=f"{one.text} {two.text}",
+        ))
+        pairs += 1
+    dropped = sum(len(pool) for pool in pools.values())
+    return out, {"pairs": pairs, "single": single_count, "unpaired_dropped": dropped}
 
 
 def _read_bbc(
