@@ -343,6 +343,16 @@ def test_mixed_corpus_every_format_reads_label_sets(mixed_corpus):
         assert (info["read"], info["records"], info["rejected"]) == (read, written, read - written), split
 
 
+def test_a_hand_edited_label_set_count_is_refused(tsv_corpus):
+    from schemas.manifest import validate_manifest
+
+    manifest = json.loads(json.dumps(tsv_corpus["manifest"]))
+    validate_manifest(manifest)
+    manifest["splits"]["dev"]["empty_label_sets"] = -1
+    with pytest.raises(ValueError, match=r"splits\.dev\.empty_label_sets must be an integer >= 0, got -1"):
+        validate_manifest(manifest)
+
+
 def test_label_separator_needs_multi_label_and_a_usable_value(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
