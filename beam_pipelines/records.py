@@ -1,7 +1,8 @@
 """The tables that travel between the pipeline's steps: tokenized records and rejected rows.
 
 A tokenized record still carries what the step that writes its shard needs and the shard does
-not keep: the label as text (mapped once the whole train split has been read), where the row
+not keep: the label as text, or the label set as a list of texts with ``--multi_label`` (mapped
+once the whole train split has been read), where the row
 was (to keep the first of two rows with one ID, name both, and derive IDs), the row as read
 (for a rejection decided there) and whether ``--max_doc_chars`` cut it. Both travel as Arrow
 tables, a batch of rows at a time, through ``beam_pipelines.shuffle.GroupTablesByKey``.
@@ -27,6 +28,8 @@ RECORD_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string()),  # null: no ID column, derived when the shard is written
         pa.field("label", pa.string()),
+        # --multi_label: the label set (null: unlabelled); always null without it
+        pa.field("labels", pa.list_(pa.string())),
         pa.field("input_ids_a", pa.list_(pa.int32())),
         pa.field("input_ids_b", pa.list_(pa.int32())),
         pa.field("num_tokens_a", pa.int32()),

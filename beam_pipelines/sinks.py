@@ -13,6 +13,12 @@ file they were read from: ``WriteShardFn`` keeps the first by (file, position) a
 others, naming both places, maps the labels (a dev/test label unseen in train is rejected),
 derives the IDs of a corpus without ID column from file and line, sorts by ID and writes.
 The same input therefore gives byte-identical shards whatever the runner's bundling.
+
+With ``--multi_label`` (``problem_type`` ``multi_label_classification``) a shard has the
+``labels`` column (``schemas.shard.MULTI_LABEL_SHARD_SCHEMA``): each row's label indices,
+sorted and distinct (``[]``: an empty set; null: unlabelled); a row with a label unseen in
+train is rejected (``unseen_label``), as a single label is. Each shard also counts its rows'
+labels (``LABEL_STATS``), for the manifest's ``label_counts`` and label-set statistics.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import io
 import logging
 import uuid
 from collections import Counter, defaultdict
-from typing import Any, Hashable, Iterator, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -37,13 +43,16 @@ from beam_pipelines.records import LineIndex, rejections_from_table, rejections_
 from beam_pipelines.transforms import REJECTED, CorpusError, signal_point
 from schemas.manifest import SCHEMA_VERSION, write_manifest
 from schemas.rows import LABELLED_SPLITS, Reason, Rejection, describe_place
-from schemas.shard import COMPRESSION, ROW_GROUP_SIZE, shard_name, shard_schema
+from schemas.shard import COMPRESSION, MULTI_LABEL, ROW_GROUP_SIZE, SINGLE_LABEL, shard_name, shard_schema
 from tokenization.rng import stable_hash64
 
 __all__ = [
     "REJECTED_DIR",
     "RUN_PREFIX",
     "STATS",
+    "LABEL_STATS",
+    "LabelStats",
+    "merge_label_stats",
     "new_run_name",
     "parquet_bytes",
     "FileInfo",
@@ -59,6 +68,8 @@ _LOG = logging.getLogger(__name__)
 REJECTED_DIR = "rejected"
 RUN_PREFIX = "run-"
 STATS = "stats"
+# The tagged output of label-set counts (multi-label only).
+LABEL_STATS = "label_stats"
 # Rejections per table a bundle sends on at most.
 _REJECTIONS_PER_TABLE = 4096
 
@@ -94,18 +105,24 @@ def _label_names(label_map: Mapping[str, int]) -> list[str]:
 
 
 def keep_first_of_each_id(
-    ids: Sequence[str], order_keys: Sequence[tuple], labels: Sequence[str], label_map: Mapping[str, int], labelled: bool
-) -> tuple[list[int], list[int], list[tuple[int, str, int]]]:
+    ids: Sequence[str], order_keys: Sequence[tuple], labels: Sequence[str], label_map: Mapping[str, int], labelled: bool,
+    label_sets: Sequence[Sequence[str] | None] | None = None,
+) -> tuple[list[int], list[Any], list[tuple[int, str, int]]]:
     """Which rows of a shard are written: the first row of each ID (by ``order_keys``: file,
     position), if its label is a train label (or empty in an unlabelled split).
 
+    With ``label_sets`` (``--multi_label``: each row's label set, None for an unlabelled row;
+    ``labels`` is then not read), a row is written if every label of its set is a train label
+    (an empty set is a valid answer), or if it is unlabelled in an unlabelled split.
+
     Returns:
-        ``(kept rows, their label indices, rejections)``: rows in ID order; a rejection is
-        ``(row, reason, row whose ID it repeats or -1)``.
+        ``(kept rows, their label indices, rejections)``: rows in ID order; a label index is
+        -1 for an unlabelled row, or with ``label_sets`` a sorted list of distinct indices (None:
+        unlabelled); a rejection is ``(row, reason, row whose ID it repeats or -1)``.
     """
     order = sorted(range(len(ids)), key=lambda i: (ids[i], order_keys[i]))
     kept: list[int] = []
-    label_ids: list[int] = []
+    label_ids: list[Any] = []
     rejected: list[tuple[int, str, int]] = []
     first = -1
     for i in order:
@@ -113,6 +130,16 @@ def keep_first_of_each_id(
             rejected.append((i, Reason.DUPLICATE_ID, first))
             continue
         first = i
+        if label_sets is not None:
+            label_set = label_sets[i]
+            if label_set is None and labelled:
+                rejected.append((i, Reason.MISSING_LABEL, -1))  # (the readers reject these first)
+            elif label_set is None or all(label in label_map for label in label_set):
+                kept.append(i)
+                label_ids.append(None if label_set is None else sorted({label_map[label] for label in label_set}))
+            else:
+                rejected.append((i, Reason.UNSEEN_LABEL, -1))
+            continue
         label = labels[i]
         if label in label_map or (not label and not labelled):
             kept.append(i)
@@ -122,20 +149,62 @@ def keep_first_of_each_id(
     return kept, label_ids, rejected
 
 
+# A shard's label-set counts: documents per label index, documents per set size, unlabelled documents.
+LabelStats = tuple[Counter, Counter, int]
+
+
+def _label_stats(label_ids: Sequence[Sequence[int] | None]) -> LabelStats:
+    """The ``LabelStats`` of the label index lists of a shard's written rows."""
+    per_label: Counter = Counter()
+    sizes: Counter = Counter()
+    unlabelled = 0
+    for indices in label_ids:
+        if indices is None:
+            unlabelled += 1
+            continue
+        per_label.update(indices)
+        sizes[len(indices)] += 1
+    return per_label, sizes, unlabelled
+
+
+def merge_label_stats(stats: Iterable[LabelStats]) -> LabelStats:
+    """The sum of shards' ``LabelStats`` (``beam.CombinePerKey``: associative and commutative,
+    so the manifest does not depend on the order shards finish)."""
+    per_label: Counter = Counter()
+    sizes: Counter = Counter()
+    unlabelled = 0
+    for shard_labels, shard_sizes, shard_unlabelled in stats:
+        per_label.update(shard_labels)
+        sizes.update(shard_sizes)
+        unlabelled += shard_unlabelled
+    return per_label, sizes, unlabelled
+
+
+def _unseen_detail(label_set: Sequence[str], label_map: Mapping[str, int]) -> str:
+    """Why a label set is rejected: the labels of it that train lacks, by name."""
+    unseen = [label for label in label_set if label not in label_map]
+    named = ", ".join(repr(label) for label in unseen)
+    return (f"label{'s' if len(unseen) > 1 else ''} {named} of the set [{', '.join(repr(label) for label in label_set)}] "
+            f"{'do' if len(unseen) > 1 else 'does'} not occur in train ({len(label_map)} labels)")
+
+
 class WriteShardFn(beam.DoFn):
     """One shard's records -> its Parquet file in the run folder; emit what the manifest needs.
 
     Side inputs: the label map and every read task's counts (to number lines). Outputs: the
     shard's ``{"split", "name", "rows", "row_groups"}``; ``rejected`` (duplicate IDs, unseen
     labels); ``stats``: ``(split, (length histogram, documents capped at max_doc_tokens,
-    documents cut at max_doc_chars))``.
+    documents cut at max_doc_chars))``; with ``problem_type`` ``multi_label_classification``,
+    ``label_stats``: ``(split, LabelStats)``.
     """
 
-    def __init__(self, output_dir: str, run_name: str, files: FileInfo, max_doc_tokens: int):
+    def __init__(self, output_dir: str, run_name: str, files: FileInfo, max_doc_tokens: int,
+                 problem_type: str = SINGLE_LABEL):
         self._output_dir = output_dir
         self._run_name = run_name
         self._files = dict(files)
         self._max_doc_tokens = max_doc_tokens
+        self._problem_type = problem_type
 
     def process(
         self,
@@ -151,15 +220,21 @@ class WriteShardFn(beam.DoFn):
             row_id if row_id is not None else f"{self._files[(split, f)][1]}:{line or offset}"
             for row_id, f, line, offset in zip(places["id"], places["file_index"], line_of, places["offset"])
         ]
+        multi_label = self._problem_type == MULTI_LABEL
+        label_sets = table.column("labels").to_pylist() if multi_label else None
         kept, label_ids, rejected = keep_first_of_each_id(
             ids, list(zip(places["file_index"], places["offset"])), table.column("label").to_pylist(), label_map,
-            split in LABELLED_SPLITS,
+            split in LABELLED_SPLITS, label_sets,
         )
         for i, reason, first in rejected:
             path = self._files[(split, places["file_index"][i])][0]
             if reason == Reason.DUPLICATE_ID:
                 where = describe_place(self._files[(split, places["file_index"][first])][0], line_of[first], places["offset"][first])
                 detail = f"ID {ids[i]!r} already used at {where}; the first is kept"
+            elif reason == Reason.MISSING_LABEL:
+                detail = f"the label set is null; every {split} row needs one"
+            elif label_sets is not None:
+                detail = _unseen_detail(label_sets[i], label_map)
             else:
                 detail = f"label {table.column('label')[i].as_py()!r} does not occur in train ({len(label_map)} labels)"
             yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
@@ -167,14 +242,18 @@ class WriteShardFn(beam.DoFn):
                 places["file_index"][i], 0,
             ))
         picked = pa.array(kept, type=pa.int64())
+        label_column = (
+            {"labels": pa.array(label_ids, type=pa.list_(pa.int64()))} if multi_label
+            else {"label": pa.array(label_ids, type=pa.int64())}
+        )
         out = pa.table(
             {
                 "id": pa.array([ids[i] for i in kept], type=pa.string()),
-                "label": pa.array(label_ids, type=pa.int64()),
+                **label_column,
                 **{name: table.column(name).take(picked)
                    for name in ("input_ids_a", "input_ids_b", "num_tokens_a", "num_tokens_b", "alpha")},
             },
-            schema=shard_schema(_label_names(label_map)),
+            schema=shard_schema(_label_names(label_map), self._problem_type),
         )
         name = shard_name(split, index, count)
         data = parquet_bytes(out)
@@ -185,6 +264,8 @@ class WriteShardFn(beam.DoFn):
         del out, data
         pa.default_memory_pool().release_unused()  # hand this shard's buffers back before the next one
         yield beam.pvalue.TaggedOutput(STATS, (split, stats))
+        if multi_label:
+            yield beam.pvalue.TaggedOutput(LABEL_STATS, (split, _label_stats(label_ids)))
         yield info
 
     def _stats(self, out: pa.Table, char_cut: pa.ChunkedArray) -> tuple[Counter, int, int]:
@@ -269,6 +350,7 @@ class FinalizeFn(beam.DoFn):
         train_files: Sequence[str],
         split_inputs: Mapping[str, Mapping[str, Any]],
         previous: Sequence[str] = (),
+        problem_type: str = SINGLE_LABEL,
     ):
         """Configure the commit.
 
@@ -281,6 +363,9 @@ class FinalizeFn(beam.DoFn):
             split_inputs: per split, what the manifest says of its input (patterns, derived IDs).
             previous: what to delete once committed: the previous run's folder or files
                 (names relative to ``output_dir``).
+            problem_type: ``multi_label_classification`` (``--multi_label``) writes it in the
+                manifest with ``label_counts`` and each split's label-set counts; the default,
+                one label per document, leaves the manifest as it was before label sets.
         """
         self._output_dir = output_dir
         self._run_name = run_name
@@ -289,6 +374,7 @@ class FinalizeFn(beam.DoFn):
         self._train_files = list(train_files)
         self._split_inputs = {split: dict(info) for split, info in split_inputs.items()}
         self._previous = list(previous)
+        self._problem_type = problem_type
 
     def _fail_no_train_rows(self, rejected_files: Sequence[dict]) -> None:
         """Keep this run's rejected rows (where the message points, so the user can see why), delete the rest."""
@@ -305,6 +391,18 @@ class FinalizeFn(beam.DoFn):
             why = "it holds no data rows (empty, or a header only)"
         raise CorpusError(f"no valid rows in {shown}: nothing to train on ({why})")
 
+    @staticmethod
+    def _label_set_info(label_stats: LabelStats | None, label_map: Mapping[str, int]) -> dict[str, Any]:
+        """A split's label-set counts for the manifest: documents per label (every label of the
+        map, 0 included), per set size, with the empty set, and unlabelled."""
+        per_label, sizes, unlabelled = label_stats or (Counter(), Counter(), 0)
+        return {
+            "label_counts": {label: int(per_label.get(index, 0)) for label, index in label_map.items()},
+            "label_set_sizes": {str(size): int(sizes[size]) for size in sorted(sizes)},
+            "empty_label_sets": int(sizes.get(0, 0)),
+            "unlabelled": int(unlabelled),
+        }
+
     def process(
         self,
         _: Any,
@@ -313,14 +411,27 @@ class FinalizeFn(beam.DoFn):
         label_map: Mapping[str, int],
         counts: Mapping[tuple[str, int, int], Mapping[str, int]],
         stats: Mapping[str, dict],
+        label_stats: Mapping[str, LabelStats] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Commit the job's output, or raise.
 
+        ``label_stats``: per split, the ``LabelStats`` of its written rows (multi-label only).
+
         Raises:
-            CorpusError: train has no valid rows (its rejected rows are kept, to say why).
+            CorpusError: train has no valid rows (its rejected rows are kept, to say why), or
+                (multi-label) every train label set is empty.
             RuntimeError: rows or shards were lost on the way (a bug, not a corpus problem).
         """
+        multi_label = self._problem_type == MULTI_LABEL
+        label_stats = label_stats or {}
         if not label_map:
+            train_written = sum(s["rows"] for s in shards if s["split"] == "train")
+            if multi_label and train_written:
+                spanwise_io.remove_tree(spanwise_io.join(self._output_dir, self._run_name))
+                raise CorpusError(
+                    f"every train document ({train_written}) has an empty label set: no label to learn. Is the label "
+                    "column (--label_column) the one holding the labels, and --label_separator what separates them?"
+                )
             self._fail_no_train_rows(rejected_files)
         split_infos: dict[str, dict[str, Any]] = {}
         for split, count in self._shard_counts.items():
@@ -329,7 +440,7 @@ class FinalizeFn(beam.DoFn):
             for index in range(count):
                 name = f"{self._run_name}/{shard_name(split, index, count)}"
                 if name not in present:  # a shard that no ID hashed to: still written, with 0 rows
-                    data = parquet_bytes(shard_schema(_label_names(label_map)).empty_table())
+                    data = parquet_bytes(shard_schema(_label_names(label_map), self._problem_type).empty_table())
                     spanwise_io.write_bytes(spanwise_io.join(self._output_dir, name), data)
                     files.append({"split": split, "name": name, "rows": 0, "row_groups": _row_groups(data)})
             files.sort(key=lambda s: s["name"])
@@ -355,6 +466,8 @@ class FinalizeFn(beam.DoFn):
                 "files": [{"name": f["name"], "rows": f["rows"], "row_groups": f["row_groups"]} for f in files],
                 "stats": stats.get(split, {"documents": 0}),
             }
+            if multi_label:
+                split_infos[split].update(self._label_set_info(label_stats.get(split), label_map))
         if split_infos["train"]["records"] == 0:  # every labelled train row gave no tokens
             self._fail_no_train_rows(rejected_files)
         manifest = {
@@ -365,6 +478,9 @@ class FinalizeFn(beam.DoFn):
             "label_map": dict(label_map),
             "splits": split_infos,
         }
+        if multi_label:
+            manifest["problem_type"] = MULTI_LABEL
+            manifest["label_counts"] = split_infos["train"]["label_counts"]
         write_manifest(self._output_dir, manifest)  # the commit
         for name in self._previous:
             try:

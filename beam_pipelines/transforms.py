@@ -166,9 +166,12 @@ class ReadTaskFn(beam.DoFn):
 
 
 def train_labels(element: tuple[TaskKey, Sequence[Row]]) -> list[str]:
-    """The distinct labels of a batch of train rows (none for other splits)."""
+    """The distinct labels of a batch of train rows (none for other splits); with label sets
+    (``Row.labels``, ``--multi_label``), every label of every set."""
     (split, _, _), rows = element
-    return sorted({row.label for row in rows}) if split == "train" else []
+    if split != "train":
+        return []
+    return sorted({label for row in rows for label in (row.labels if row.labels is not None else (row.label,))})
 
 
 def check_label_count(found: int, max_labels: int, smallest: Sequence[str]) -> None:
@@ -230,8 +233,9 @@ class TokenizeFn(beam.DoFn):
     per ``tokenize_batch_size`` texts (fewer when they exceed ``MAX_CHARS_PER_TOKENIZER_CALL``
     characters), capped at ``max_doc_tokens`` right after each call, and given the
     preprocess-time sequence function if any. A row whose TEXT_A gives no token is rejected
-    (``no_tokens``). Labels stay text here: they are mapped where the shard is written, once the
-    label map of the whole train split is known, so that tokenizing need not wait for it.
+    (``no_tokens``). Labels (and label sets) stay text here: they are mapped where the shard is
+    written, once the label map of the whole train split is known, so that tokenizing need not
+    wait for it.
     The tokenizer is loaded once per worker in ``setup``.
     """
 
@@ -288,6 +292,7 @@ class TokenizeFn(beam.DoFn):
             {
                 "id": [row.id or None for row in kept],
                 "label": [row.label for row in kept],
+                "labels": [None if row.labels is None else list(row.labels) for row in kept],
                 "input_ids_a": ids_a,
                 "input_ids_b": ids_b,
                 "num_tokens_a": lengths_a,

@@ -169,11 +169,12 @@ def _relative(path: str, folder: str) -> str:
 
 def plan_inputs(
     patterns: Mapping[str, Sequence[str]], input_format: str | None, spec: ColumnSpec,
-    label_names: Sequence[str] = (),
+    label_names: Sequence[str] = (), label_separator: str | None = None,
 ) -> InputPlan:
     """List each split's files and look at each one (header, keys or schema) before any work.
 
-    ``label_names`` (``--label_names``) name the integer labels of every file.
+    ``label_names`` (``--label_names``) name the integer labels of every file;
+    ``label_separator`` (``--multi_label``; None: one label per row) makes label cells sets.
 
     Raises:
         ValueError: a pattern matches no file; a file is given twice (in one split or two);
@@ -204,7 +205,7 @@ def plan_inputs(
 
     def inspect(job: tuple) -> InputFile:
         split, index, path, name, size, fmt = job
-        return inspect_file(split, index, path, name, size, fmt, spec, label_names)
+        return inspect_file(split, index, path, name, size, fmt, spec, label_names, label_separator)
 
     remote = any(spanwise_io.is_remote(job[2]) for job in jobs)
     if remote and len(jobs) > 1:

@@ -25,7 +25,16 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 
 import spanwise_io
 from schemas.columns import ColumnMap, ColumnSpec, resolve_columns
-from schemas.rows import LABELLED_SPLITS, REPEATED_HEADER_DETAIL, Reason, Rejection, Row, cut_raw
+from schemas.rows import (
+    LABELLED_SPLITS,
+    MULTI_LABEL_FLAG_HINT,
+    REPEATED_HEADER_DETAIL,
+    Reason,
+    Rejection,
+    Row,
+    cut_raw,
+    split_label_cell,
+)
 from schemas.tsv import UTF8_BOM, is_header_again, parse_line, strip_line_ending, tsv_layout
 
 __all__ = [
@@ -79,7 +88,9 @@ class InputFile:
     with one ID is kept); ``name`` is its path relative to the split's common folder (derived
     IDs and messages); ``row_groups`` holds each Parquet row group's ``(rows, bytes)``;
     ``label_names`` the names of integer labels (``--label_names``, or a Parquet file's Hugging
-    Face ``ClassLabel``), by index.
+    Face ``ClassLabel``), by index. ``label_separator`` is None when a row has one label, and
+    the separator of a text cell's labels when rows hold label sets (``--multi_label``,
+    ``--label_separator``).
     """
 
     split: str
@@ -93,6 +104,12 @@ class InputFile:
     has_header: bool = False
     row_groups: tuple[tuple[int, int], ...] = ()
     label_names: tuple[str, ...] = ()
+    label_separator: str | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether a row's label cell holds a set of labels (``--multi_label``)."""
+        return self.label_separator is not None
 
     @property
     def labelled(self) -> bool:
@@ -147,12 +164,13 @@ def format_of(path: str, given: str | None) -> str:
 
 def inspect_file(
     split: str, index: int, path: str, name: str, size: int, fmt: str, spec: ColumnSpec,
-    label_names: Sequence[str] = (),
+    label_names: Sequence[str] = (), label_separator: str | None = None,
 ) -> InputFile:
     """Read what is needed to plan a file: its header, first object or Parquet schema.
 
     ``label_names`` (``--label_names``) name integer labels; without them, a Parquet file's
-    Hugging Face metadata may (``ClassLabel`` names).
+    Hugging Face metadata may (``ClassLabel`` names). ``label_separator`` (``--multi_label``)
+    makes each label cell a set of labels (``InputFile.label_separator``).
 
     Raises:
         ValueError: the columns asked for are not there (``schemas.columns.resolve_columns``),
@@ -165,7 +183,8 @@ def inspect_file(
     if fmt == "parquet":
         if compression:
             raise ValueError(f"{path}: a Parquet file compresses its own pages; give it without {compression} compression")
-        return _inspect_parquet(split, index, path, name, size, spec, labelled, tuple(label_names))
+        file = _inspect_parquet(split, index, path, name, size, spec, labelled, tuple(label_names))
+        return dataclasses.replace(file, label_separator=label_separator)
     try:
         layout, has_header = _text_layout(path, compression, fmt, spec, labelled)
     except Exception as error:  # noqa: BLE001 (each decompressor has its own error types)
@@ -173,7 +192,8 @@ def inspect_file(
         if damaged is None:
             raise
         raise damaged from None
-    return InputFile(split, index, path, name, fmt, compression, size, layout, has_header, (), tuple(label_names))
+    return InputFile(split, index, path, name, fmt, compression, size, layout, has_header, (), tuple(label_names),
+                     label_separator)
 
 
 def _first_line(handle: IO[bytes]) -> bytes:
@@ -365,22 +385,43 @@ def read_task(task: ReadTask, counts: TaskCounts, decode_errors: str = "strict")
     file = task.file
     if file.label_names:
         for item in _read_task(task, counts, decode_errors):
-            yield _named(item, file) if isinstance(item, Row) and item.label else item
+            if isinstance(item, Row) and (item.labels if file.multi_label else item.label):
+                item = _named_set(item, file) if file.multi_label else _named(item, file)
+            yield item
     else:
         yield from _read_task(task, counts, decode_errors)
+
+
+def _name_of(label: str, names: tuple[str, ...]) -> str | None:
+    """An integer label's name (None: an index without one); any other label as it is."""
+    if not label.isdigit() or label in names:
+        return label
+    index = int(label)
+    return names[index] if index < len(names) else None
+
+
+def _unnamed_detail(label: str, names: tuple[str, ...]) -> str:
+    return f"label {int(label)} has no name: the label names are {len(names)} (0..{len(names) - 1})"
 
 
 def _named(row: Row, file: InputFile) -> Row | Rejection:
     """A row whose integer label is given its name (``file.label_names``); an index without a
     name is rejected. A label that is not an integer stays as it is."""
-    label, names = row.label, file.label_names
-    if not label.isdigit() or label in names:
-        return row
-    index = int(label)
-    if index < len(names):
-        return dataclasses.replace(row, label=names[index])
-    return Rejection.of_row(row, Reason.UNNAMED_LABEL,
-                            f"label {index} has no name: the label names are {len(names)} (0..{len(names) - 1})")
+    name = _name_of(row.label, file.label_names)
+    if name is None:
+        return Rejection.of_row(row, Reason.UNNAMED_LABEL, _unnamed_detail(row.label, file.label_names))
+    return row if name == row.label else dataclasses.replace(row, label=name)
+
+
+def _named_set(row: Row, file: InputFile) -> Row | Rejection:
+    """``_named`` for each label of a row's label set (``--multi_label``)."""
+    assert row.labels is not None
+    named = [_name_of(label, file.label_names) for label in row.labels]
+    if None in named:
+        label = row.labels[named.index(None)]
+        return Rejection.of_row(row, Reason.UNNAMED_LABEL, _unnamed_detail(label, file.label_names))
+    labels = tuple(sorted(set(named)))  # type: ignore[arg-type] (no None left)
+    return row if labels == row.labels else dataclasses.replace(row, labels=labels)
 
 
 def _read_task(task: ReadTask, counts: TaskCounts, decode_errors: str) -> Iterator[Row | Rejection]:
@@ -432,7 +473,7 @@ def _lines(task: ReadTask, counts: TaskCounts) -> Iterator[tuple[int, int, bytes
 
 def _tsv_parser(file: InputFile, decode_errors: str):  # noqa: ANN202 (a closure)
     def parse(line: int, offset: int, raw: bytes) -> Row | Rejection:
-        return parse_line(file.split, file.path, line, raw, decode_errors, file.layout, offset)
+        return parse_line(file.split, file.path, line, raw, decode_errors, file.layout, offset, file.label_separator)
 
     return parse
 
@@ -471,7 +512,10 @@ def _json_kind(value: Any) -> str:
 
 
 def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset: int, raw: str) -> Row | Rejection:
-    """A row from a JSON object or a Parquet row: the values of the layout's columns, checked."""
+    """A row from a JSON object, a CSV record or a Parquet row: the values of the layout's columns, checked.
+
+    Read with ``--multi_label`` (``file.multi_label``), the label cell is a set (``_label_set``).
+    """
     layout = file.layout
 
     def reject(reason: str, detail: str) -> Rejection:
@@ -489,7 +533,7 @@ def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset:
         if role == "label" and isinstance(value, list):  # a Sequence of ClassLabel: one label per row
             if len(value) != 1:
                 return reject(Reason.WRONG_TYPE, f"{column!r} ({role} column) holds {len(value)} labels; "
-                                                 "a document has one label here")
+                                                 f"a document has one label here ({MULTI_LABEL_FLAG_HINT})")
             value = value[0]
         if value is None:
             return ""
@@ -500,10 +544,17 @@ def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset:
     labelled = file.labelled
     row_id = get("id", True, (str, int))
     text_a = get("text", True, (str,))
-    label = get("label", labelled, (str, int))
+    labels: tuple[str, ...] | None | Rejection = None
+    label: str | Rejection = ""
+    if file.multi_label:  # the set is in ``labels``; ``label`` shows it as text
+        labels = _label_set(values, file, reject)
+        if isinstance(labels, tuple):
+            label = str(file.label_separator).join(labels)
+    else:
+        label = get("label", labelled, (str, int))
     text_b = get("text_b", False, (str,))
     alpha = get("alpha", False, (str,))
-    for value in (row_id, text_a, label, text_b, alpha):
+    for value in (row_id, text_a, labels, label, text_b, alpha):
         if isinstance(value, Rejection):
             return value
     assert isinstance(row_id, str) and isinstance(label, str)  # (for the type checker)
@@ -512,9 +563,47 @@ def _row_from_values(values: dict[str, Any], file: InputFile, line: int, offset:
         return reject(Reason.EMPTY_ID, "ID is empty")
     if not str(text_a).strip():
         return reject(Reason.EMPTY_TEXT_A, "the text is empty")
-    if not label and labelled:
+    if file.multi_label and labels is None and labelled:
+        return reject(Reason.MISSING_LABEL, f"the label set is null; every {file.split} row needs one "
+                                            "(an empty list for a document without labels)")
+    if not file.multi_label and not label and labelled:
         return reject(Reason.MISSING_LABEL, f"the label is empty; every {file.split} row needs one")
-    return Row(file.split, file.path, line, row_id, str(alpha), label, str(text_a), str(text_b), raw, offset)
+    return Row(file.split, file.path, line, row_id, str(alpha), label, str(text_a), str(text_b), raw, offset,
+               labels)  # type: ignore[arg-type] (not a Rejection here)
+
+
+def _label_set(values: dict[str, Any], file: InputFile, reject: Any) -> tuple[str, ...] | None | Rejection:
+    """The label set of a JSON object, CSV record or Parquet row read with ``--multi_label``.
+
+    A list (JSON array, Parquet list column) is the set, ``[]`` the empty set, in every split;
+    its items are strings or integers. A string (a CSV cell, a JSON string, a Parquet string
+    column) is split on the separator (``split_label_cell``): empty, it is the empty set in train
+    and dev and an unlabelled row in test, as an empty TSV cell. An integer is a set of one.
+    None (null, a missing key or column) is an unlabelled row: the caller rejects it in train
+    and dev. A missing key of a labelled split is ``missing_field``, as without ``--multi_label``.
+    """
+    column = file.layout.label
+    if column is None:
+        return None
+    if column not in values:
+        return reject(Reason.MISSING_FIELD, f"no {column!r} (label column)") if file.labelled else None
+    value = values[column]
+    if value is None:
+        return None
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                return reject(Reason.WRONG_TYPE, f"{column!r} (label column) holds a list with a {type(item).__name__} "
+                                                 f"item: {str(item)[:80]!r}; the labels of a set are strings or integers")
+        return tuple(sorted({str(item).strip() for item in value} - {""}))
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return reject(Reason.WRONG_TYPE, f"{column!r} (label column) holds a {type(value).__name__}: {str(value)[:80]!r}; "
+                                         "a label set is a list, a string or an integer")
+    if isinstance(value, int):
+        return (str(value),)
+    if not value.strip() and not file.labelled:
+        return None
+    return split_label_cell(value, file.label_separator or "")
 
 
 # --------------------------------------------------------------------------- CSV

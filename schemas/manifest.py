@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import spanwise_io
 from schemas.rows import SPLITS
-from schemas.shard import PROBLEM_TYPES, SINGLE_LABEL
+from schemas.shard import MULTI_LABEL, PROBLEM_TYPES, SINGLE_LABEL
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -123,6 +123,9 @@ def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> 
                 raise ValueError(f"{source}: split {split!r} lacks {key!r}")
         for key in ("read", "records", "rejected"):
             _require_count(info[key], f"splits.{split}.{key}", source)
+        for key in ("empty_label_sets", "unlabelled"):  # multi-label manifests
+            if key in info:
+                _require_count(info[key], f"splits.{split}.{key}", source)
         _validate_files(info["files"], split, source)
         if info["read"] != info["records"] + info["rejected"]:
             raise ValueError(
@@ -203,13 +206,27 @@ def check_compatible(manifest: Mapping[str, Any], tokenizer_identity: Mapping[st
         )
 
 
+# How many labels the statistics list with their train document counts (the most frequent).
+_SHOWN_LABEL_COUNTS = 20
+
+
+def _label_count_line(counts: Mapping[str, int]) -> str:
+    """``train documents per label: tech 40, sport 31, ...``: the most frequent first, cut short."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{label} {count}" for label, count in ordered[:_SHOWN_LABEL_COUNTS])
+    more = len(ordered) - _SHOWN_LABEL_COUNTS
+    return f"train documents per label: {shown}" + (f", ... ({more} more)" if more > 0 else "")
+
+
 def format_stats(manifest: Mapping[str, Any]) -> str:
     """The corpus statistics as a small text table, for people."""
     labels = list(manifest["label_map"])
     unnamed = bool(labels) and all(label.lstrip("-").isdigit() for label in labels)
+    multi_label = problem_type_of(manifest) == MULTI_LABEL
     lines = [
-        f"labels ({len(labels)}): {', '.join(labels)}"
+        f"labels ({len(labels)}{', a set per document: ' + MULTI_LABEL if multi_label else ''}): {', '.join(labels)}"
         + (" (integers without names: give --label_names to name them)" if unnamed else ""),
+        *([_label_count_line(manifest["label_counts"])] if multi_label and "label_counts" in manifest else []),
         f"{'split':<6} {'read':>7} {'written':>7} {'rejected':>8}  "
         f"{'p10':>6} {'p50':>6} {'p90':>6} {'p99':>6} {'max':>7}  {'>126':>6} {'>254':>6} {'>510':>6}",
     ]
@@ -228,6 +245,10 @@ def format_stats(manifest: Mapping[str, Any]) -> str:
         if info.get("rejected_by_reason"):
             reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(info["rejected_by_reason"].items()))
             lines.append(f"       rejected: {reasons}")
+        if "label_set_sizes" in info:
+            sizes = " ".join(f"{size}:{count}" for size, count in info["label_set_sizes"].items()) or "-"
+            unlabelled = f"; unlabelled {info['unlabelled']}" if info.get("unlabelled") else ""
+            lines.append(f"       labels per document: {sizes} (empty sets {info.get('empty_label_sets', 0)}){unlabelled}")
         if info.get("derived_ids"):
             lines.append("       IDs made from file and line (the input has no ID column)")
         capped = [

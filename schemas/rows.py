@@ -23,6 +23,9 @@ __all__ = [
     "cut_raw",
     "describe_place",
     "REPEATED_HEADER_DETAIL",
+    "DEFAULT_LABEL_SEPARATOR",
+    "split_label_cell",
+    "MULTI_LABEL_FLAG_HINT",
 ]
 
 SPLITS = ("train", "dev", "test")
@@ -30,6 +33,11 @@ REQUIRED_SPLITS = ("train", "dev")
 # Splits whose rows must carry a label; test rows may leave it empty (stored as -1).
 LABELLED_SPLITS = ("train", "dev")
 MAX_RAW_CHARS = 1000
+# What separates the labels of a set in a text cell (TSV, CSV, a string in JSON or Parquet)
+# with --multi_label (--label_separator).
+DEFAULT_LABEL_SEPARATOR = "|"
+# How a rejection of a label set read without --multi_label ends: the flag that reads it.
+MULTI_LABEL_FLAG_HINT = "pass --multi_label to read a cell as a set of labels"
 # Not escaped by json.dumps(ensure_ascii=False) (it escapes only the C0 controls), yet line
 # breaks to str.splitlines and to JavaScript before ES2019; they can only occur inside strings.
 _JSON_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
@@ -65,6 +73,13 @@ def cut_raw(text: str) -> str:
 REPEATED_HEADER_DETAIL = "the header line again, inside the file (files joined with cat?); it is not a row"
 
 
+def split_label_cell(text: str, separator: str) -> tuple[str, ...]:
+    """The label set a text cell holds (``--multi_label``): split on ``separator``, each label
+    stripped, empty pieces dropped (``a||b``, a trailing ``|``, a blank cell: none names a label),
+    each label once, sorted (the set, not the order it was written in)."""
+    return tuple(sorted({piece.strip() for piece in text.split(separator)} - {""}))
+
+
 def describe_place(file: str, line: int | None, offset: int) -> str:
     """Where a row is, for messages: ``train.tsv:17`` or ``part.parquet row 41``."""
     return f"{file}:{line}" if line else f"{file} row {offset}"
@@ -86,6 +101,12 @@ class Row:
     (duplicate ID, unseen label, no tokens). TSV rows keep it only where the fields cannot give
     it back (``line_as_read``); rows of the other formats always keep it. It takes no part in
     comparisons.
+
+    ``labels`` is the row's label set when the corpus is read with ``--multi_label``: distinct,
+    stripped, sorted labels (``()``: a document with no label, a valid answer), or None for an
+    unlabelled row (test only). Read without ``--multi_label`` it is always None and ``label``
+    is the label ("" unlabelled). With it, ``label`` keeps the label cell as text (a TSV field,
+    for ``line_as_read``), and only ``labels`` counts.
     """
 
     split: str
@@ -98,6 +119,7 @@ class Row:
     text_b: str
     raw: str = field(default="", compare=False, repr=False)
     offset: int = field(default=0, compare=False)
+    labels: tuple[str, ...] | None = None
 
     def line_as_read(self) -> str:
         """The row as read (cut at ``MAX_RAW_CHARS``), for the dead-letter output."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import IO, Iterator
 
 from schemas.columns import GLUE_LAYOUT, ColumnMap, ColumnSpec, looks_like_header, resolve_columns
-from schemas.rows import LABELLED_SPLITS, REPEATED_HEADER_DETAIL, Reason, Rejection, Row, cut_raw
+from schemas.rows import LABELLED_SPLITS, REPEATED_HEADER_DETAIL, Reason, Rejection, Row, cut_raw, split_label_cell
 
 __all__ = [
     "UTF8_BOM",
@@ -112,6 +112,7 @@ def parse_line(
     decode_errors: str = "strict",
     layout: ColumnMap = GLUE_LAYOUT,
     offset: int = 0,
+    label_separator: str | None = None,
 ) -> Row | Rejection:
     """Parse one raw data line (not a header).
 
@@ -123,6 +124,10 @@ def parse_line(
         decode_errors: ``strict`` rejects undecodable bytes; ``replace`` substitutes U+FFFD.
         layout: the file's columns (``tsv_layout``); the GLUE layout by default.
         offset: the line's byte offset in the file.
+        label_separator: None reads LABEL as one label (a separator in it is part of the label);
+            a string (``--multi_label``) reads it as a set split on it (``schemas.rows.
+            split_label_cell``). An empty LABEL is then the empty set in train and dev, where
+            every row is labelled, and an unlabelled row in test.
 
     Returns:
         A ``Row`` or a ``Rejection``.
@@ -153,16 +158,20 @@ def parse_line(
         text_b = fields[4] if count > len(layout.columns) else ""
     # Rebuilt from the fields, the line would lose outer spaces, an empty 5th field, or the order.
     rebuilds = layout.positional and row_id == fields[0] and label == fields[2] and (count == 4 or fields[4] != "")
+    labels = None
+    if label_separator is not None and (label or split in LABELLED_SPLITS):
+        labels = split_label_cell(label, label_separator)
     row = Row(
         split=split, file=file, line=line, id=row_id, alpha=fields[at_alpha] if at_alpha is not None else "",
         label=label, text_a=fields[at_text], text_b=text_b, raw="" if rebuilds else cut_raw(text), offset=offset,
+        labels=labels,
     )
     # Rejections here carry the line as read, not one rebuilt from the stripped fields.
     if layout.id is not None and not row.id:
         return Rejection(split, file, line, Reason.EMPTY_ID, "ID is empty", cut_raw(text), offset)
     if not row.text_a.strip():
         return Rejection(split, file, line, Reason.EMPTY_TEXT_A, "TEXT_A is empty", cut_raw(text), offset)
-    if not row.label and split in LABELLED_SPLITS:
+    if not row.label and split in LABELLED_SPLITS and label_separator is None:
         return Rejection(
             split, file, line, Reason.MISSING_LABEL, f"LABEL is empty; every {split} row needs one", cut_raw(text), offset
         )

@@ -253,3 +253,92 @@ def test_cli_rejects_unknown_corpus(tmp_path):
     assert result.returncode == 2
     assert "unknown corpus 'imdb'" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- --paired (issue 20)
+
+
+@pytest.fixture(scope="module")
+def bbc_paired(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bbc_paired")
+    return out, datasets.convert("bbc", str(out), paired=True)
+
+
+def test_bbc_paired_pairs_two_documents_of_different_labels_once_each(bbc, bbc_paired):
+    plain_out, plain = bbc
+    out, summary = bbc_paired
+    sources = {split: {row[0]: row for row in rows} for split, rows in _read(plain_out).items()}
+    rows = _read(out)
+    assert summary["paired"] is True and summary["unpaired_fraction"] == 0.0
+    assert summary["source_documents_per_split"] == plain["documents"] == {"train": 1701, "dev": 212, "test": 212}
+    # every document finds a partner (no label holds half of a split): one is left over where the count is odd
+    assert summary["documents"] == summary["pairs"] == {"train": 850, "dev": 106, "test": 106}
+    assert summary["unpaired_dropped"] == {"train": 1, "dev": 0, "test": 0}
+    assert summary["single"] == {"train": 0, "dev": 0, "test": 0}
+    for split in SPLITS:
+        used: list[str] = []
+        for pair_id, alpha, label, text in rows[split]:
+            first, second = pair_id.split("+")
+            one, two = sources[split][first], sources[split][second]  # both from this split: no leak
+            assert one[2] != two[2], pair_id
+            assert label == "|".join(sorted((one[2], two[2])))
+            assert text == f"{one[3]} {two[3]}" and alpha == "a"
+            used += [first, second]
+        assert len(used) == len(set(used)) == 2 * summary["documents"][split]
+        assert len(sources[split]) - len(used) == summary["unpaired_dropped"][split]
+        assert dict(Counter(row[2] for row in rows[split])) == summary["label_sets"][split]
+        assert summary["label_counts"][split] == dict(sorted(Counter(
+            label for row in rows[split] for label in row[2].split("|")).items()))
+    # pairs are drawn, not set by the label sizes: each of the 10 label pairs occurs in train
+    assert len(summary["label_sets"]["train"]) == 10 and min(summary["label_sets"]["train"].values()) >= 30
+    assert summary["labels"] == BBC_LABELS
+
+
+def test_bbc_paired_is_deterministic_and_seeded(bbc_paired, tmp_path):
+    out, summary = bbc_paired
+    again = datasets.convert("bbc", str(tmp_path / "same"), paired=True)
+    assert _files(tmp_path / "same") == _files(out)
+    assert {k: v for k, v in again.items() if k != "files"} == {k: v for k, v in summary.items() if k != "files"}
+    datasets.convert("bbc", str(tmp_path / "other"), paired=True, seed=14)
+    assert all(_files(tmp_path / "other")[split] != _files(out)[split] for split in SPLITS)
+
+
+def test_bbc_paired_unpaired_fraction_varies_the_set_sizes(tmp_path):
+    summary = datasets.convert("bbc", str(tmp_path), paired=True, unpaired_fraction=0.2)
+    assert summary["single"] == {"train": 340, "dev": 42, "test": 42}  # round(0.2 * 1701), round(0.2 * 212)
+    assert summary["pairs"] == {"train": 680, "dev": 85, "test": 85}
+    assert summary["documents"] == {"train": 1020, "dev": 127, "test": 127}
+    for split, rows in _read(tmp_path).items():
+        sizes = Counter(len(row[2].split("|")) for row in rows)
+        assert sizes == {1: summary["single"][split], 2: summary["pairs"][split]}, split
+
+
+def test_pair_documents_leaves_only_the_surplus_of_a_label_holding_more_than_half():
+    import random
+
+    docs = [datasets.Document(f"a{i}", "a", f"text a{i}") for i in range(7)] + [
+        datasets.Document(f"{label}{i}", label, f"text {label}{i}") for label in "bc" for i in range(2)]
+    pairs, counts = datasets.pair_documents(docs, random.Random(3))
+    assert counts == {"pairs": 4, "single": 0, "unpaired_dropped": 3}
+    assert all(sorted(pair.label.split("|"))[0] == "a" for pair in pairs)  # every other document pairs with an "a"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"unpaired_fraction": 0.1}, "give it with --paired"),
+    ({"paired": True, "unpaired_fraction": 1.0}, r"unpaired_fraction must be in \[0, 1\)"),
+])
+def test_paired_bad_arguments(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        datasets.convert("bbc", str(tmp_path / "out"), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_paired(bbc_paired, tmp_path):
+    out, summary = bbc_paired
+    result = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.datasets", "bbc", "--paired", "--output_dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["label_sets"] == summary["label_sets"]
+    assert _files(tmp_path) == _files(out)
