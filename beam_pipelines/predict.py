@@ -70,7 +70,7 @@ from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
 from modeling.classifier import TrainedView
 from modeling.features import parse_views
-from modeling.label_space import LabelSpace
+from modeling.label_space import LabelSpace, input_label_separator
 from modeling.pooling import HEAD_POOLINGS
 from modeling.prediction_output import Tally, format_summary
 from schemas.columns import ColumnSpec
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument(f"--{role}_column", default=None,
                            help=f"the {role} column (default: the first of {default})")
     group.add_argument("--label_names", default=None, metavar="NAMES_OR_FILE", help=LABEL_NAMES_HELP)
+    group.add_argument("--label_separator", default=None, metavar="SEP",
+                       help="a multi-label model: what separates the labels of a text cell (default '|', as "
+                       "preprocessing's --multi_label reads them)")
     group.add_argument("--output_dir", help="folder (local or gs://) for the predictions, rejected/ and summary.json")
     group.add_argument("--eval_views", default=None,
                        help="views per long document: 1, K random draws or 'chunks' (default: the views the model was "
@@ -352,7 +355,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     view = TrainedView.read(opts.model_dir)
     views = parse_views(opts.eval_views if opts.eval_views is not None else view.eval_views)
     spec = ColumnSpec(opts.id_column, opts.label_column, opts.text_column, opts.text_b_column)
-    plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec, parse_label_names(opts.label_names))
+    plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec, parse_label_names(opts.label_names),
+                       input_label_separator(view.label_space, opts.label_separator, opts.model_dir))
     previous = _previous_output(opts.output_dir, opts.overwrite)
     for name in previous:  # --overwrite: the earlier predictions go before this run writes (not kept on failure)
         path = spanwise_io.join(opts.output_dir, name)

@@ -21,9 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from schemas.rows import DEFAULT_LABEL_SEPARATOR
 from schemas.shard import MULTI_LABEL, PROBLEM_TYPES, SINGLE_LABEL
 
-__all__ = ["LabelSpace", "DEFAULT_THRESHOLD", "labelled_rows", "label_tensor", "multi_hot"]
+__all__ = ["LabelSpace", "DEFAULT_THRESHOLD", "labelled_rows", "label_tensor", "multi_hot", "input_label_separator"]
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -124,3 +125,20 @@ class LabelSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label_names": list(self.names), "problem_type": self.problem_type, "threshold": self.threshold}
+
+
+def input_label_separator(space: LabelSpace, given: str | None, model_dir: str) -> str | None:
+    """How prediction reads the label cells of raw input: as sets split on ``given`` (default
+    ``|``, preprocessing's ``--multi_label`` default) for a multi-label model; one label per cell
+    (None) otherwise.
+
+    Raises:
+        ValueError: ``--label_separator`` for a model of one label per document, or an empty one.
+    """
+    if not space.multi_label:
+        if given is not None:
+            raise ValueError(f"--label_separator: {model_dir} predicts one label per document, not label sets; drop it")
+        return None
+    if given is not None and (not given or any(c in given for c in "\t\r\n")):
+        raise ValueError(f"--label_separator {given!r}: give a non-empty separator without tab or line break, e.g. '|'")
+    return DEFAULT_LABEL_SEPARATOR if given is None else given

@@ -269,3 +269,86 @@ def test_a_metric_of_the_other_problem_type_is_refused(label_sets, tiny_model, t
                                            "--metric_for_best_model", "accuracy")))
     with pytest.raises(ValueError, match="--metric_for_best_model accuracy: .* has label sets .* micro_f1"):
         trainer.setup()
+
+
+# ------------------------------------------------------------------- raw documents, end to end
+
+
+@pytest.fixture(scope="module")
+def raw_label_sets(tiny_model, tmp_path_factory) -> dict[str, Any]:  # noqa: F811
+    """The label-set corpus as GLUE-layout TSV (label cells ``food|tech``; the empty set is ``|``,
+    as a test file must say it), run through ``preprocess --multi_label``, and a model trained on it."""
+    from trainer_helpers import label_set_rows, run_preprocess
+
+    root = tmp_path_factory.mktemp("raw_label_sets")
+    (root / "tsv").mkdir()
+    rows = {split: label_set_rows(split, count) for split, count in {"train": 90, "dev": 30, "test": 30}.items()}
+    for split, split_rows in rows.items():
+        lines = [f"{doc_id}\ta\t{'|'.join(labels) or '|'}\t{text}" for doc_id, labels, text in split_rows]
+        (root / "tsv" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = run_preprocess(str(root / "tsv"), str(root / "prep"), "--multi_label")
+    assert manifest["problem_type"] == MULTI_LABEL and manifest["splits"]["test"]["records"] == 30
+    model = root / "model"
+    train_in_process(task_argv(str(root / "prep"), tiny_model, model, "--do_train", "--num_train_epochs", "4",
+                               "--learning_rate", "5e-3", "--seq_len_func", "rs", "--seq_func_params", "8",
+                               "--eval_views", "3", "--metric_for_best_model", "micro_f1"))
+    return {"root": root, "rows": rows, "prep": str(root / "prep"), "model": str(model)}
+
+
+def test_every_prediction_path_agrees_on_label_sets(raw_label_sets, tmp_path):
+    """trainer.predict on the shards (the reference), on the raw TSV, the API and the Beam pipeline:
+    the same label sets, probabilities and view counts, and the same micro-F1 in the summaries."""
+    from beam_pipelines import predict as beam_predict
+    from modeling.classifier import Classifier
+    from trainer.predict import predict
+
+    model, rows = raw_label_sets["model"], raw_label_sets["rows"]["test"]
+    raw = str(raw_label_sets["root"] / "tsv" / "test.tsv")
+    expected_out = tmp_path / "shards.jsonl"
+    shard_summary = predict(["--model_dir", model, "--data_dir", raw_label_sets["prep"], "--split", "test",
+                             "--output", str(expected_out), "--use_cpu", "--quiet"])
+    expected = {r["id"]: r for r in map(json.loads, expected_out.read_text().splitlines())}
+
+    def same(got: dict[str, dict[str, Any]], what: str) -> None:
+        assert set(got) == set(expected), what
+        for doc_id, record in expected.items():
+            assert got[doc_id]["labels"] == record["labels"], (what, doc_id)
+            for name, p in record["probabilities"].items():
+                assert got[doc_id]["probabilities"][name] == pytest.approx(p, abs=2e-5), (what, doc_id, name)
+
+    raw_out = tmp_path / "raw.jsonl"
+    raw_summary = predict(["--model_dir", model, "--input_files", raw, "--output", str(raw_out), "--use_cpu", "--quiet"])
+    same({r["id"]: r for r in map(json.loads, raw_out.read_text().splitlines())}, "trainer.predict --input_files")
+    assert raw_summary["labelled"] == shard_summary["labelled"] == len(rows)  # "|" is a labelled empty set
+    for name in ("micro_f1", "macro_f1", "exact_match"):
+        assert raw_summary[name] == pytest.approx(shard_summary[name]), name
+
+    api = Classifier.from_pretrained(model, device="cpu").predict([text for _, _, text in rows],
+                                                                  ids=[doc_id for doc_id, _, _ in rows])
+    same({p.id: {"labels": list(p.labels), "probabilities": p.probabilities} for p in api}, "Classifier.predict")
+
+    out_dir = tmp_path / "beam"
+    beam_summary = beam_predict.run(["--model_dir", model, "--input_files", raw, "--output_dir", str(out_dir),
+                                     "--batch_size", "5", "--quiet"])
+    got: dict[str, dict[str, Any]] = {}
+    for name in sorted(p.name for p in out_dir.iterdir() if p.name.startswith("predictions-")):
+        got.update({r["id"]: r for r in map(json.loads, (out_dir / name).read_text().splitlines())})
+    same(got, "beam_pipelines.predict")
+    assert beam_summary["views"] == raw_summary["views"] == sum(p.views for p in api)
+    for name in ("micro_f1", "macro_f1", "exact_match", "labelled"):
+        assert beam_summary[name] == pytest.approx(raw_summary[name]), name
+
+
+def test_prediction_flags_for_label_sets(raw_label_sets, tmp_path):
+    from trainer.predict import main
+
+    raw = str(raw_label_sets["root"] / "tsv" / "test.tsv")
+    assert main(["--model_dir", raw_label_sets["model"], "--input_files", raw, "--output", str(tmp_path / "p.jsonl"),
+                 "--threshold", "1.5", "--use_cpu"]) == 2
+    # another separator: the test file's cells then read as one label each, and "food|tech" is unknown
+    summary_path = tmp_path / "s.json"
+    assert main(["--model_dir", raw_label_sets["model"], "--input_files", raw, "--output", str(tmp_path / "p.jsonl"),
+                 "--label_separator", ";", "--use_cpu", "--quiet", "--summary_output", str(summary_path)]) == 0
+    summary = json.loads(summary_path.read_text())
+    two = sum(len(labels) == 2 for _, labels, _ in raw_label_sets["rows"]["test"])
+    assert summary["unknown_labels"] == two + sum(len(labels) == 0 for _, labels, _ in raw_label_sets["rows"]["test"])

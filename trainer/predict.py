@@ -43,11 +43,11 @@ from modeling.classifier import (
     score_views,
 )
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
-from modeling.label_space import labelled_rows
+from modeling.label_space import input_label_separator, labelled_rows
 from modeling.prediction_output import PredictionWriter, Tally, format_summary
 from schemas.columns import ColumnSpec
 from schemas.manifest import check_compatible, problem_type_of, read_manifest
-from schemas.rows import Reason, Rejection, Row, describe_place
+from schemas.rows import DEFAULT_LABEL_SEPARATOR, Reason, Rejection, Row, describe_place
 from spanwise_io.progress import Progress
 from tokenization.seq_len import validate_seq_config
 from tokenization.tokenizer import load_tokenizer, tokenizer_identity
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                           ("text_b", "text_b, sentence2")):
         raw.add_argument(f"--{role}_column", default=None, help=f"the {role} column (default: the first of {default})")
     raw.add_argument("--label_names", default=None, metavar="NAMES_OR_FILE", help=LABEL_NAMES_HELP)
+    raw.add_argument("--label_separator", default=None, metavar="SEP",
+                     help=f"a multi-label model: what separates the labels of a text cell (default {DEFAULT_LABEL_SEPARATOR!r}, "
+                     "as preprocessing's --multi_label reads them)")
     raw.add_argument("--rejected_output", default=None,
                      help="rejected rows as JSONL, each with its file, line, reason and the row as read "
                           "(default: the --output path with .rejected.jsonl)")
@@ -227,8 +230,9 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--input_files runs in one process; to predict on many GPUs or machines use "
                          "python -m beam_pipelines.predict")
     spec = ColumnSpec(args.id_column, args.label_column, args.text_column, args.text_b_column)
+    separator = input_label_separator(TrainedView.read(args.model_dir).label_space, args.label_separator, args.model_dir)
     plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec,  # columns checked first
-                       parse_label_names(args.label_names))
+                       parse_label_names(args.label_names), separator)
     classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
                                             bf16=args.bf16, fp16=args.fp16, threshold=args.threshold)
     views = parse_views(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
