@@ -158,6 +158,30 @@ def test_inverted_variant_reverses_sentence_order(capsys, tmp_path):
         module.parse([*argv, "--prep_dir", str(tmp_path)])
 
 
+def test_paired_variant_trains_on_label_sets(capsys, tmp_path):
+    module = load_study()
+    argv = ["--corpus", "bbc", "--work_dir", str(tmp_path), "--train_limit", "200", "--funcs", "head",
+            "chunks-attention", "--variant", "paired", "--seeds", "13", "--dry-run"]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    data = [line for line in out.splitlines() if line.startswith("# data:")]
+    assert data[0].endswith("--seed 13 --paired") and "tsv-paired" in data[0]
+    assert data[-1].endswith("--multi_label") and "train200-devall-paired" in data[-1]
+    assert not [line for line in out.splitlines() if " trainer.predict " in line]  # one view each: no K-view runs
+    args = module.parse(argv)
+    assert args.metric == "micro_f1" and args.eval_views == ["1"] and args.section == "paired"
+    assert module.corpus_title(args).endswith("paired (two documents of different labels in one, both labels: multi-label)")
+    with pytest.raises(SystemExit, match="paired .* drop --eval_views"):
+        module.parse([*argv, "--eval_views", "1", "4"])
+    # the table's metric is the cells' micro-F1
+    cells = [{"func": "head", "status": "done", "seed": seed, "final": {"micro_f1": f1, "macro_f1": f1 - 0.1},
+              "train_samples_per_s": 10.0, "train_seconds": 5.0, "eval_docs_per_s": 20.0, "views": {},
+              "history": [{"epoch": 1.0, "micro_f1": f1}]} for seed, f1 in ((13, 0.5), (14, 0.7))]
+    rows = module.aggregate(cells, ["head"], ["1"], "micro_f1")
+    assert rows[0]["micro_f1"] == [0.5, 0.7] and rows[0]["epochs"][0]["mean"] == pytest.approx(0.6)
+    assert module.fmt_pct(rows[0]["micro_f1"]) == "60.00 ± 14.14"
+
+
 def test_update_markdown_appends_and_replaces(tmp_path):
     module = load_study()
     path = tmp_path / "results.md"
