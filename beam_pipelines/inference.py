@@ -38,10 +38,10 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from beam_pipelines.transforms import REJECTED, TaskKey
 from modeling.features import Example
-from spanwise_io.progress import SharedCounts
 from modeling.label_space import LabelSpace
 from modeling.prediction_output import Tally
 from schemas.rows import Reason, Rejection, Row, describe_place
+from spanwise_io.progress import SharedCounts
 
 __all__ = ["DocKey", "ViewKey", "ViewsFn", "ViewModelHandler", "PoolLogitsFn", "CollectStatesFn", "ApplyHeadFn",
            "KeepFirstIdFn", "TallyFn", "to_record", "view_tokens"]

@@ -43,9 +43,9 @@ import torch
 
 import spanwise_io
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from modeling.label_space import DEFAULT_THRESHOLD, LabelSpace
 from modeling.pooling import HEAD_POOLINGS, batch_inputs, model_input_names, pool_logits
 from modeling.window_heads import MODEL_TYPE, WindowHead, WindowHeadConfig, WindowHeadForSequenceClassification
-from modeling.label_space import DEFAULT_THRESHOLD, LabelSpace
 from schemas.shard import SINGLE_LABEL
 from spanwise_io.progress import Progress
 from tokenization.documents import cap_tokens, tokenize_texts
