@@ -306,3 +306,33 @@ def test_inconsistent_budget_flags_are_refused(flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         parse_args(["--data_dir", "d", "--model_name", "m", "--task_name", "t", "--output_dir", "o",
                     "--max_seq_length", "64", *flags])
+
+
+def test_torchrun_two_ranks_budget_batches(prep, tiny_model, tmp_path):
+    """A real 2-process CPU run under a token budget: the ranks agree on every epoch's batch count (the
+    larger of their own; the other rank's extra batches are empty), train to the end without a hang,
+    and their shares of each epoch are disjoint and cover the split."""
+    import subprocess
+    import sys
+
+    from trainer_helpers import REPO_ROOT, subprocess_env
+
+    trace, out = tmp_path / "trace.jsonl", tmp_path / "out"
+    argv = task_argv(prep["data_dir"], tiny_model, out, "--do_train", "--max_tokens_per_batch", str(BUDGET),
+                     "--seq_len_func", "rs", "--seq_func_params", str(SPAN), "--num_train_epochs", "2",
+                     "--shuffle_buffer", "16", "--sample_trace_file", str(trace))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trainer.task", *argv],
+        cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    traces = [read_trace(tmp_path / f"trace.rank{rank}.jsonl") for rank in (0, 1)]
+    keys = [[(r["epoch"], r["batch"]) for r in records] for records in traces]
+    assert keys[0] == keys[1]
+    epochs = json.loads((out / "train_results.json").read_text())["epochs"]
+    for epoch in range(2):
+        shares = [[doc for r in records if r["epoch"] == epoch for doc in r["ids"]] for records in traces]
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == sorted(row[0] for row in prep["rows"]["train"])
+        assert epochs[epoch]["documents"] == 90  # gathered from both ranks
+        assert epochs[epoch]["batches"] == 2 * sum(1 for key in keys[0] if key[0] == epoch)

@@ -19,6 +19,10 @@ The order is a pure function of (seed, epoch, rank, world size, batch size, buff
 resumed run restarts at batch ``start`` of its epoch and sees exactly the samples the
 interrupted run would have seen, with no read of the skipped ones.
 
+With ``--max_tokens_per_batch`` (``trainer.budget.TokenBudgetPlan``) step 3 cuts each window by
+tokens instead of rows, from view lengths read once at set-up; the per-window batch counts are
+made in the main process, so steps 4 and the resume at batch ``start`` are unchanged.
+
 Bad data is found as early as it can be. ``trainer.shards.scan_split`` (before the first step) lists the folder
 and reads every shard's Parquet footer: a missing, empty, non-Parquet, truncated or foreign file,
 row counts that disagree with manifest.json and labels or token ids out of range (from the
