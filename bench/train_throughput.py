@@ -1,7 +1,8 @@
 """Training throughput: steady-state samples/s of our loop against a Hugging Face ``Trainer``.
 
     python bench/train_throughput.py [--models tiny,minilm] [--steps_tiny 150] [--steps_minilm 20] \\
-        [--variants adamw_torch_fused,adamw_torch,group_by_length,torch_compile] [--torch_compile_backend inductor] \\
+        [--variants adamw_torch_fused,adamw_torch,group_by_length,torch_compile,max_tokens,max_tokens_grouped,pack_views] \
+        [--torch_compile_backend inductor] [--max_tokens_per_batch N] \\
         [--warmup_steps 5] [--repeats 3] [--batch_size 8] [--max_seq_length 128] [--threads 1] \\
         [--corpus 20newsgroups|bbc] [--work_dir DIR] [--json FILE]
 
@@ -21,6 +22,14 @@ options on both sides, under the same names:
     fused AdamW + ``--torch_compile`` with ``--torch_compile_backend`` (inductor by default, as
     torch's and HF's). Compilation falls in the untimed warm-up steps; a new batch shape later
     may recompile inside the timed ones (dynamic padding), on both sides alike.
+
+``max_tokens``, ``max_tokens_grouped``, ``pack_views`` (issue 21; ours only: the HF Trainer has neither)
+    fused AdamW + ``--max_tokens_per_batch`` (default batch size x max_seq_length, the most a fixed
+    batch can hold), + ``--group_by_length``, or + ``--pack_views``. Their batches hold varying
+    numbers of documents: samples/s counts the documents of each timed step (from the run's
+    ``--sample_trace_file``); the table adds our padding fraction (``train_results.json``'s, over
+    the whole run), the rate against ours with fixed batches, and real (non-pad) tokens per
+    CPU-second, which does not depend on how long the documents of the few timed steps were.
 
 Without grouping both sides train the same model on the same documents, batch by batch identical:
 
@@ -154,6 +163,14 @@ def _child_ours(args: argparse.Namespace) -> dict[str, Any]:
                                       "--sample_trace_file", trace]))
         trainer.setup()
         shapes = _shape_log(trainer.model)
+        tokens: list[list[int]] = []  # (real, padded) tokens of every batch
+        count = trainer.padding.add
+
+        def add(batch: dict[str, Any]) -> None:
+            tokens.append([int(batch.get("real_tokens", 0)), int(batch.get("padded_tokens", 0))])
+            count(batch)
+
+        trainer.padding.add = add
         stamps = _step_clock()
         trainer.train()
         trainer.close()
@@ -162,7 +179,7 @@ def _child_ours(args: argparse.Namespace) -> dict[str, Any]:
     real = sum(entry["real_tokens"] for entry in trainer.epoch_stats)
     padded = sum(entry["padded_tokens"] for entry in trainer.epoch_stats)
     return {"stamps": stamps, "threads_at_step": _THREADS[:1], "shapes": shapes, "cpu_stamps": _CPU_STAMPS,
-            "docs_per_step": docs, "padding_fraction": 1 - real / padded if padded else 0.0}
+            "docs_per_step": docs, "tokens_per_step": tokens, "padding_fraction": 1 - real / padded if padded else 0.0}
 
 
 def _our_examples(args: argparse.Namespace, trainer: Any) -> list[dict[str, Any]]:
@@ -292,10 +309,19 @@ def _padded_length(shapes: list[list[int]]) -> float:
     return sum(rows * length for rows, length in shapes) / max(sum(rows for rows, _ in shapes), 1)
 
 
-def _median_step_rate(stamps: list[float], warmup: int, batch_size: int) -> float:
-    """batch / the median step duration over the timed steps: robust to a neighbour's burst."""
+def _median_step_rate(stamps: list[float], warmup: int, batch_size: int, docs_per_step: Sequence[int] | None = None) -> float:
+    """The median over the timed steps of documents / step duration: robust to a neighbour's burst."""
     durations = [b - a for a, b in zip(stamps[warmup - 1 :], stamps[warmup:])]
-    return batch_size / _common.median(durations)
+    docs = docs_per_step[warmup : len(stamps)] if docs_per_step else [batch_size] * len(durations)
+    return _common.median(n / d for n, d in zip(docs, durations))
+
+
+def _token_rate(clock: list[float], warmup: int, tokens: Sequence[Sequence[int]] | None) -> float:
+    """Real (non-pad) tokens per second over the timed steps: the work rate whatever the batches' sizes
+    and however long the documents of the few timed steps happened to be (NaN without the counts)."""
+    if not tokens:
+        return float("nan")
+    return sum(real for real, _ in tokens[warmup : len(clock)]) / (clock[-1] - clock[warmup - 1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = _common.run_json_child(command, _common.child_env(args.threads), timeout=1800)
             docs = out.get("docs_per_step")
             out["samples_per_s"] = _rate(out["stamps"], args.warmup_steps, args.batch_size, docs)
-            out["median_step_samples_per_s"] = _median_step_rate(out["stamps"], args.warmup_steps, args.batch_size)
+            out["median_step_samples_per_s"] = _median_step_rate(out["stamps"], args.warmup_steps, args.batch_size, docs)
+            out["real_tokens_per_s"] = _token_rate(out["stamps"], args.warmup_steps, out.get("tokens_per_step"))
+            out["real_tokens_per_cpu_s"] = _token_rate(out["cpu_stamps"], args.warmup_steps, out.get("tokens_per_step"))
             out["samples_per_cpu_s"] = _rate(out["cpu_stamps"], args.warmup_steps, args.batch_size, docs)
             out["padded_length"] = _padded_length(out["shapes"])
             out["steps"] = len(out["stamps"])
@@ -340,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _common.log(f"round {repeat + 1}/{args.repeats} {model:>7} {variant:>17} {side:>4}: {out['samples_per_s']:8.1f} "
                         f"samples/s ({out['steps']} steps; by median step {out['median_step_samples_per_s']:.1f}; "
                         f"per CPU-second {out['samples_per_cpu_s']:.1f}; padded length {out['padded_length']:.1f}; "
-                        f"padding fraction {out.get('padding_fraction', float('nan')):.3f}; "
+                        f"padding fraction {out.get('padding_fraction', float('nan')):.3f}; real tokens/s "
+                        f"{out['real_tokens_per_s']:.0f} (per CPU-second {out['real_tokens_per_cpu_s']:.0f}); "
                         f"torch threads {out.get('threads_at_step')})")
 
     print(f"\nTraining throughput, {args.corpus} shards, head at max_seq_length {args.max_seq_length}, batch "
@@ -348,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.repeats} interleaved round(s), {os.cpu_count()} cores; torch_compile backend {args.torch_compile_backend}")
     print(f"{'model':>8} | {'variant':>18} | {'steps':>5} | {'ours samples/s':>24} | {'HF Trainer samples/s':>24} | "
           f"{'ours / HF':>9} | {'ours / HF (CPU)':>15} | {'padded len ours / HF':>20} | {'padding ours':>12} | "
-          f"{'vs fixed':>8} | same batches")
+          f"{'vs fixed':>8} | {'real tok/CPU-s':>14} | same batches")
     summary: dict[str, Any] = {}
     for model in models:
         fixed = results.get((model, "adamw_torch_fused", "ours"))
@@ -360,9 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu = {side: [r["samples_per_cpu_s"] for r in runs[side]] for side in runs}
             padded = {side: _common.median(r["padded_length"] for r in runs[side]) for side in runs}
             padding = _common.median(r.get("padding_fraction", float("nan")) for r in runs["ours"])
+            token_cpu = _common.median(r["real_tokens_per_cpu_s"] for r in runs["ours"])
             versus_fixed = _common.median(rate["ours"]) / fixed_rate if fixed_rate else float("nan")
             item: dict[str, Any] = {"ours": rate["ours"], "ours_cpu": cpu["ours"], "padded_length": padded,
-                                    "padding_fraction": padding, "vs_fixed": versus_fixed}
+                                    "padding_fraction": padding, "vs_fixed": versus_fixed, "real_tokens_per_cpu_s": token_cpu}
             if "hf" in runs:
                 item.update(hf=rate["hf"], hf_cpu=cpu["hf"], ratio=_common.median(rate["ours"]) / _common.median(rate["hf"]),
                             cpu_ratio=_common.median(cpu["ours"]) / _common.median(cpu["hf"]),
@@ -376,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 same = "-"
             summary[f"{model}|{variant}"] = item
             print(f"{model:>8} | {variant:>18} | {models[model][1]:>5} | {_common.spread_float(rate['ours']):>24} | {hf_cells} | "
-                  f"{padding:12.3f} | {versus_fixed:7.2f}x | {same}")
+                  f"{padding:12.3f} | {versus_fixed:7.2f}x | {token_cpu:14.0f} | {same}")
     compared = {key: item for key, item in summary.items() if "ratio" in item}
     met = [key for key, item in compared.items() if item["ratio"] >= 1.0]
     missed = [f"{key} {item['ratio']:.2f}x" for key, item in compared.items() if item["ratio"] < 1.0]

@@ -62,27 +62,31 @@ class RowCosts:
                  view_lengths: Callable[[int, int], list[int]], on_problem: Callable[[Exception], None]) -> None:
         from trainer.shards import ShardProblem
 
-        offsets = [0]
-        views: list[int] = []
-        row_offsets = [0]
+        unit_rows = [0]
+        view_arrays: list[np.ndarray] = []  # per unit (Python lists never hold more than one unit)
+        count_arrays: list[np.ndarray] = []
+        memo: dict[tuple[int, int], list[int]] = {}
         for unit in units:
             try:
                 len_a, len_b = lengths_of_unit(unit)
+                unit_views, unit_counts = [], []
+                for key in zip(len_a.tolist(), len_b.tolist()):
+                    if key not in memo:
+                        if len(memo) >= 100_000:  # distinct (len_a, len_b) pairs: bounded
+                            memo.clear()
+                        memo[key] = view_lengths(*key)
+                    unit_views += memo[key]
+                    unit_counts.append(len(memo[key]))
             except ShardProblem as problem:
                 on_problem(problem)  # (raises unless skipping): its rows get no views, as the reader skips them
-                row_offsets += [len(views)] * int(unit.rows)
-                offsets.append(len(row_offsets) - 1)
-                continue
-            memo: dict[tuple[int, int], list[int]] = {}
-            for key in zip(len_a.tolist(), len_b.tolist()):
-                if key not in memo:
-                    memo[key] = view_lengths(*key)
-                views += memo[key]
-                row_offsets.append(len(views))
-            offsets.append(len(row_offsets) - 1)
-        self.unit_offsets = np.asarray(offsets, dtype=np.int64)
-        self.row_offsets = np.asarray(row_offsets, dtype=np.int64)
-        self.view_lengths = np.asarray(views, dtype=np.int32)
+                unit_views, unit_counts = [], [0] * int(unit.rows)
+            view_arrays.append(np.asarray(unit_views, dtype=np.int32))
+            count_arrays.append(np.asarray(unit_counts, dtype=np.int64))
+            unit_rows.append(unit_rows[-1] + len(unit_counts))
+        self.unit_offsets = np.asarray(unit_rows, dtype=np.int64)
+        self.view_lengths = np.concatenate(view_arrays) if view_arrays else np.zeros(0, dtype=np.int32)
+        counts = np.concatenate(count_arrays) if count_arrays else np.zeros(0, dtype=np.int64)
+        self.row_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         counts = np.diff(self.row_offsets)
         self.longest = np.zeros(len(counts), dtype=np.int32)
         nonempty = counts > 0
