@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PACKABLE_MODEL_TYPES", "first_fit", "packed_cost", "collate_packed", "check_packable", "PackedForward"]
+__all__ = ["PACKABLE_MODEL_TYPES", "first_fit", "collate_packed", "check_packable", "PackedForward"]
 
 PACKABLE_MODEL_TYPES = ("bert",)
 _ATTENTION = ("sdpa", "eager")
@@ -58,15 +58,6 @@ def first_fit(lengths: Sequence[int], capacity: int) -> list[int]:
 
 def _round_up(length: int, multiple: int | None) -> int:
     return -(-length // multiple) * multiple if multiple else length
-
-
-def packed_cost(lengths: Sequence[int], capacity: int, pad_to_multiple_of: int | None = None) -> int:
-    """Tokens of the packed batch of these views: rows x (longest row, rounded up)."""
-    if not len(lengths):
-        return 0
-    rows = first_fit(lengths, capacity)
-    fills = np.bincount(rows, weights=np.asarray(lengths, dtype=np.float64))
-    return len(fills) * _round_up(int(fills.max()), pad_to_multiple_of)
 
 
 def collate_packed(examples: Sequence[Any], pad_token_id: int, capacity: int,

@@ -256,6 +256,23 @@ def _tiny_bert(attention: str):
     return BertForSequenceClassification(config).eval()
 
 
+def test_the_cut_packs_as_the_collate_does():
+    """The cut's incremental first-fit (document by document) gives the rows collate_packed makes."""
+    from modeling.packing import first_fit
+    from trainer.budget import _first_fit_into
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        lengths = rng.integers(1, 65, rng.integers(1, 30)).tolist()
+        fills: list[int] = []
+        for start in range(0, len(lengths), 3):  # documents of up to 3 views
+            fills = _first_fit_into(fills, lengths[start : start + 3], 64)
+        rows = first_fit(lengths, 64)
+        assert fills == np.bincount(rows, weights=lengths).astype(int).tolist()
+    with pytest.raises(ValueError, match="does not fit"):
+        first_fit([10, 65], 64)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_packed_and_unpacked_logits_agree(attention):
     """Views of 1 to 64 tokens (pairs with token types too), packed into rows of 64: each view's logits

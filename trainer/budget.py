@@ -37,9 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from modeling.packing import first_fit
-
-__all__ = ["RowCosts", "TokenBudgetPlan", "cut_batches", "batch_cost"]
+__all__ = ["RowCosts", "TokenBudgetPlan", "cut_batches"]
 
 
 def _round_up(length: int, multiple: int | None) -> int:
@@ -104,17 +102,6 @@ class RowCosts:
         return self.view_lengths[self.row_offsets[row] : self.row_offsets[row + 1]]
 
 
-def batch_cost(view_lengths: Sequence[int], pad_to_multiple_of: int | None = None, pack_capacity: int | None = None) -> int:
-    """Tokens (rows x padded length) of a batch holding these views."""
-    if not len(view_lengths):
-        return 0
-    if pack_capacity:
-        rows = first_fit(view_lengths, pack_capacity)
-        fills = np.bincount(rows, weights=np.asarray(view_lengths, dtype=np.float64))
-        return len(fills) * _round_up(int(fills.max()), pad_to_multiple_of)
-    return len(view_lengths) * _round_up(max(view_lengths), pad_to_multiple_of)
-
-
 def cut_batches(costs: RowCosts, rows: np.ndarray, max_tokens: int, pad_to_multiple_of: int | None = None,
                 pack_capacity: int | None = None) -> list[int]:
     """Sizes (in documents) of the consecutive batches ``rows`` is cut into, greedily: a document
@@ -150,7 +137,8 @@ def cut_batches(costs: RowCosts, rows: np.ndarray, max_tokens: int, pad_to_multi
 
 
 def _first_fit_into(fills: list[int], lengths: Sequence[int], capacity: int) -> list[int]:
-    """Row fills after adding ``lengths`` first-fit (as ``modeling.packing.first_fit`` places them)."""
+    """Row fills after adding ``lengths`` first-fit, as ``modeling.packing.first_fit`` places them
+    (incrementally: the cut tries each document on the batch so far; a test checks the two agree)."""
     for length in lengths:
         for index, fill in enumerate(fills):
             if fill + length <= capacity:
