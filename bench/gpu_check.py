@@ -104,23 +104,27 @@ def make_shards(directory: Path, tokenizer: Any, tokenizer_dir: Path, docs: dict
     })
 
 
-def _rate(stamps: Sequence[float], warmup: int, batch_size: int) -> float:
-    return (len(stamps) - warmup) * batch_size / (stamps[-1] - stamps[warmup - 1])
+def _rate(stamps: Sequence[float], warmup: int, batch_size: int, docs_per_step: Sequence[int] | None = None) -> float:
+    """Documents per second after the warm-up (``docs_per_step``: token-budget batches vary in size)."""
+    documents = sum(docs_per_step[warmup : len(stamps)]) if docs_per_step else (len(stamps) - warmup) * batch_size
+    return documents / (stamps[-1] - stamps[warmup - 1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/gpu_check.sh", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model, few steps, on the CPU (checks this script)")
     parser.add_argument("--work_dir", default="/tmp/spanwise-gpu-check")
-    parser.add_argument("--variants", default="adamw_torch_fused,group_by_length,torch_compile")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 150; smoke 8)")
-    parser.add_argument("--warmup_steps", type=int, default=None, help="untimed steps (default 30; smoke 3)")
+    parser.add_argument("--variants", default="adamw_torch_fused,group_by_length,torch_compile,max_tokens_grouped,pack_views",
+                        help="of bench/train_throughput.py's; max_tokens, max_tokens_grouped and pack_views (issue 21: "
+                        "--max_tokens_per_batch batch x 512, with --group_by_length, with --pack_views) run ours only")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 60; smoke 8)")
+    parser.add_argument("--warmup_steps", type=int, default=None, help="untimed steps (default 15; smoke 3)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers on both sides")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    steps = args.steps or (8 if args.smoke else 150)
-    warmup = args.warmup_steps or (3 if args.smoke else 30)
+    steps = args.steps or (8 if args.smoke else 60)
+    warmup = args.warmup_steps or (3 if args.smoke else 15)
     batch = 4 if args.smoke else args.batch_size
     import torch
     import transformers
@@ -146,9 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = args.variants.split(",")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    from train_throughput import OURS_ONLY
+
     rows: dict[str, dict[str, float]] = {}
+    padding: dict[str, float] = {}
     for variant in variants:
-        for side in ("ours", "hf"):
+        for side in ("ours",) if variant in OURS_ONLY else ("ours", "hf"):
             command = [sys.executable, str(REPO_ROOT / "bench" / "train_throughput.py"), "--child", side,
                        "--data", str(prep_dir), "--model", str(model_dir), "--steps", str(steps), "--batch_size", str(batch),
                        "--max_seq_length", "512", "--threads", str(os.cpu_count() or 1), "--variant", variant,
@@ -161,19 +168,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.setdefault(variant, {})[side] = float("nan")
                 continue
             out = json.loads(lines[-1])
-            rate = _rate(out["stamps"], warmup, batch)
+            rate = _rate(out["stamps"], warmup, batch, out.get("docs_per_step"))
             rows.setdefault(variant, {})[side] = rate
+            if side == "ours":
+                padding[variant] = out.get("padding_fraction", float("nan"))
             log(f"{variant:>17} {side:>4}: {rate:9.1f} samples/s ({len(out['stamps'])} steps, process "
                 f"{time.perf_counter() - started:.0f} s)")
     print(f"\n{gpu}: bf16, BERT-base-size random init (smoke: tiny), max_seq_length 512, head, batch {batch}, "
           f"{steps} steps ({warmup + 1}..{steps} timed), dataloader_num_workers {args.workers}")
-    print(f"{'variant':>17} | {'ours samples/s':>14} | {'HF samples/s':>12} | ours / HF")
+    print(f"{'variant':>18} | {'ours samples/s':>14} | {'HF samples/s':>12} | ours / HF | padding ours | vs fixed")
+    fixed = rows.get("adamw_torch_fused", {}).get("ours", float("nan"))
     for variant, rates in rows.items():
         ratio = rates.get("ours", float("nan")) / rates.get("hf", float("nan"))
-        print(f"{variant:>17} | {rates.get('ours', float('nan')):14.1f} | {rates.get('hf', float('nan')):12.1f} | {ratio:8.2f}x")
+        hf = (f"{rates['hf']:12.1f} | {ratio:8.2f}x") if "hf" in rates else f"{'-':>12} | {'-':>9}"
+        print(f"{variant:>18} | {rates.get('ours', float('nan')):14.1f} | {hf} | "
+              f"{padding.get(variant, float('nan')):12.3f} | {rates.get('ours', float('nan')) / fixed:7.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "steps": steps, "batch": batch, "rows": rows}, indent=2))
-    return 0 if all(rate == rate for rates in rows.values() for rate in rates.values()) else 1
+        Path(args.json).write_text(json.dumps({"gpu": gpu, "steps": steps, "batch": batch, "rows": rows,
+                                               "padding_fraction": padding}, indent=2))
+    return 0 if all(rate == rate for rates in rows.values() for rate in rates.values()) else 1  # NaN: a side failed
 
 
 if __name__ == "__main__":

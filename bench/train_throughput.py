@@ -1,7 +1,8 @@
 """Training throughput: steady-state samples/s of our loop against a Hugging Face ``Trainer``.
 
     python bench/train_throughput.py [--models tiny,minilm] [--steps_tiny 150] [--steps_minilm 20] \\
-        [--variants adamw_torch_fused,adamw_torch,group_by_length,torch_compile] [--torch_compile_backend inductor] \\
+        [--variants adamw_torch_fused,adamw_torch,group_by_length,torch_compile,max_tokens,max_tokens_grouped,pack_views] \
+        [--torch_compile_backend inductor] [--max_tokens_per_batch N] \\
         [--warmup_steps 5] [--repeats 3] [--batch_size 8] [--max_seq_length 128] [--threads 1] \\
         [--corpus 20newsgroups|bbc] [--work_dir DIR] [--json FILE]
 
@@ -21,6 +22,14 @@ options on both sides, under the same names:
     fused AdamW + ``--torch_compile`` with ``--torch_compile_backend`` (inductor by default, as
     torch's and HF's). Compilation falls in the untimed warm-up steps; a new batch shape later
     may recompile inside the timed ones (dynamic padding), on both sides alike.
+
+``max_tokens``, ``max_tokens_grouped``, ``pack_views`` (issue 21; ours only: the HF Trainer has neither)
+    fused AdamW + ``--max_tokens_per_batch`` (default batch size x max_seq_length, the most a fixed
+    batch can hold), + ``--group_by_length``, or + ``--pack_views``. Their batches hold varying
+    numbers of documents: samples/s counts the documents of each timed step (from the run's
+    ``--sample_trace_file``); the table adds our padding fraction (``train_results.json``'s, over
+    the whole run), the rate against ours with fixed batches, and real (non-pad) tokens per
+    CPU-second, which does not depend on how long the documents of the few timed steps were.
 
 Without grouping both sides train the same model on the same documents, batch by batch identical:
 
@@ -105,7 +114,11 @@ def _shape_log(model: Any) -> list[list[int]]:
     return shapes
 
 
-VARIANTS = ("adamw_torch_fused", "adamw_torch", "group_by_length", "torch_compile")
+VARIANTS = ("adamw_torch_fused", "adamw_torch", "group_by_length", "torch_compile", "max_tokens", "max_tokens_grouped",
+            "pack_views")
+# issue 21: batches by token budget and packed views; Hugging Face's Trainer has neither, so these run ours only,
+# beside ours with fixed batches (adamw_torch_fused) and --group_by_length
+OURS_ONLY = ("max_tokens", "max_tokens_grouped", "pack_views")
 
 
 def _variant_flags(args: argparse.Namespace, variant: str) -> list[str]:
@@ -116,6 +129,12 @@ def _variant_flags(args: argparse.Namespace, variant: str) -> list[str]:
         flags.append("--group_by_length")
     if variant == "torch_compile":
         flags += ["--torch_compile", "--torch_compile_backend", args.torch_compile_backend]
+    if variant in OURS_ONLY:
+        flags += ["--max_tokens_per_batch", str(args.max_tokens_per_batch or args.batch_size * args.max_seq_length)]
+    if variant == "max_tokens_grouped":
+        flags.append("--group_by_length")
+    if variant == "pack_views":
+        flags.append("--pack_views")
     return flags
 
 
@@ -139,13 +158,28 @@ def _child_ours(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = Trainer(parse_args(_ours_argv(args, output_dir, args.variant)))
+        trace = os.path.join(output_dir, "trace.jsonl")
+        trainer = Trainer(parse_args([*_ours_argv(args, os.path.join(output_dir, "out"), args.variant),
+                                      "--sample_trace_file", trace]))
         trainer.setup()
         shapes = _shape_log(trainer.model)
+        tokens: list[list[int]] = []  # (real, padded) tokens of every batch
+        count = trainer.padding.add
+
+        def add(batch: dict[str, Any]) -> None:
+            tokens.append([int(batch.get("real_tokens", 0)), int(batch.get("padded_tokens", 0))])
+            count(batch)
+
+        trainer.padding.add = add
         stamps = _step_clock()
         trainer.train()
         trainer.close()
-    return {"stamps": stamps, "threads_at_step": _THREADS[:1], "shapes": shapes, "cpu_stamps": _CPU_STAMPS}
+        with open(trace, encoding="utf-8") as handle:  # documents per optimizer step (accumulation 1)
+            docs = [len(json.loads(line)["ids"]) for line in handle]
+    real = sum(entry["real_tokens"] for entry in trainer.epoch_stats)
+    padded = sum(entry["padded_tokens"] for entry in trainer.epoch_stats)
+    return {"stamps": stamps, "threads_at_step": _THREADS[:1], "shapes": shapes, "cpu_stamps": _CPU_STAMPS,
+            "docs_per_step": docs, "tokens_per_step": tokens, "padding_fraction": 1 - real / padded if padded else 0.0}
 
 
 def _our_examples(args: argparse.Namespace, trainer: Any) -> list[dict[str, Any]]:
@@ -236,6 +270,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, of {', '.join(VARIANTS)} (default: all, in this order)")
     parser.add_argument("--torch_compile_backend", default="inductor", help="of the torch_compile variant (default inductor)")
+    parser.add_argument("--max_tokens_per_batch", type=int, default=None,
+                        help="budget of the max_tokens, max_tokens_grouped and pack_views variants (default: batch size x "
+                        "max_seq_length, the most a fixed batch can hold)")
     parser.add_argument("--work_dir", default=_common.DEFAULT_WORK_DIR)
     parser.add_argument("--json", default=None)
     # internal: one run in a fresh process
@@ -257,10 +294,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _rate(stamps: list[float], warmup: int, batch_size: int) -> float:
+def _rate(stamps: list[float], warmup: int, batch_size: int, docs_per_step: Sequence[int] | None = None) -> float:
+    """Documents per second from the end of step ``warmup`` to the last step (``docs_per_step``: the
+    documents of each step when batches are not of ``batch_size``, e.g. under a token budget)."""
     if len(stamps) <= warmup:
         raise RuntimeError(f"only {len(stamps)} optimizer steps recorded; need more than --warmup_steps {warmup}")
-    return (len(stamps) - warmup) * batch_size / (stamps[-1] - stamps[warmup - 1])
+    documents = sum(docs_per_step[warmup : len(stamps)]) if docs_per_step else (len(stamps) - warmup) * batch_size
+    return documents / (stamps[-1] - stamps[warmup - 1])
 
 
 def _padded_length(shapes: list[list[int]]) -> float:
@@ -269,10 +309,19 @@ def _padded_length(shapes: list[list[int]]) -> float:
     return sum(rows * length for rows, length in shapes) / max(sum(rows for rows, _ in shapes), 1)
 
 
-def _median_step_rate(stamps: list[float], warmup: int, batch_size: int) -> float:
-    """batch / the median step duration over the timed steps: robust to a neighbour's burst."""
+def _median_step_rate(stamps: list[float], warmup: int, batch_size: int, docs_per_step: Sequence[int] | None = None) -> float:
+    """The median over the timed steps of documents / step duration: robust to a neighbour's burst."""
     durations = [b - a for a, b in zip(stamps[warmup - 1 :], stamps[warmup:])]
-    return batch_size / _common.median(durations)
+    docs = docs_per_step[warmup : len(stamps)] if docs_per_step else [batch_size] * len(durations)
+    return _common.median(n / d for n, d in zip(docs, durations))
+
+
+def _token_rate(clock: list[float], warmup: int, tokens: Sequence[Sequence[int]] | None) -> float:
+    """Real (non-pad) tokens per second over the timed steps: the work rate whatever the batches' sizes
+    and however long the documents of the few timed steps happened to be (NaN without the counts)."""
+    if not tokens:
+        return float("nan")
+    return sum(real for real, _ in tokens[warmup : len(clock)]) / (clock[-1] - clock[warmup - 1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if steps <= args.warmup_steps + 1:
             raise SystemExit(f"{name}: steps {steps} must exceed --warmup_steps {args.warmup_steps} + 1")
     variants = args.variants.split(",")
-    cases = [(model, variant, side) for model in models for variant in variants for side in ("ours", "hf")]
+    cases = [(model, variant, side) for model in models for variant in variants for side in ("ours", "hf")
+             if side == "ours" or variant not in OURS_ONLY]
     results: dict[tuple[str, str, str], list[dict[str, Any]]] = {case: [] for case in cases}
     for repeat in range(args.repeats):
         shift = repeat % len(cases)
@@ -303,45 +353,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--data", str(prep_dir),
                        "--model", path, "--steps", str(steps), "--batch_size", str(args.batch_size),
                        "--max_seq_length", str(args.max_seq_length), "--threads", str(args.threads),
-                       "--variant", variant, "--torch_compile_backend", args.torch_compile_backend]
+                       "--variant", variant, "--torch_compile_backend", args.torch_compile_backend,
+                       *(["--max_tokens_per_batch", str(args.max_tokens_per_batch)] if args.max_tokens_per_batch else [])]
             out = _common.run_json_child(command, _common.child_env(args.threads), timeout=1800)
-            out["samples_per_s"] = _rate(out["stamps"], args.warmup_steps, args.batch_size)
-            out["median_step_samples_per_s"] = _median_step_rate(out["stamps"], args.warmup_steps, args.batch_size)
-            out["samples_per_cpu_s"] = _rate(out["cpu_stamps"], args.warmup_steps, args.batch_size)
+            docs = out.get("docs_per_step")
+            out["samples_per_s"] = _rate(out["stamps"], args.warmup_steps, args.batch_size, docs)
+            out["median_step_samples_per_s"] = _median_step_rate(out["stamps"], args.warmup_steps, args.batch_size, docs)
+            out["real_tokens_per_s"] = _token_rate(out["stamps"], args.warmup_steps, out.get("tokens_per_step"))
+            out["real_tokens_per_cpu_s"] = _token_rate(out["cpu_stamps"], args.warmup_steps, out.get("tokens_per_step"))
+            out["samples_per_cpu_s"] = _rate(out["cpu_stamps"], args.warmup_steps, args.batch_size, docs)
             out["padded_length"] = _padded_length(out["shapes"])
             out["steps"] = len(out["stamps"])
             results[(model, variant, side)].append(out)
             _common.log(f"round {repeat + 1}/{args.repeats} {model:>7} {variant:>17} {side:>4}: {out['samples_per_s']:8.1f} "
                         f"samples/s ({out['steps']} steps; by median step {out['median_step_samples_per_s']:.1f}; "
                         f"per CPU-second {out['samples_per_cpu_s']:.1f}; padded length {out['padded_length']:.1f}; "
+                        f"padding fraction {out.get('padding_fraction', float('nan')):.3f}; real tokens/s "
+                        f"{out['real_tokens_per_s']:.0f} (per CPU-second {out['real_tokens_per_cpu_s']:.0f}); "
                         f"torch threads {out.get('threads_at_step')})")
 
     print(f"\nTraining throughput, {args.corpus} shards, head at max_seq_length {args.max_seq_length}, batch "
           f"{args.batch_size}, dynamic padding, CPU, {args.threads} thread(s), steps {args.warmup_steps + 1}..N timed, "
           f"{args.repeats} interleaved round(s), {os.cpu_count()} cores; torch_compile backend {args.torch_compile_backend}")
-    print(f"{'model':>8} | {'variant':>17} | {'steps':>5} | {'ours samples/s':>24} | {'HF Trainer samples/s':>24} | "
-          f"{'ours / HF':>9} | {'ours / HF (CPU)':>15} | {'padded len ours / HF':>20} | same batches")
+    print(f"{'model':>8} | {'variant':>18} | {'steps':>5} | {'ours samples/s':>24} | {'HF Trainer samples/s':>24} | "
+          f"{'ours / HF':>9} | {'ours / HF (CPU)':>15} | {'padded len ours / HF':>20} | {'padding ours':>12} | "
+          f"{'vs fixed':>8} | {'real tok/CPU-s':>14} | same batches")
     summary: dict[str, Any] = {}
     for model in models:
+        fixed = results.get((model, "adamw_torch_fused", "ours"))
+        fixed_rate = _common.median(r["samples_per_s"] for r in fixed) if fixed else None
         for variant in variants:
-            runs = {side: results[(model, variant, side)] for side in ("ours", "hf")}
+            sides = ("ours",) if variant in OURS_ONLY else ("ours", "hf")
+            runs = {side: results[(model, variant, side)] for side in sides}
             rate = {side: [r["samples_per_s"] for r in runs[side]] for side in runs}
             cpu = {side: [r["samples_per_cpu_s"] for r in runs[side]] for side in runs}
             padded = {side: _common.median(r["padded_length"] for r in runs[side]) for side in runs}
-            ratio = _common.median(rate["ours"]) / _common.median(rate["hf"])
-            cpu_ratio = _common.median(cpu["ours"]) / _common.median(cpu["hf"])
-            same = all(r["shapes"] == runs["ours"][0]["shapes"] for side in runs for r in runs[side])
-            summary[f"{model}|{variant}"] = {
-                "ours": rate["ours"], "hf": rate["hf"], "ours_cpu": cpu["ours"], "hf_cpu": cpu["hf"], "ratio": ratio,
-                "cpu_ratio": cpu_ratio, "padded_length": padded, "same_batch_shapes": same,
-                "hf_optim": runs["hf"][0].get("optim"),
-            }
-            print(f"{model:>8} | {variant:>17} | {models[model][1]:>5} | {_common.spread_float(rate['ours']):>24} | "
-                  f"{_common.spread_float(rate['hf']):>24} | {ratio:8.2f}x | {cpu_ratio:14.2f}x | "
-                  f"{padded['ours']:9.1f} / {padded['hf']:<8.1f} | {'yes' if same else 'no'}")
-    met = [key for key, item in summary.items() if item["ratio"] >= 1.0]
-    missed = [f"{key} {item['ratio']:.2f}x" for key, item in summary.items() if item["ratio"] < 1.0]
-    print(f"target ours / HF >= 1.0 (wall): met by {len(met)} of {len(summary)} rows" + (f"; not by {', '.join(missed)}" if missed else ""))
+            padding = _common.median(r.get("padding_fraction", float("nan")) for r in runs["ours"])
+            token_cpu = _common.median(r["real_tokens_per_cpu_s"] for r in runs["ours"])
+            versus_fixed = _common.median(rate["ours"]) / fixed_rate if fixed_rate else float("nan")
+            item: dict[str, Any] = {"ours": rate["ours"], "ours_cpu": cpu["ours"], "padded_length": padded,
+                                    "padding_fraction": padding, "vs_fixed": versus_fixed, "real_tokens_per_cpu_s": token_cpu}
+            if "hf" in runs:
+                item.update(hf=rate["hf"], hf_cpu=cpu["hf"], ratio=_common.median(rate["ours"]) / _common.median(rate["hf"]),
+                            cpu_ratio=_common.median(cpu["ours"]) / _common.median(cpu["hf"]),
+                            same_batch_shapes=all(r["shapes"] == runs["ours"][0]["shapes"] for side in runs for r in runs[side]),
+                            hf_optim=runs["hf"][0].get("optim"))
+                hf_cells = (f"{_common.spread_float(rate['hf']):>24} | {item['ratio']:8.2f}x | {item['cpu_ratio']:14.2f}x | "
+                            f"{padded['ours']:9.1f} / {padded['hf']:<8.1f}")
+                same = "yes" if item["same_batch_shapes"] else "no"
+            else:
+                hf_cells = f"{'-':>24} | {'-':>9} | {'-':>15} | {'-':>20}"
+                same = "-"
+            summary[f"{model}|{variant}"] = item
+            print(f"{model:>8} | {variant:>18} | {models[model][1]:>5} | {_common.spread_float(rate['ours']):>24} | {hf_cells} | "
+                  f"{padding:12.3f} | {versus_fixed:7.2f}x | {token_cpu:14.0f} | {same}")
+    compared = {key: item for key, item in summary.items() if "ratio" in item}
+    met = [key for key, item in compared.items() if item["ratio"] >= 1.0]
+    missed = [f"{key} {item['ratio']:.2f}x" for key, item in compared.items() if item["ratio"] < 1.0]
+    if compared:
+        print(f"target ours / HF >= 1.0 (wall): met by {len(met)} of {len(compared)} rows" + (f"; not by {', '.join(missed)}" if missed else ""))
     _common.write_json(args.json, {"machine": _common.machine(), "args": vars(args), "summary": summary,
                                    "results": {f"{m}|{v}|{side}": r for (m, v, side), r in results.items()}})
     return 0

@@ -196,6 +196,55 @@ class FeatureBuilder:
             out.append(self._build(doc_id, label, a, b))
         return out
 
+    def train_view_lengths(self, len_a: int, len_b: int, views: int | str = 1) -> list[int]:
+        """The input lengths (special tokens included) of the views ``train_views`` builds for a
+        document of ``len_a`` + ``len_b`` stored tokens, without building them.
+
+        Token-budget batching (``--max_tokens_per_batch``) and packing (``--pack_views``) cut an
+        epoch into batches before its rows are read in a DataLoader worker; every seq function
+        gives a length that depends on the lengths only (the random ones take exactly the budget),
+        so the cut is a pure function of the stored lengths. ``tests`` check it against the views.
+        """
+        if views == 1 or not self._too_long(range(len_a), range(len_b)):
+            return [self._input_length(len_a, len_b)]
+        if views == EVAL_VIEWS_CHUNKS:
+            if len_b:
+                budget = self.config.budget_pair
+                b_keep = min(len_b, max(budget - len_a, budget // 2))
+                budget_a = max(budget - b_keep, 1)
+            else:
+                b_keep, budget_a = 0, max(self.config.budget_single, 1)
+            starts = range(0, len_a, budget_a)
+            return [self._specials(b_keep) + min(budget_a, len_a - starts[i]) + b_keep
+                    for i in select_windows(len(starts), self.max_chunks)]
+        count = int(views) if self.config.is_random else 1
+        return [self._input_length(len_a, len_b)] * count
+
+    def _specials(self, len_b: int) -> int:
+        prefix, middle, suffix = self.template.pair
+        return len(prefix) + len(middle) + len(suffix) if len_b else sum(len(part) for part in self.template.single)
+
+    def _input_length(self, len_a: int, len_b: int) -> int:
+        """Length of ``build(*apply_seq_len(a, b))`` from the lengths alone (see ``seq_len``: a
+        function returns a fitting input unchanged, else ``min(N, budget)`` for head/tail with N,
+        ``min(head + tail, budget)`` for ht, and exactly the budget otherwise)."""
+        if len_b:
+            budget = self.config.budget_pair
+            b_keep = min(len_b, max(budget - len_a, budget // 2))
+            budget_a = budget - b_keep
+        else:
+            b_keep, budget_a = 0, self.config.budget_single
+        out_a = len_a
+        if len_a > budget_a:
+            params = self.config.params
+            if self.config.name in ("head", "tail") and params:
+                out_a = min(params[0], budget_a)
+            elif self.config.name == "ht":
+                out_a = min(params[0] + params[1], budget_a)
+            else:
+                out_a = budget_a
+        return self._specials(b_keep) + out_a + b_keep
+
     def _build(self, doc_id: str, label: Label, a: Sequence[int], b: Sequence[int]) -> Example:
         ids, types = self.template.build(_to_list(a), _to_list(b))
         return Example(doc_id, _label(label), ids, types)

@@ -227,7 +227,8 @@ def test_trainer_predict_and_the_api_agree_on_label_sets(trained, label_sets, tm
 @pytest.mark.parametrize("flags", [
     ["--seq_len_func", "rs", "--seq_func_params", "8", "--train_views", "2"],
     ["--train_views", "chunks", "--max_chunks", "4", "--pooling", "attention"],
-], ids=["rs-2-views", "attention-head"])
+    ["--pack_views", "--max_tokens_per_batch", "256", "--group_by_length"],
+], ids=["rs-2-views", "attention-head", "packed-token-budget"])
 def test_views_and_heads_train_on_label_sets(label_sets, tiny_model, tmp_path, flags):  # noqa: F811
     trainer = train_in_process(task_argv(label_sets["data_dir"], tiny_model, tmp_path / "m", "--do_train", "--do_eval",
                                          "--max_steps", "6", "--learning_rate", "5e-3", *flags))

@@ -138,6 +138,15 @@ class TrainConfig:
         _TRAIN, "transformers 5's spelling: group_by_length is --group_by_length, random is the default order", None,
         choices=["random", "group_by_length"])
     pad_to_multiple_of: int = arg(_TRAIN, "pad batches to a multiple of this (8 helps tensor cores; 0: no)", 0)
+    max_tokens_per_batch: int | None = arg(
+        _TRAIN, "training batches by tokens instead of documents: each batch takes documents, in the epoch's order, "
+        "while rows x padded length stays within N (replaces --per_device_train_batch_size for training; with "
+        "--group_by_length, similar lengths together: little padding). At least --max_seq_length x the views of one "
+        "document. The order stays exact on resume and with any --dataloader_num_workers; unset: fixed batches", None)
+    pack_views: bool = arg(
+        _TRAIN, "pack several short views into one row of --max_seq_length tokens (position ids restart per view, a "
+        "block-diagonal attention mask, the classifier on each view's first token): less padding. BERT-type models "
+        "(bert, MiniLM) with sdpa or eager attention", False)
 
     # ---------------------------------------------------------------- speed and precision
     bf16: bool = arg(_GPU, "bfloat16 autocast (GPU with bf16, or CPU)", False)
@@ -541,6 +550,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
             "epoch or steps (or drop the flag)"
         )
     _check_views(c)
+    _check_token_budget(c)
     if c.eval_views is None:  # a model trained on pooled views is evaluated (and predicts) on them
         c.eval_views = c.train_views
     if c.eval_views != "chunks" and not (c.eval_views.isdigit() and int(c.eval_views) >= 1):
@@ -583,6 +593,25 @@ def _check_views(c: TrainConfig) -> None:
                              "--max_chunks N (the positions it knows)")
     if c.head_layers < 1:
         raise ValueError(f"--head_layers must be >= 1, got {c.head_layers}")
+
+
+def _check_token_budget(c: TrainConfig) -> None:
+    """``--max_tokens_per_batch`` and ``--pack_views`` (issue 21)."""
+    if c.pack_views and c.pooling in HEAD_POOLINGS:
+        raise ValueError(f"--pack_views scores each view on its own first token; --pooling {c.pooling} reads the "
+                         "windows' states through its own head: drop one of them")
+    if c.max_tokens_per_batch is None:
+        return
+    views = (c.max_chunks or 1) if c.train_views == "chunks" else int(c.train_views)
+    length = c.max_seq_length
+    if c.pad_to_multiple_of:
+        length = -(-length // c.pad_to_multiple_of) * c.pad_to_multiple_of
+    least = length * views
+    if c.max_tokens_per_batch < least:
+        what = f"--max_seq_length {c.max_seq_length}" + (f" (padded to {length})" if length != c.max_seq_length else "")
+        what += f" x {views} views (--train_views {c.train_views})" if views > 1 else ""
+        raise ValueError(f"--max_tokens_per_batch {c.max_tokens_per_batch} is below the batch of one document "
+                         f"({what} = {least}): use --max_tokens_per_batch {least} or more")
 
 
 def head_windows(c: TrainConfig) -> int:

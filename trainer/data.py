@@ -19,6 +19,10 @@ The order is a pure function of (seed, epoch, rank, world size, batch size, buff
 resumed run restarts at batch ``start`` of its epoch and sees exactly the samples the
 interrupted run would have seen, with no read of the skipped ones.
 
+With ``--max_tokens_per_batch`` (``trainer.budget.TokenBudgetPlan``) step 3 cuts each window by
+tokens instead of rows, from view lengths read once at set-up; the per-window batch counts are
+made in the main process, so steps 4 and the resume at batch ``start`` are unchanged.
+
 Bad data is found as early as it can be. ``trainer.shards.scan_split`` (before the first step) lists the folder
 and reads every shard's Parquet footer: a missing, empty, non-Parquet, truncated or foreign file,
 row counts that disagree with manifest.json and labels or token ids out of range (from the
@@ -45,6 +49,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 import spanwise_io
 from modeling.features import FeatureBuilder, collate
 from modeling.label_space import label_tensor
+from modeling.packing import collate_packed
+from trainer.budget import RowCosts, TokenBudgetPlan
 from trainer.shards import DataLimits, ShardProblem, Unit, describe_error
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "iter_documents",
     "worker_init_threads",
     "start_loader",
+    "padding_counts",
 ]
 
 log = logging.getLogger("trainer.data")
@@ -136,6 +143,10 @@ class EpochPlan:
             batches = [positions[b * self.batch_size : (b + 1) * self.batch_size] for b in rng.permutation(full)]
             positions = np.concatenate([*batches, positions[full * self.batch_size :]])
         return positions
+
+    def window_of(self, batch_index: int) -> int:
+        """The shuffle window a batch is cut from."""
+        return batch_index // (self.window // self.batch_size)
 
     def batch_positions(
         self, batch_index: int, window_cache: dict[int, np.ndarray] | None = None, length_of: LengthFn | None = None
@@ -375,9 +386,19 @@ class ShardStream(IterableDataset):
         skip_bad_row_groups: bool = False,
         group_by_length: bool = False,
         views: int | str = 1,
+        max_tokens_per_batch: int | None = None,
+        pack_capacity: int | None = None,
     ) -> None:
         super().__init__()
         self.views = views  # --train_views: 1, K or "chunks" (see pooled_batch)
+        # --max_tokens_per_batch: batches by tokens (trainer.budget), their cut counted per epoch in the
+        # main process (layouts) before the workers start; epoch_batches: the count every rank runs (DDP)
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.pack_capacity = pack_capacity  # --pack_views: views packed into rows of this many tokens
+        self.costs: RowCosts | None = None
+        self.layouts: dict[int, np.ndarray] = {}
+        self.epoch_batches: dict[int, int] = {}
+        self.cost_problems: list[ShardProblem] = []
         self.group_by_length = group_by_length
         self.limits = limits
         self.skip_bad_row_groups = skip_bad_row_groups
@@ -392,19 +413,51 @@ class ShardStream(IterableDataset):
         self.epoch = 0
         self.start_batch = 0
 
-    def plan(self, epoch: int | None = None) -> EpochPlan:
-        return EpochPlan(
+    def plan(self, epoch: int | None = None) -> EpochPlan | TokenBudgetPlan:
+        """The epoch's plan: fixed batches, or with ``max_tokens_per_batch`` the token-budget cut."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        budget = self.max_tokens_per_batch is not None
+        plan = EpochPlan(
             self.units,
-            batch_size=self.batch_size,
+            batch_size=1 if budget else self.batch_size,
             seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch,
+            epoch=epoch,
             rank=self.rank,
             world_size=self.world_size,
             shuffle=True,
             shuffle_buffer=self.shuffle_buffer,
             pad=True,
-            group_by_length=self.group_by_length,
+            group_by_length=self.group_by_length and not budget,
         )
+        if not budget:
+            return plan
+        budget_plan = TokenBudgetPlan(
+            plan, self.row_costs(), max_tokens=int(self.max_tokens_per_batch), pad_to_multiple_of=self.pad_to_multiple_of,
+            pack_capacity=self.pack_capacity, group_by_length=self.group_by_length, counts=self.layouts.get(epoch),
+            num_batches=self.epoch_batches.get(epoch),
+        )
+        self.layouts[epoch] = budget_plan.counts
+        return budget_plan
+
+    def row_costs(self) -> RowCosts:
+        """The view lengths of every training row (read once, in the process that first asks: the
+        trainer's main process, before any DataLoader worker is started)."""
+        if self.costs is None:
+            reader = _RowGroupReader(capacity=2, limits=self.limits)
+
+            def lengths_of(unit: Unit) -> tuple[np.ndarray, np.ndarray]:
+                columns = reader.get(unit)
+                return np.diff(columns["input_ids_a"][1]), np.diff(columns["input_ids_b"][1])
+
+            def on_problem(problem: Exception) -> None:
+                if not self.skip_bad_row_groups:
+                    raise problem
+                self.cost_problems.append(problem)  # type: ignore[arg-type]
+
+            self.costs = RowCosts(
+                self.units, lengths_of, lambda a, b: self.features.train_view_lengths(a, b, self.views), on_problem
+            )
+        return self.costs
 
     def batch_rows(
         self,
@@ -439,10 +492,9 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reader = _RowGroupReader(limits=self.limits)
-        windows: dict[int, np.ndarray] = {}
-        per_window = plan.window // plan.batch_size
+        windows: dict[int, Any] = {}
         for batch_index in range(self.start_batch + worker, plan.num_batches, workers):
-            if batch_index // per_window not in windows:
+            if plan.window_of(batch_index) not in windows:
                 reader.clear()
             skipped: list[ShardProblem] | None = [] if self.skip_bad_row_groups else None
             try:
@@ -452,9 +504,11 @@ class ShardStream(IterableDataset):
                 return
             if self.views == 1:
                 examples = [self.features.train_example(doc_id, label, a, b, self.epoch) for doc_id, label, a, b in rows]
-                batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of) if examples else {"doc_ids": []}
+                batch = self.collate_examples(examples) if examples else {"doc_ids": []}
             else:
                 batch = self.pooled_batch(rows)
+            if batch["doc_ids"]:
+                batch.update(padding_counts(batch))
             batch["batch_index"] = batch_index
             if skipped:
                 batch["bad_row_groups"] = [problem.to_dict() for problem in skipped]
@@ -476,11 +530,25 @@ class ShardStream(IterableDataset):
             owners += [index] * len(views)
         if not examples:
             return {"doc_ids": []}
-        batch = collate(examples, self.pad_token_id, self.pad_to_multiple_of)
+        batch = self.collate_examples(examples)
         batch["doc_ids"] = [doc_id for doc_id, _, _, _ in rows]
         batch["labels"] = label_tensor([label for _, label, _, _ in rows])
         batch["owners"] = torch.as_tensor(owners, dtype=torch.long)
         return batch
+
+
+    def collate_examples(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """Dynamic padding, or with ``pack_capacity`` the views packed into rows (``--pack_views``)."""
+        if self.pack_capacity:
+            return collate_packed(examples, self.pad_token_id, self.pack_capacity, self.pad_to_multiple_of)
+        return collate(examples, self.pad_token_id, self.pad_to_multiple_of)
+
+
+def padding_counts(batch: Mapping[str, Any]) -> dict[str, int]:
+    """``real_tokens`` and ``padded_tokens`` (rows x padded length) of a collated batch: the
+    padding fraction of training is ``1 - real / padded`` over the batches (issue 21)."""
+    mask = batch["attention_mask"]
+    return {"real_tokens": int(mask.sum()), "padded_tokens": int(mask.numel())}
 
 
 def eval_plan(units: Sequence[Unit], *, batch_size: int, rank: int = 0, world_size: int = 1) -> EpochPlan:

@@ -206,24 +206,81 @@ class RunPlan:
             skip_bad_row_groups=c.skip_bad_shards,
             group_by_length=c.group_by_length,
             views=train_views,
+            max_tokens_per_batch=c.max_tokens_per_batch,
+            pack_capacity=c.max_seq_length if c.pack_views else None,
         )
-        self.batches_per_epoch = self.dataset.plan(0).num_batches
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"{c.data_dir}: split {c.train_split!r} has no documents to train on")
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / c.gradient_accumulation_steps)
-        self.total_steps = c.max_steps if c.max_steps > 0 else math.ceil(self.steps_per_epoch * c.num_train_epochs)
-        self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        if c.max_tokens_per_batch:
+            self._plan_token_budget()
+        else:
+            self.batches_per_epoch = self.dataset.plan(0).num_batches
+            if self.batches_per_epoch == 0:
+                raise ValueError(f"{c.data_dir}: split {c.train_split!r} has no documents to train on")
+            self.steps_per_epoch = math.ceil(self.batches_per_epoch / c.gradient_accumulation_steps)
+            self.total_steps = c.max_steps if c.max_steps > 0 else math.ceil(self.steps_per_epoch * c.num_train_epochs)
+            self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.num_warmup_steps = warmup_steps(c.warmup_steps, c.warmup_ratio, self.total_steps)
         self.result_args = resume.result_args(
             c, world_size=self.ctx.world_size, total_steps=self.total_steps, warmup_steps=self.num_warmup_steps,
             data_created_at=self.manifest.get("created_at"),
         )
 
-    def group_of(self, batch_index: int) -> tuple[int, bool]:
+    def _plan_token_budget(self) -> None:
+        """``--max_tokens_per_batch``: the batches of each epoch the run trains, counted now.
+
+        Each epoch's cut depends on its order, so epochs have slightly different batch counts;
+        the schedule needs the exact number of optimizer steps, so the epochs are counted up
+        front: up to ``ceil(--num_train_epochs)`` epochs (the last one's fraction of its steps),
+        or with ``--max_steps`` until the steps are reached. A count costs a pass over the
+        (in-memory) view lengths of the rank's rows, no read of the shards.
+        """
+        c = self.config
+        accum = c.gradient_accumulation_steps
+        steps: list[int] = []
+        while True:
+            batches = self.batches_in(len(steps))
+            if batches == 0:
+                raise ValueError(f"{c.data_dir}: split {c.train_split!r} has no documents to train on")
+            steps.append(math.ceil(batches / accum))
+            if c.max_steps > 0 and sum(steps) >= c.max_steps:
+                break
+            if c.max_steps <= 0 and len(steps) >= math.ceil(c.num_train_epochs):
+                break
+        if c.max_steps > 0:
+            self.total_steps = c.max_steps
+        else:
+            whole = int(math.floor(c.num_train_epochs))
+            fraction = c.num_train_epochs - whole
+            self.total_steps = sum(steps[:whole]) + (math.ceil(steps[whole] * fraction) if fraction else 0)
+        self.batches_per_epoch = self.batches_in(0)
+        self.steps_per_epoch = steps[0]
+        self.num_epochs = len(steps)
+        if self.ctx.is_main:
+            log.info("--max_tokens_per_batch %d: batches per epoch %s (every rank), %d optimizer steps",
+                     c.max_tokens_per_batch, [self.batches_in(e) for e in range(len(steps))], self.total_steps)
+
+    def batches_in(self, epoch: int) -> int:
+        """Batches of ``epoch`` (every rank the same): fixed, or under a token budget the largest
+        count of any rank (gathered: every rank must call this for the same epochs, in order)."""
+        dataset = self.dataset
+        if dataset is None or not dataset.max_tokens_per_batch:
+            return self.batches_per_epoch
+        if epoch not in dataset.epoch_batches:
+            own = dataset.plan(epoch).num_batches
+            counts = [own]
+            if self.ctx.distributed:
+                counts = [None] * self.ctx.world_size
+                dist.all_gather_object(counts, own)
+            dataset.epoch_batches[epoch] = max(int(n) for n in counts)
+            if dataset.cost_problems:
+                self.problems.note(self.config.train_split, [p.to_dict() for p in dataset.cost_problems])
+                dataset.cost_problems.clear()
+        return dataset.epoch_batches[epoch]
+
+    def group_of(self, batch_index: int, epoch: int = 0) -> tuple[int, bool]:
         """(batches in the accumulation group of this batch, whether it is the group's last)."""
         accum = self.config.gradient_accumulation_steps
         start = (batch_index // accum) * accum
-        size = min(accum, self.batches_per_epoch - start)
+        size = min(accum, self.batches_in(epoch) - start)
         return size, batch_index - start == size - 1
 
     def signature(self) -> dict[str, int]:

@@ -34,6 +34,7 @@ _EVAL_FIELDS = ("eval_split", "max_eval_samples", "eval_views", "eval_strategy",
 
 # what a run writes into --output_dir (removed by --overwrite_output_dir, with the checkpoints)
 OUTPUT_FILES = ("model.safetensors", "config.json", "run_config.json", "eval_results.json", "preprocess_manifest.json",
+                "train_results.json",
                 "predict_results.tsv", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                 "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
                 "chat_template.jinja", "generation_config.json",
@@ -53,6 +54,11 @@ def result_args(config: Any, *, world_size: int, total_steps: int, warmup_steps:
         values.update(train_views=config.train_views, max_chunks=config.max_chunks, pooling=config.pooling)
     if "eval_views" in values and (config.max_chunks is not None or config.pooling != "mean"):
         values.update(max_chunks=config.max_chunks, pooling=config.pooling)
+    # issue 21: the batches' make-up, recorded only when set (runs made before still resume)
+    if getattr(config, "max_tokens_per_batch", None):
+        values.update(max_tokens_per_batch=config.max_tokens_per_batch)
+    if getattr(config, "pack_views", False):
+        values.update(pack_views=True)
     if config.pooling in ("attention", "transformer"):  # issue 19: the head's shape
         values.update(head_layers=config.head_layers, head_reduce=config.head_reduce)
     return values

@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader
 
 import spanwise_io
 from modeling.classifier import load_classifier, local_model_path, save_classifier, start_classifier
-from modeling.features import FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from modeling.features import FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.label_space import LabelSpace
+from modeling.packing import PackedForward
 from modeling.pooling import batch_inputs, model_input_names, pooled_forward
 from schemas.manifest import check_compatible, problem_type_of, read_manifest
 from tokenization.seq_len import validate_seq_config
@@ -58,6 +59,7 @@ __all__ = ["Trainer", "Stopped", "Preempted", "run", "main", "rank_trace_path", 
 
 log = logging.getLogger("trainer")
 EVAL_RESULTS_NAME = "eval_results.json"
+TRAIN_RESULTS_NAME = "train_results.json"  # per-epoch statistics of the training batches (padding fraction)
 PREDICT_RESULTS_NAME = "predict_results.tsv"
 PREPROCESS_MANIFEST_NAME = "preprocess_manifest.json"
 # Test hook: raise after this optimizer step, to check that an exception-interrupted run resumes.
@@ -96,6 +98,38 @@ class LossMeter:
         return loss, rate
 
 
+class PaddingMeter:
+    """Real and padded tokens of the training batches: the padding fraction (issue 21).
+
+    ``padded`` counts rows x padded length of each batch (what the model computes on), ``real``
+    the tokens that are not padding; the fraction is ``1 - real / padded``. Counted per logging
+    interval (this rank's batches) and per epoch (all ranks, gathered at the epoch's end); the
+    epoch's counts are in the checkpoint, so a resumed run reports what an uninterrupted one does.
+    """
+
+    def __init__(self) -> None:
+        self.interval = [0, 0]  # real, padded
+        self.epoch = [0, 0, 0, 0]  # real, padded, documents, batches
+
+    def add(self, batch: dict[str, Any]) -> None:
+        real, padded = int(batch.get("real_tokens", 0)), int(batch.get("padded_tokens", 0))
+        self.interval[0] += real
+        self.interval[1] += padded
+        self.epoch[0] += real
+        self.epoch[1] += padded
+        self.epoch[2] += len(batch["doc_ids"])
+        self.epoch[3] += 1
+
+    @staticmethod
+    def fraction(real: int, padded: int) -> float:
+        return 1.0 - real / padded if padded else 0.0
+
+    def read_interval(self) -> float:
+        value = self.fraction(*self.interval)
+        self.interval = [0, 0]
+        return value
+
+
 class Trainer:
     """One run: ``setup()``, then ``train()`` + ``save()`` and/or ``evaluate()``, ``predict()``."""
 
@@ -111,6 +145,8 @@ class Trainer:
         self.hypertune: HypertuneReporter | None = None
         self.plan: RunPlan | None = None  # made in setup(): shards, schedule, resume decision
         self._checkpoint_step: int | None = None
+        self.padding = PaddingMeter()
+        self.epoch_stats: list[dict[str, Any]] = []  # train_results.json: one entry per epoch trained
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -187,12 +223,14 @@ class Trainer:
         if c.gradient_checkpointing:  # (transformers 5 renamed gradient_checkpointing_enable)
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.ddp: torch.nn.Module | None = None
+        # --pack_views: the model behind a forward that also takes packed rows (a ValueError for a model it cannot run)
+        trained: torch.nn.Module = PackedForward(self.model) if c.pack_views and c.do_train else self.model
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.ddp = DistributedDataParallel(trained, device_ids=device_ids)
         self.input_names = model_input_names(self.model)  # without token_type_ids for ModernBERT and the like
         # what the training loop calls; evaluation and saving use the plain model
-        self.train_model: torch.nn.Module = self.ddp or self.model
+        self.train_model: torch.nn.Module = self.ddp or trained
         if c.torch_compile:
             self.train_model = torch.compile(self.train_model, mode=c.torch_compile_mode, backend=c.torch_compile_backend or "inductor")
 
@@ -256,6 +294,7 @@ class Trainer:
             "rng": rngs,
             **self.evals.state(),
             "bad_row_groups": json.dumps(self.plan.problems.records()),
+            "padding": json.dumps({"epoch": self.padding.epoch, "epochs": self.epoch_stats}),
             "plan": self.plan.signature(),
             "result_args": json.dumps(self.plan.result_args, default=str),
         }
@@ -290,6 +329,9 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.global_step, self.epoch, self.next_batch = state["global_step"], state["epoch"], state["next_batch"]
         self.evals.load_state(state)
+        padding = json.loads(state.get("padding", "null") or "null")
+        if padding:
+            self.padding.epoch, self.epoch_stats = list(padding["epoch"]), list(padding["epochs"])
         self.plan.problems.restore(json.loads(state.get("bad_row_groups", "[]")))
         self._checkpoint_step = self.global_step
         if self.ctx.is_main:
@@ -311,6 +353,7 @@ class Trainer:
             while not self.training_done:
                 for batch in self._epoch_batches():
                     trace(batch)
+                    self.padding.add(batch)
                     self.meter.add_batch(self._forward_backward(model, batch), len(batch["doc_ids"]) * self.ctx.world_size)
                     if not self._ends_group(batch):
                         continue
@@ -327,6 +370,8 @@ class Trainer:
                         break
         self.signals.armed = False
         self.signals.finish()
+        if self.padding.epoch[3]:  # a run that stops inside an epoch (--max_steps): its part of the epoch
+            self._end_epoch(self.epoch, partial=True)
         if c.do_eval and not self.evals.evaluated_at(self.global_step):
             self.evaluate()  # every run ends evaluated
 
@@ -359,12 +404,14 @@ class Trainer:
         no-op; under DDP it still runs a backward, of zero on a dummy document, so the gradient
         all-reduce matches the other ranks'. DDP syncs gradients on the group's last batch only.
         """
-        size, last = self.plan.group_of(batch["batch_index"])
+        size, last = self.plan.group_of(batch["batch_index"], self.epoch)
         empty = not batch["doc_ids"]
         if empty and self.ddp is None:
             return torch.zeros((), device=self.ctx.device)
         source = self._dummy_batch() if empty else batch
-        inputs = batch_inputs(source, (*self.input_names, "labels"), self.ctx.device)
+        packed = "segment_ids" in source  # --pack_views: the packed rows' layout goes to PackedForward
+        names = (*self.input_names, "labels", *(_PACKED_INPUTS if packed else ()))
+        inputs = batch_inputs(source, names, self.ctx.device)
         sync = contextlib.nullcontext() if (self.ddp is None or last) else self.ddp.no_sync()
         with sync:
             with torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -372,7 +419,7 @@ class Trainer:
                 if "owners" in source:  # --train_views: the views pooled (logits, or the head), one loss per document
                     owners = source["owners"].to(self.ctx.device, non_blocking=True)
                     logits = pooled_forward(model, inputs, owners, len(source["doc_ids"]), self.config.pooling)
-                else:
+                else:  # one view per document (packed rows: PackedForward gives each view's logits)
                     logits = model(**inputs).logits
                 # cross-entropy, or BCE per label for label sets (LabelSpace.loss, as the model's own loss)
                 loss = self.label_space.loss(logits, labels)
@@ -383,7 +430,7 @@ class Trainer:
     def _dummy_batch(self) -> dict[str, Any]:
         """One empty document (special tokens only), for the zero-weight step of an empty batch under DDP."""
         label = np.zeros(len(self.label_names), dtype=np.int8) if self.label_space.multi_label else 0
-        batch = collate([self.features.train_example("", label, [], [], self.epoch)], self.pad_token_id)
+        batch = self.plan.dataset.collate_examples([self.features.train_example("", label, [], [], self.epoch)])
         if self.train_views != 1:  # the pooled path, as the other ranks' batches take it
             batch["owners"] = torch.zeros(1, dtype=torch.long)
         return batch
@@ -391,15 +438,36 @@ class Trainer:
     def _ends_group(self, batch: dict[str, Any]) -> bool:
         """Move the data position past ``batch``; True when its accumulation group is complete."""
         self.next_batch = batch["batch_index"] + 1
-        return self.plan.group_of(batch["batch_index"])[1]
+        return self.plan.group_of(batch["batch_index"], self.epoch)[1]
 
     def _optimizer_step(self) -> None:
         """One optimizer step (skipped fp16 steps leave the schedule alone), and the position after it."""
         optimizer_step(self.optimizer, self.scheduler, self.scaler, self.parameters, self.config.max_grad_norm)
         self.global_step += 1
         self.meter.steps += 1
-        if self.next_batch == self.plan.batches_per_epoch:
+        if self.next_batch == self.plan.batches_in(self.epoch):
+            self._end_epoch(self.epoch)
             self.epoch, self.next_batch = self.epoch + 1, 0
+
+    def _end_epoch(self, epoch: int, partial: bool = False) -> None:
+        """The epoch's batch statistics (all ranks together): logged, to TensorBoard and train_results.json."""
+        counts = self.padding.epoch
+        if self.ctx.distributed:
+            totals = torch.tensor(counts, dtype=torch.float64, device=self.ctx.device)
+            dist.all_reduce(totals)
+            counts = [int(x) for x in totals.tolist()]
+        real, padded, documents, batches = counts
+        entry = {"epoch": epoch, "step": self.global_step, "batches": batches, "documents": documents,
+                 "real_tokens": real, "padded_tokens": padded,
+                 "padding_fraction": round(PaddingMeter.fraction(real, padded), 6)}
+        if partial:
+            entry["partial"] = True
+        self.epoch_stats.append(entry)
+        self.padding.epoch = [0, 0, 0, 0]
+        if self.ctx.is_main:
+            log.info("epoch %d%s: %d batches, %d documents, padding fraction %.4f (%d of %d tokens)", epoch,
+                     " (part)" if partial else "", batches, documents, entry["padding_fraction"], padded - real, padded)
+            self.writer.add_scalar("train/epoch_padding_fraction", entry["padding_fraction"], self.global_step)
 
     def _evaluation_due(self) -> bool:
         c = self.config
@@ -465,10 +533,13 @@ class Trainer:
 
     def _log_train(self, progress: Any) -> None:
         loss, samples_per_second = self.meter.read()
+        padding = self.padding.read_interval()
         lr = self.scheduler.get_last_lr()[0]
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_second:.1f}")
         if self.ctx.is_main:
-            log.info("step %d epoch %d loss %.4f lr %.3e samples/s %.1f", self.global_step, self.epoch, loss, lr, samples_per_second)
+            log.info("step %d epoch %d loss %.4f lr %.3e samples/s %.1f padding %.3f", self.global_step, self.epoch, loss, lr,
+                     samples_per_second, padding)
+            self.writer.add_scalar("train/padding_fraction", padding, self.global_step)
             self.writer.add_scalar("train/loss", loss, self.global_step)
             self.writer.add_scalar("train/learning_rate", lr, self.global_step)
             self.writer.add_scalar("train/samples_per_second", samples_per_second, self.global_step)
@@ -566,6 +637,8 @@ class Trainer:
             self._write_json(PREPROCESS_MANIFEST_NAME, self.manifest)
             if self.evals.history:
                 self._write_json(EVAL_RESULTS_NAME, self.eval_results())
+            if self.epoch_stats:
+                self._write_json(TRAIN_RESULTS_NAME, {"epochs": self.epoch_stats})
             final = self.final_metrics() or {}
             hparams = {k: v for k, v in self.config.to_dict().items() if isinstance(v, (int, float, str, bool))}
             hparams["seq_func_params"] = " ".join(map(str, self.config.seq_func_params))
@@ -583,6 +656,9 @@ class Trainer:
         if self.writer is not None:
             self.writer.close()
         shutdown_distributed()
+
+
+_PACKED_INPUTS = ("position_ids", "segment_ids", "view_rows", "view_cols")
 
 
 class _NoProgress:
