@@ -13,8 +13,8 @@ initialised BERT-base-size classifier whose record says ``head`` at 512 tokens
 values). Then ``bench/predict.py`` times, each side in a fresh process (start-up and model load
 included, as there), one view per document, bf16 weights everywhere:
 
-* ``transformers.pipeline`` (truncation at 512), and ours as before issue 21: ``--input_files``
-  (``raw``) and the API with 0 workers and ``--batch_size`` views a batch;
+* ``transformers.pipeline`` (truncation at 512), and ours with the host side in one process:
+  ``--input_files`` (``raw``) and the API with 0 workers and ``--batch_size`` views a batch;
 * ours with ``--workers`` host worker processes;
 * ours with those workers and ``--max_tokens_per_batch``.
 
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = ["--docs_tsv", str(docs_tsv), "--random_model", "tiny" if args.smoke else "bert-base", "--tokenizer_dir",
               str(tokenizer_dir), "--max_seq_length", str(max_seq), "--bf16", "--views", "1", "--device", device,
               "--threads", str(args.threads), "--batch_size", str(args.batch_size), "--work_dir", str(work)]
-    variants = [("as before: 0 workers, batch of views", ["--sides", "hf_pipeline", "raw", "api", "--workers", "0"]),
+    variants = [("0 workers, batches of views", ["--sides", "hf_pipeline", "raw", "api", "--workers", "0"]),
                 (f"{args.workers} workers", ["--sides", "raw", "api", "--workers", str(args.workers)]),
                 (f"{args.workers} workers, {args.max_tokens_per_batch} tokens a batch",
                  ["--sides", "raw", "api", "--workers", str(args.workers), "--max_tokens_per_batch",
