@@ -10,7 +10,9 @@ document's view logits), so the pipeline predicts what ``trainer.predict`` and
   text gives no tokens -> ``rejected``. The tokenizer is loaded once per worker (``setup``).
 * ``ViewModelHandler``: Beam's ``ModelHandler`` for those views: the model is loaded once per
   worker process and shared by its threads (RunInference's default), on the GPU when there is
-  one; a batch is padded to its longest view.
+  one, its weights cast to bf16/fp16 with ``--bf16``/``--fp16``; batches of ``--batch_size`` views
+  or, with ``--max_tokens_per_batch``, sized by RunInference's own batching by the views' tokens
+  (``view_tokens``); a batch is sorted by length and padded to its longest view.
 * ``PoolLogitsFn``: the mean (or max, the model's ``--pooling``) of a document's view logits,
   combined per document key wherever its views were scored.
 * ``KeepFirstIdFn``: of the rows that share an ID, the first (file order, then place in the
@@ -112,38 +114,51 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
 
     Args:
         model_dir: the model folder (local or ``gs://``).
-        batch_size: views per forward pass (RunInference batches at most this many).
+        batch_size: views per forward pass: RunInference's batches are of this many views (fixed:
+            Beam's default would start at 1 and grow them by timing, many small batches).
         device: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``.
-        bf16, fp16: autocast the forward pass.
+        bf16, fp16: cast the weights (``modeling.classifier.inference_dtype``), not autocast.
         large_model: one copy of the model per worker machine, shared by its processes
             (Beam's ``share_model_across_processes``) instead of one per process.
+        max_tokens: instead of ``batch_size``: batches of this many tokens, summed over their
+            views (``element_size_fn=view_tokens``); ``ViewsFn`` emits views sorted by length, and a
+            batch whose views times its longest exceed it is scored in parts that do not.
     """
 
     def __init__(self, model_dir: str, batch_size: int, device: str = "auto", bf16: bool = False, fp16: bool = False,
-                 large_model: bool = False):
-        super().__init__(min_batch_size=1, max_batch_size=batch_size, large_model=large_model)
+                 large_model: bool = False, max_tokens: int | None = None):
+        if max_tokens is None:
+            super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, large_model=large_model)
+        else:
+            # Beam 2.77's ModelHandler takes max_batch_weight, but RunInference passes it on to BatchElements,
+            # which refuses it (TypeError). BatchElements counts min/max_batch_size in element_size_fn's units:
+            # the same budget, in tokens.
+            super().__init__(min_batch_size=max_tokens, max_batch_size=max_tokens, element_size_fn=view_tokens,
+                             large_model=large_model)
         self._model_dir = model_dir
         self._device_name = device
         self._bf16, self._fp16 = bf16, fp16
+        self._max_tokens = max_tokens
         self._pad_token_id: int | None = None
 
     def load_model(self) -> Any:
-        from modeling.classifier import load_scoring_model, local_model_path, pick_device
+        from modeling.classifier import inference_dtype, load_scoring_model, local_model_path, pick_device
         from tokenization.tokenizer import load_tokenizer
 
         local = local_model_path(self._model_dir)
         tokenizer = load_tokenizer(local)
-        model = load_scoring_model(local, pick_device(self._device_name))
+        device = pick_device(self._device_name)
+        model = load_scoring_model(local, device, inference_dtype(self._bf16, self._fp16, device))
         model.spanwise_pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         return model
 
     def run_inference(self, batch: Sequence[Example], model: Any, inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
-        from modeling.classifier import autocast_dtype, forward_batch
+        from modeling.classifier import score_views
 
         device = next(model.parameters()).device
-        logits = forward_batch(model, batch, device=device, pad_token_id=model.spanwise_pad_token_id,
-                               autocast=autocast_dtype(self._bf16, self._fp16, device))
+        logits = score_views(model, batch, device=device, pad_token_id=model.spanwise_pad_token_id,
+                             batch_size=len(batch), max_tokens=self._max_tokens)
         return [PredictionResult(None, row) for row in logits]
 
     def get_num_bytes(self, batch: Sequence[Example]) -> int:
@@ -222,17 +237,19 @@ class ApplyHeadFn(beam.DoFn):
         self._head: Any = None
 
     def setup(self) -> None:
+        import torch
+
         from modeling.classifier import load_window_head
 
         self._head = load_window_head(self._model_dir)
+        if self._bf16:  # as the encoder's weights (ViewModelHandler), cast once
+            self._head = self._head.to(torch.bfloat16)
 
     def process(self, element: tuple[DocKey, np.ndarray]) -> Iterator[tuple[DocKey, tuple[np.ndarray, int]]]:
-        import torch
-
         from modeling.classifier import head_logits
 
         key, states = element
-        logits = head_logits(self._head, states, [0] * len(states), 1, autocast=torch.bfloat16 if self._bf16 else None)
+        logits = head_logits(self._head, states, [0] * len(states), 1)
         yield key, (logits[0], len(states))
 
 

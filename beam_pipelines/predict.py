@@ -3,7 +3,7 @@
     python -m beam_pipelines.predict --model_dir DIR_OR_GS --input_files PATTERN [PATTERN ...] \\
         --output_dir DIR_OR_GS [--input_format tsv|csv|jsonl|parquet] \\
         [--id_column C --label_column C --text_column C --text_b_column C] \\
-        [--eval_views 1|K|chunks] [--batch_size N] [--output_format jsonl|parquet] [--num_shards N] \\
+        [--eval_views 1|K|chunks] [--batch_size N | --max_tokens_per_batch N] [--output_format jsonl|parquet] [--num_shards N] \\
         [--device auto|cpu|cuda] [--bf16 | --fp16] [--overwrite] \\
         [Beam options: --runner DataflowRunner --project P --region R --temp_location gs://... \\
          --dataflow_service_options 'worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver']
@@ -68,6 +68,7 @@ from beam_pipelines.shuffle import GroupTablesByKey
 from corpora.inputs import LABEL_NAMES_HELP, InputPlan, parse_label_names, plan_inputs
 from corpora.read_progress import planned_bytes
 from corpora.readers import FORMATS, plan_tasks
+from modeling.batching import check_token_budget
 from modeling.classifier import TrainedView
 from modeling.features import parse_views
 from modeling.label_space import LabelSpace, input_label_separator
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="views per long document: 1, K random draws or 'chunks' (default: the views the model was "
                             "trained with, as recorded in it)")
     group.add_argument("--batch_size", type=int, default=32, help="views per forward pass (default 32)")
+    group.add_argument("--max_tokens_per_batch", type=int, default=None,
+                       help="instead of --batch_size: RunInference's batches sized by tokens (element_size_fn: a "
+                            "view's tokens), at most this many padded tokens per forward; at least the model's "
+                            "max_seq_length")
     group.add_argument("--output_format", default="jsonl", choices=["jsonl", "parquet"],
                        help="predictions as JSON Lines or Parquet (default jsonl)")
     group.add_argument("--num_shards", type=int, default=0,
@@ -136,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--threshold", type=float, default=None,
                        help="a multi-label model: predict each label whose probability is >= this (default: the "
                        "model's own; its config.json's spanwise.best_threshold is the one with the best micro-F1 on dev)")
-    group.add_argument("--bf16", action="store_true", default=False, help="bfloat16 autocast")
-    group.add_argument("--fp16", action="store_true", default=False, help="float16 autocast (GPU only)")
+    group.add_argument("--bf16", action="store_true", default=False, help="bfloat16 weights")
+    group.add_argument("--fp16", action="store_true", default=False, help="float16 weights (GPU only)")
     group.add_argument("--large_model", action="store_true", default=False,
                        help="one copy of the model per worker machine, shared by its processes (Beam's "
                             "share_model_across_processes), for models too large for one copy per process")
@@ -281,7 +286,7 @@ def build_pipeline(pipeline: beam.Pipeline, opts: argparse.Namespace, plan: Inpu
     viewed = read.batches | "Views" >> beam.ParDo(ViewsFn(opts.model_dir, views, names, progress_dir)).with_outputs(
         transforms.REJECTED, main="views")
     handler = KeyedModelHandler(ViewModelHandler(opts.model_dir, opts.batch_size, opts.device, opts.bf16, opts.fp16,
-                                                 opts.large_model))
+                                                 opts.large_model, opts.max_tokens_per_batch))
     scored = viewed.views | "RunInference" >> RunInference(handler)
     if progress_dir:
         scored = scored | "CountScored" >> beam.ParDo(CountScoredFn(progress_dir))
@@ -353,6 +358,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     runner = _runner_name(standard.runner)
     check_runner(runner)
     view = TrainedView.read(opts.model_dir)
+    check_token_budget(opts.max_tokens_per_batch, view.max_seq_length)
     views = parse_views(opts.eval_views if opts.eval_views is not None else view.eval_views)
     spec = ColumnSpec(opts.id_column, opts.label_column, opts.text_column, opts.text_b_column)
     plan = plan_inputs({SPLIT: list(opts.input_files)}, opts.input_format, spec, parse_label_names(opts.label_names),

@@ -9,9 +9,11 @@ and the Python API (``Classifier``) all turn a document into model inputs and sc
 2. ``DocumentViews.views``: token ids -> the views the model was trained to see, with the
    deterministic draws of evaluation (``FeatureBuilder.eval_examples``: one view, K random draws
    or consecutive chunks);
-3. ``score_views``: views -> logits, in length-sorted batches (little padding); for a model with
-   a head over the windows (``--pooling attention|transformer``, ``modeling.window_heads``) the
-   windows' states instead;
+3. ``prepare_views`` (on the host, in worker processes with ``num_workers``) then
+   ``score_prepared`` (on the device): views -> logits, in length-sorted batches of
+   ``batch_size`` views or of ``max_tokens_per_batch`` padded tokens (``modeling.batching``); for
+   a model with a head over the windows (``--pooling attention|transformer``,
+   ``modeling.window_heads``) the windows' states instead;
 4. ``pool_views``: the mean (or max, ``--pooling``) of a document's view logits, as
    ``trainer.predict`` on shards pools them; or ``head_logits``: the model's head over each
    document's window states, in the order of its windows.
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 import spanwise_io
+from modeling.batching import check_token_budget, ordered_map, plan_batches
 from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
 from modeling.label_space import DEFAULT_THRESHOLD, LabelSpace
 from modeling.pooling import HEAD_POOLINGS, batch_inputs, model_input_names, pool_logits
@@ -65,6 +68,10 @@ __all__ = [
     "Classifier",
     "score_views",
     "forward_batch",
+    "ViewBatching",
+    "PreparedViews",
+    "prepare_views",
+    "score_prepared",
     "pool_views",
     "head_logits",
     "is_window_model",
@@ -76,6 +83,7 @@ __all__ = [
     "load_scoring_model",
     "pick_device",
     "autocast_dtype",
+    "inference_dtype",
 ]
 
 # The key of the training record in the model's config.json.
@@ -351,13 +359,18 @@ def save_classifier(model: Any, tokenizer: Any, target: str, run_config: Mapping
         json.dump(run_config, handle, indent=2, sort_keys=True, default=str)
 
 
-def load_scoring_model(model_dir: str, device: torch.device) -> torch.nn.Module:
-    """The saved classifier in eval mode on ``device`` (``gs://`` folders are copied locally first)."""
-    return load_classifier(model_dir).to(device).eval()
+def load_scoring_model(model_dir: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The saved classifier in eval mode on ``device`` (``gs://`` folders are copied locally first),
+    its weights cast to ``dtype`` (``inference_dtype``) when one is given."""
+    return load_classifier(model_dir).to(device=device, dtype=dtype).eval()
 
 
-def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``--bf16``/``--fp16``.
+def inference_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
+    """The dtype of ``--bf16``/``--fp16`` for prediction: the weights are cast to it (``load_scoring_model``).
+
+    Prediction casts the weights once instead of autocasting fp32 weights, which casts every
+    weight in every forward (issue 21); logits come back as float32 either way. (Training keeps
+    autocast: it updates fp32 weights.)
 
     Raises:
         ValueError: both given, or fp16 without a GPU.
@@ -369,6 +382,11 @@ def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype 
     return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
 
 
+def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
+    """``inference_dtype``, by its earlier name (an autocast dtype where weights stay in fp32)."""
+    return inference_dtype(bf16, fp16, device)
+
+
 @torch.no_grad()
 def score_views(
     model: torch.nn.Module,
@@ -378,21 +396,21 @@ def score_views(
     pad_token_id: int,
     batch_size: int = 32,
     autocast: torch.dtype | None = None,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """The logits (float32, ``[len(examples), labels]``) of each view, in the order given.
 
-    Views are sorted by length and cut into batches of ``batch_size``, so that a batch pads to a
-    length close to its own views'; the results are put back in the given order.
+    Views are sorted by length and cut into batches of ``batch_size`` (or of ``max_tokens``
+    padded tokens: ``modeling.batching.plan_batches``), so that a batch pads to a length close
+    to its own views'; the results are put back in the given order.
     """
     if not examples:
         raise ValueError("no views to score")
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    parts = []
-    for start in range(0, len(order), batch_size):
-        picked = [examples[i] for i in order[start : start + batch_size]]
-        parts.append(forward_batch(model, picked, device=device, pad_token_id=pad_token_id, autocast=autocast))
+    batches = plan_batches([len(example.input_ids) for example in examples], batch_size, max_tokens)
+    parts = [forward_batch(model, [examples[i] for i in picked], device=device, pad_token_id=pad_token_id,
+                           autocast=autocast) for picked in batches]
     out = np.empty((len(examples), parts[0].shape[1]), dtype=np.float32)
-    out[order] = np.concatenate(parts)
+    out[np.concatenate(batches)] = np.concatenate(parts)
     return out
 
 
@@ -414,13 +432,120 @@ def forward_batch(
     return scores.float().cpu().numpy()
 
 
+@dataclass(frozen=True)
+class ViewBatching:
+    """What every chunk of documents shares on the host: the model's views and how they are batched.
+
+    Given once to each worker process of ``modeling.batching.ordered_map`` (inherited, not pickled).
+    """
+
+    documents: DocumentViews
+    views: int | str
+    batch_size: int
+    max_tokens: int | None = None
+
+
+@dataclass
+class PreparedViews:
+    """A chunk of documents made ready on the host (``prepare_views``) for ``score_prepared``.
+
+    Attributes:
+        has_tokens: per document of the chunk: False where its TEXT_A gives no tokens (no views).
+        owners: per view, in the order built, its document's index among those with tokens.
+        batches: ``(view indices, collated inputs as numpy arrays)`` per batch, shortest views first.
+    """
+
+    has_tokens: list[bool]
+    owners: np.ndarray
+    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]]
+
+    @property
+    def documents(self) -> int:
+        """The documents with tokens (each has at least one view)."""
+        return sum(self.has_tokens)
+
+
+_COLLATED = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def prepare_views(batching: ViewBatching, payload: tuple[Sequence[str], Sequence[str], Sequence[str] | None]
+                  ) -> PreparedViews:
+    """The host's work on one chunk, ``(doc ids, TEXT_A, TEXT_B or None)``: tokenize as preprocessing,
+    build the views with evaluation's draws, sort them by length, cut the batches and collate them.
+
+    A module-level function of plain inputs, so that worker processes run it
+    (``modeling.batching.ordered_map``); the result depends on the chunk only.
+    """
+    doc_ids, texts_a, texts_b = payload
+    documents = batching.documents
+    has_tokens = [False] * len(texts_a)
+    examples: list[Example] = []
+    owners: list[int] = []
+    kept = 0
+    for index, ids_a, ids_b in documents.token_ids(list(texts_a), None if texts_b is None else list(texts_b)):
+        if not len(ids_a):
+            continue
+        built = documents.views(doc_ids[index], ids_a, ids_b, batching.views)
+        owners.extend([kept] * len(built))
+        examples.extend(built)
+        has_tokens[index] = True
+        kept += 1
+    batches = []
+    for picked in plan_batches([len(example.input_ids) for example in examples], batching.batch_size,
+                               batching.max_tokens):
+        collated = collate([examples[i] for i in picked], documents.pad_token_id)
+        batches.append((picked, {name: collated[name].numpy() for name in _COLLATED}))
+    return PreparedViews(has_tokens, np.asarray(owners, dtype=np.int64), batches)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``: on a GPU through pinned memory with a non-blocking copy, so that
+    the host goes on to the next batch while the copy and the forward run."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@torch.no_grad()
+def score_prepared(model: torch.nn.Module, prepared: PreparedViews, *, device: torch.device,
+                   autocast: torch.dtype | None = None) -> np.ndarray:
+    """The logits (float32, ``[views, labels]``) of a prepared chunk's views, in the order they were
+    built; of a whole-document model, the windows' states (``head_logits`` pools them).
+
+    Every batch is queued on the device before any result is read: the host waits for the device
+    once per chunk, not once per batch.
+    """
+    names = model_input_names(model)
+    window = is_window_model(model)
+    parts = []
+    for _, arrays in prepared.batches:
+        inputs = {name: _to_device(arrays[name], device) for name in names}
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            parts.append(model.window_states(**inputs) if window else model(**inputs).logits)
+    if not parts:
+        raise ValueError("no views to score")
+    scored = torch.cat(parts).float().cpu().numpy()
+    out = np.empty_like(scored)
+    out[np.concatenate([picked for picked, _ in prepared.batches])] = scored
+    return out
+
+
 def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, pooling: str = "mean") -> np.ndarray:
     """Each document's logits from its views' (``owners[i]``: the document of view ``i``), pooled
     as evaluation and training pool them (``modeling.pooling.pool_logits``: mean, or per class max)."""
     owners_t = torch.as_tensor(np.asarray(owners, dtype=np.int64))
-    if (torch.bincount(owners_t, minlength=documents) == 0).any():
+    counts = torch.bincount(owners_t, minlength=documents)
+    if (counts == 0).any():
         raise ValueError("a document has no view")
-    return pool_logits(torch.from_numpy(np.asarray(logits, dtype=np.float32)), owners_t, documents, pooling).numpy()
+    logits = np.asarray(logits, dtype=np.float32)
+    if pooling == "mean":
+        # sums over counts, as trainer.predict on shards; in numpy: torch's scatter_reduce took 70 ms a chunk here,
+        # on the host's critical path (its threads wait for a busy CPU)
+        sums = np.zeros((documents, logits.shape[1]), dtype=np.float32)
+        np.add.at(sums, owners_t.numpy(), logits)
+        return sums / counts.numpy()[:, None].astype(np.float32)
+    return pool_logits(torch.from_numpy(logits), owners_t, documents, pooling).numpy()
 
 
 def _check_texts(texts: Sequence[Any], what: str) -> None:
@@ -444,7 +569,8 @@ def head_logits(head: WindowHead, states: np.ndarray, owners: Sequence[int], doc
     if (torch.bincount(owners_t, minlength=documents) == 0).any():
         raise ValueError("a document has no view")
     device = torch.device(device)
-    states_t = torch.from_numpy(np.asarray(states, dtype=np.float32)).to(device)
+    dtype = next(head.parameters()).dtype  # bf16 or fp16 where the model's weights were cast (inference_dtype)
+    states_t = torch.from_numpy(np.asarray(states, dtype=np.float32)).to(device=device, dtype=dtype)
     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         logits, _ = head(states_t, owners_t.to(device), documents)
     return logits.float().cpu().numpy()
@@ -496,7 +622,8 @@ class Classifier:
         Args:
             model_dir: the folder (its config.json, weights, tokenizer and training record).
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: a GPU when there is one.
-            bf16, fp16: autocast the forward passes.
+            bf16, fp16: cast the weights to bfloat16 (GPU or CPU) or float16 (GPU only) once, at
+                load (``inference_dtype``); the logits are float32 either way.
             threshold: a multi-label model's decision threshold (default: the one it was trained with;
                 its record also holds ``best_threshold``, the one with the best micro-F1 on dev).
         """
@@ -505,9 +632,9 @@ class Classifier:
             raise ValueError(f"{model_dir}: not a folder; give a model folder saved by trainer.task")
         view = TrainedView.read(local)
         torch_device = pick_device(device)
-        dtype = autocast_dtype(bf16, fp16, torch_device)
-        return cls(load_scoring_model(local, torch_device), load_tokenizer(local), view, device=torch_device,
-                   autocast=dtype, threshold=threshold)
+        dtype = inference_dtype(bf16, fp16, torch_device)
+        return cls(load_scoring_model(local, torch_device, dtype), load_tokenizer(local), view, device=torch_device,
+                   threshold=threshold)
 
     @property
     def label_names(self) -> list[str]:
@@ -522,6 +649,8 @@ class Classifier:
         views: int | str | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        max_tokens_per_batch: int | None = None,
+        num_workers: int = 0,
     ) -> list[Prediction]:
         """One prediction per text.
 
@@ -535,6 +664,13 @@ class Classifier:
             batch_size: views per forward pass.
             progress: show the documents scored, with a rate and an ETA, on standard error (a tqdm
                 bar on a terminal, else a line every few seconds; ``spanwise_io.progress``).
+            max_tokens_per_batch: instead of ``batch_size`` views, as many views per forward pass as
+                fit in this many padded tokens (views times the longest; views sorted by length):
+                many short views or few long ones, at one memory size. At least the model's
+                ``max_seq_length``.
+            num_workers: worker processes that tokenize, build the views and collate the batches
+                (the host side) while this process runs the model; 0: all here. The predictions
+                are the same whatever the number.
 
         Raises:
             ValueError: a text is not a string or gives no tokens, two ids are equal, or the arguments do
@@ -543,7 +679,8 @@ class Classifier:
         if isinstance(texts, str):
             raise ValueError("predict takes a list of texts; wrap a single text in a list")
         logits, counts = self.predict_logits(texts, texts_b, ids=ids, views=views, batch_size=batch_size,
-                                             progress=progress)
+                                             progress=progress, max_tokens_per_batch=max_tokens_per_batch,
+                                             num_workers=num_workers)
         space = self.label_space
         probabilities = space.probabilities(logits)
         decisions = space.decide(probabilities)
@@ -564,14 +701,20 @@ class Classifier:
         views: int | str | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        max_tokens_per_batch: int | None = None,
+        num_workers: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The pooled logits ``[len(texts), labels]`` and the number of views of each text.
 
         Texts are tokenized and scored ``DOCS_PER_CHUNK`` at a time, so that memory holds one
-        chunk's token ids and views, whatever the number of texts; ``progress`` counts them so.
+        chunk's token ids and views, whatever the number of texts (with ``num_workers``, a few
+        chunks ahead); ``progress`` counts them so.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        check_token_budget(max_tokens_per_batch, self.view.max_seq_length, "max_tokens_per_batch")
         if texts_b is not None and len(texts_b) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(texts_b)} second texts")
         _check_texts(texts, "text")
@@ -581,30 +724,29 @@ class Classifier:
         doc_ids = self._ids(texts, texts_b, ids)
         logits = np.zeros((len(texts), len(self.view.label_names)), dtype=np.float32)
         counts = np.zeros(len(texts), dtype=np.int64)
+        batching = ViewBatching(self.documents, chosen, batch_size, max_tokens_per_batch)
         with Progress("predict: scored", total_docs=len(texts), enabled=progress) as shown:
-            self._score_chunks(texts, texts_b, doc_ids, chosen, batch_size, logits, counts, shown)
+            self._score_chunks(texts, texts_b, doc_ids, batching, logits, counts, shown, num_workers)
         return logits, counts
 
     def _score_chunks(self, texts: Sequence[str], texts_b: Sequence[str] | None, doc_ids: Sequence[str],
-                      chosen: int | str, batch_size: int, logits: np.ndarray, counts: np.ndarray,
-                      progress: Progress) -> None:
-        """Fill ``logits`` and ``counts``, ``DOCS_PER_CHUNK`` texts at a time."""
-        for start in range(0, len(texts), DOCS_PER_CHUNK):
+                      batching: ViewBatching, logits: np.ndarray, counts: np.ndarray, progress: Progress,
+                      num_workers: int = 0) -> None:
+        """Fill ``logits`` and ``counts``, ``DOCS_PER_CHUNK`` texts at a time (prepared by ``num_workers``)."""
+
+        def payload(start: int) -> tuple[Sequence[str], list[str], list[str] | None]:
             end = min(start + DOCS_PER_CHUNK, len(texts))
-            examples: list[Example] = []
-            owners: list[int] = []
-            chunk_b = None if texts_b is None else list(texts_b[start:end])
-            for index, ids_a, ids_b in self.documents.token_ids(list(texts[start:end]), chunk_b):
-                if not len(ids_a):
-                    text = texts[start + index]
-                    raise ValueError(f"text {start + index} ({text[:40]!r}) gives no tokens with this model's tokenizer")
-                for example in self.documents.views(doc_ids[start + index], ids_a, ids_b, chosen):
-                    examples.append(example)
-                    owners.append(index)
-            scored = score_views(self.model, examples, device=self.device, pad_token_id=self.documents.pad_token_id,
-                                 batch_size=batch_size, autocast=self.autocast)
-            logits[start:end] = self.pool(scored, owners, end - start)
-            counts[start:end] = np.bincount(owners, minlength=end - start)
+            return doc_ids[start:end], list(texts[start:end]), None if texts_b is None else list(texts_b[start:end])
+
+        chunks = range(0, len(texts), DOCS_PER_CHUNK)
+        for start, prepared in ordered_map(prepare_views, batching, chunks, payload, num_workers):
+            end = min(start + DOCS_PER_CHUNK, len(texts))
+            if not all(prepared.has_tokens):
+                index = start + prepared.has_tokens.index(False)
+                raise ValueError(f"text {index} ({texts[index][:40]!r}) gives no tokens with this model's tokenizer")
+            scored = score_prepared(self.model, prepared, device=self.device, autocast=self.autocast)
+            logits[start:end] = self.pool(scored, prepared.owners, end - start)
+            counts[start:end] = np.bincount(prepared.owners, minlength=end - start)
             progress.update(end - start)
 
     def pool(self, scored: np.ndarray, owners: Sequence[int], documents: int) -> np.ndarray:

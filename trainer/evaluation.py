@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from modeling.batching import plan_batches
 from modeling.features import Example, FeatureBuilder, collate, parse_views
 from modeling.label_space import LabelSpace, labelled_rows
 from modeling.metrics import best_threshold, classification_metrics, confusion_matrix, label_set_counts, multi_label_metrics
@@ -65,12 +66,14 @@ class EvalStream(IterableDataset):
         limits: DataLimits | None = None,
         skip_bad_row_groups: bool = False,
         whole_documents: bool = False,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         self.plan, self.features, self.views = plan, features, views
         self.batch_size, self.pad_token_id = batch_size, pad_token_id
         self.limits, self.skip_bad_row_groups = limits, skip_bad_row_groups
         self.whole_documents = whole_documents
+        self.max_tokens = max_tokens
         self.block_rows = batch_size * BLOCK_BATCHES
 
     @property
@@ -96,6 +99,9 @@ class EvalStream(IterableDataset):
             yield from batches
 
     def _batches(self, rows: list[tuple[int, tuple[str, int, np.ndarray, np.ndarray]]]) -> Iterator[dict[str, Any]]:
+        if self.max_tokens is not None:
+            yield from self._token_batches(rows)
+            return
         pending: list[Example] = []
         owners: list[int] = []
         docs: list[tuple[int, str, int]] = []
@@ -114,6 +120,41 @@ class EvalStream(IterableDataset):
                     pending, owners, docs = [], [], []
         if pending or docs or not rows:
             yield self._batch(pending, owners, docs)
+
+    def _token_batches(self, rows: list[tuple[int, tuple[str, int, np.ndarray, np.ndarray]]]) -> Iterator[dict[str, Any]]:
+        """``max_tokens``: the block's views sorted by length, in batches of at most that many padded
+        tokens (``modeling.batching.plan_batches``); the block's documents listed in its first batch.
+        With ``whole_documents``, documents in their order, a batch ending before the document that
+        would take it over the budget (a document alone over it gets a batch of its own)."""
+        docs: list[tuple[int, str, int]] = []
+        per_document: list[list[Example]] = []
+        for position, (doc_id, label, ids_a, ids_b) in rows:
+            docs.append((position - self.plan.start, doc_id, int(label)))
+            per_document.append(self.features.eval_examples(doc_id, label, ids_a, ids_b, self.views))
+        if not self.whole_documents:
+            examples = [example for views in per_document for example in views]
+            owners = [doc[0] for doc, views in zip(docs, per_document) for _ in views]
+            batches = plan_batches([len(example.input_ids) for example in examples], self.batch_size, self.max_tokens)
+            for number, picked in enumerate(batches):
+                yield self._batch([examples[i] for i in picked], [owners[i] for i in picked], docs if number == 0 else [])
+            if not batches:
+                yield self._batch([], [], docs)
+            return
+        pending: list[Example] = []
+        owners = []
+        listed: list[tuple[int, str, int]] = []
+        longest = 0
+        for doc, views in zip(docs, per_document):
+            own = max(len(example.input_ids) for example in views)
+            if pending and (len(pending) + len(views)) * max(longest, own) > self.max_tokens:
+                yield self._batch(pending, owners, listed)
+                pending, owners, listed, longest = [], [], [], 0
+            listed.append(doc)
+            pending.extend(views)
+            owners.extend([doc[0]] * len(views))
+            longest = max(longest, own)
+        if pending or listed or not rows:
+            yield self._batch(pending, owners, listed)
 
     def _batch(self, examples: list[Example], owners: list[int], docs: list[tuple[int, str, int]]) -> dict[str, Any]:
         batch: dict[str, Any] = collate(examples, self.pad_token_id) if examples else {}
@@ -140,6 +181,7 @@ def score_documents(
     num_workers: int = 0,
     pooling: str = "mean",
     progress: Callable[[int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Doc ids, labels and pooled logits (``pooling``: mean or max of its views', or the model's
     head over them: attention, transformer) of every document of the split (all ranks).
@@ -149,12 +191,14 @@ def score_documents(
     rank's problems only). ``limits`` bounds the labels
     and token ids read; ``num_workers`` DataLoader workers build the views. ``progress`` is told
     how many more documents each batch starts to score (``trainer.predict``'s progress).
+    ``max_tokens``: batches of that many padded tokens instead of ``batch_size`` views
+    (``trainer.predict --max_tokens_per_batch``; ``EvalStream._token_batches``).
     """
     plan = eval_plan(units, batch_size=batch_size, rank=rank, world_size=world_size)
     whole = keeps_documents_whole(pooling)
     stream = EvalStream(
         plan, features, views=views, batch_size=batch_size, pad_token_id=pad_token_id, limits=limits,
-        skip_bad_row_groups=skipped is not None, whole_documents=whole,
+        skip_bad_row_groups=skipped is not None, whole_documents=whole, max_tokens=max_tokens,
     )
     loader = DataLoader(
         stream, batch_size=None, num_workers=num_workers,

@@ -24,25 +24,19 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
 import spanwise_io
 from corpora.inputs import LABEL_NAMES_HELP, parse_label_names, plan_inputs
 from corpora.read_progress import TaskProgress, planned_bytes
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
-from modeling.classifier import (
-    DOCS_PER_CHUNK,
-    RUN_CONFIG_NAME,
-    Classifier,
-    TrainedView,
-    load_classifier,
-    local_model_path,
-    score_views,
-)
-from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
+from modeling.batching import check_token_budget, ordered_map
+from modeling.classifier import (DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, PreparedViews, TrainedView, ViewBatching,
+                                 inference_dtype, load_scoring_model, local_model_path, prepare_views, score_prepared)
+from modeling.features import FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.label_space import input_label_separator, labelled_rows
 from modeling.prediction_output import PredictionWriter, Tally, format_summary
 from schemas.columns import ColumnSpec
@@ -106,14 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "with, as recorded in it)")
     parser.add_argument("--batch_size", "--per_device_eval_batch_size", dest="batch_size", type=int, default=32,
                         help="views per batch")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers building the views")
+    parser.add_argument("--max_tokens_per_batch", type=int, default=None,
+                        help="instead of --batch_size views, as many views per batch as fit in this many padded tokens "
+                             "(views x the longest; views sorted by length); at least the model's max_seq_length")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0,
+                        help="worker processes that read, tokenize, build the views and collate the batches while the "
+                             "model runs (0: all in this process); the predictions do not depend on it")
     parser.add_argument("--threshold", type=float, default=None,
                         help="a multi-label model: predict each label whose probability is >= this (default: the model's "
                         "own, --threshold of its training; its config.json's spanwise.best_threshold is the one with "
                         "the best micro-F1 on dev)")
     parser.add_argument("--use_cpu", action="store_true", help="run on the CPU even if a GPU is present")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU with bf16, or CPU)")
-    parser.add_argument("--fp16", action="store_true", help="float16 autocast (GPU only)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 weights (GPU with bf16, or CPU)")
+    parser.add_argument("--fp16", action="store_true", help="float16 weights (GPU only)")
     parser.add_argument("--skip_bad_shards", action="store_true",
                         help="skip (and count) missing, corrupt or foreign shards and unreadable row groups instead of stopping")
     parser.add_argument("--summary_output", default=None,
@@ -146,8 +145,7 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
     ctx = init_distributed(args.use_cpu)
     progress = Progress("predict: scored", enabled=ctx.is_main and not args.quiet)
     try:
-        if args.fp16 and ctx.device.type != "cuda":
-            raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
+        inference_dtype(args.bf16, args.fp16, ctx.device)  # (checked before any work)
         model_dir = local_model_path(args.model_dir)
         config_path = spanwise_io.join(args.model_dir, RUN_CONFIG_NAME)
         if not spanwise_io.exists(config_path):
@@ -170,6 +168,7 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
         features = FeatureBuilder(seq_config, SpecialTokenTemplate.from_tokenizer(tokenizer), train_args["seed"],
                                   max_chunks=train_args.get("max_chunks"))  # --max_chunks and --pooling as in training
         views = parse_views(args.eval_views if args.eval_views is not None else train_args.get("eval_views", "1"))
+        check_token_budget(args.max_tokens_per_batch, int(seq["max_seq_length"]))
 
         # the same up-front check as training (listing + Parquet footers), before the model is loaded
         limits = DataLimits(len(label_names), True, manifest["tokenizer"].get("vocab_size"), multi_label=space.multi_label)
@@ -177,7 +176,8 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
         for problem in scan.skipped:
             log.warning("--skip_bad_shards: skipping %s (%s rows)", problem, problem.rows)
         skipped_row_groups: list[ShardProblem] | None = [] if args.skip_bad_shards else None
-        model = load_classifier(model_dir).to(ctx.device)
+        dtype = inference_dtype(args.bf16, args.fp16, ctx.device)
+        model = load_scoring_model(model_dir, ctx.device, dtype)  # bf16/fp16: the weights cast once, no autocast
         progress.total_docs = sum(unit.rows for unit in scan.units) if ctx.world_size == 1 else None  # else: a share
         progress.start()
         doc_ids, labels, logits = score_documents(
@@ -188,7 +188,7 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
             batch_size=args.batch_size,
             device=ctx.device,
             pad_token_id=int(tokenizer.pad_token_id or 0),
-            autocast_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+            max_tokens=args.max_tokens_per_batch,
             rank=ctx.rank,
             world_size=ctx.world_size,
             limits=limits,
@@ -217,12 +217,61 @@ def predict_shards(args: argparse.Namespace) -> dict[str, Any]:
         shutdown_distributed()
 
 
+@dataclass
+class _RawChunk:
+    """Up to ``ROWS_PER_CHUNK`` rows of one read task, with the rows rejected while reading them.
+
+    ``counts`` is the task's (filled by the reader) on its last chunk only, and None before.
+    """
+
+    file: InputFile
+    task: Any
+    rows: list[Row]
+    rejections: list[Rejection]
+    first: bool
+    counts: TaskCounts | None = None
+
+    def doc_ids(self) -> list[str]:
+        """A row's ID, or the one preprocessing derives: ``<file>:<line>`` (Parquet ``<file>:<row>``)."""
+        return [row.id or f"{self.file.name}:{row.line or row.offset}" for row in self.rows]
+
+
+def _read_chunks(files: Sequence[InputFile], decode_errors: str) -> Iterator[_RawChunk]:
+    """The rows of every file, in order, in chunks (read here: reading is cheap next to tokenizing).
+
+    A chunk ends at ``ROWS_PER_CHUNK`` rows, or rejections (bounding memory on a file of bad
+    rows), and at the end of each task, whose last chunk (maybe empty) carries its counts.
+    """
+    for file in files:
+        for task in plan_tasks(file, 1 << 62):  # one task per file: line numbers are the file's
+            counts = TaskCounts()
+            rows: list[Row] = []
+            rejections: list[Rejection] = []
+            first = True
+            for item in read_task(task, counts, decode_errors):
+                if isinstance(item, Rejection):
+                    rejections.append(item)
+                else:
+                    rows.append(item)
+                if len(rows) == ROWS_PER_CHUNK or len(rejections) == ROWS_PER_CHUNK:
+                    yield _RawChunk(file, task, rows, rejections, first)
+                    rows, rejections, first = [], [], False
+            yield _RawChunk(file, task, rows, rejections, first, counts)
+
+
+def _chunk_payload(chunk: _RawChunk) -> tuple[list[str], list[str], list[str]]:
+    return chunk.doc_ids(), [row.text_a for row in chunk.rows], [row.text_b for row in chunk.rows]
+
+
 def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
     """``--input_files``: read, tokenize, score and write in chunks of ``ROWS_PER_CHUNK`` documents.
 
     A row that cannot be read, or whose text gives no tokens, goes to the rejected output with
     its file, line and reason; read = predicted + rejected. A file without an ID column gives
-    its rows the IDs preprocessing would (``<file>:<line>``, Parquet ``<file>:<row>``).
+    its rows the IDs preprocessing would (``<file>:<line>``, Parquet ``<file>:<row>``). With
+    ``--dataloader_num_workers N`` this process reads the rows and N worker processes tokenize
+    them, build the views and collate the batches (``modeling.batching.ordered_map``), a few
+    chunks ahead of the model; the chunks, batches and outputs are those of 0 workers.
     """
     import os
 
@@ -233,9 +282,11 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
     separator = input_label_separator(TrainedView.read(args.model_dir).label_space, args.label_separator, args.model_dir)
     plan = plan_inputs({RAW_SPLIT: list(args.input_files)}, args.input_format, spec,  # columns checked first
                        parse_label_names(args.label_names), separator)
+    check_token_budget(args.max_tokens_per_batch, TrainedView.read(args.model_dir).max_seq_length)
     classifier = Classifier.from_pretrained(args.model_dir, device="cpu" if args.use_cpu else None,
                                             bf16=args.bf16, fp16=args.fp16, threshold=args.threshold)
     views = parse_views(args.eval_views if args.eval_views is not None else classifier.view.eval_views)
+    batching = ViewBatching(classifier.documents, views, args.batch_size, args.max_tokens_per_batch)
     rejected_path = args.rejected_output or _beside(args.output, ".rejected.jsonl")
     tally = Tally(classifier.label_space)
     read = 0
@@ -249,26 +300,20 @@ def predict_raw(args: argparse.Namespace) -> dict[str, Any]:
             tally.rejected[rejection.reason] += 1
             rejected_out.write((rejection.to_json() + "\n").encode("utf-8"))
 
-        for file in plan.files[RAW_SPLIT]:
-            for task in plan_tasks(file, 1 << 62):  # one task per file: line numbers are the file's
-                counts = TaskCounts()
-                chunk: list[Row] = []
-                done = TaskProgress(task, lambda docs, nbytes, _: progress.update(docs, nbytes))
-                rejected = 0  # read rejections since the last chunk
-                for item in read_task(task, counts, args.decode_errors):
-                    if isinstance(item, Rejection):
-                        reject(item)
-                        rejected += 1
-                        continue
-                    chunk.append(item)
-                    if len(chunk) == ROWS_PER_CHUNK:
-                        _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject, first_of_id)
-                        done.advance(len(chunk) + rejected, chunk[-1].offset)
-                        chunk, rejected = [], 0
-                if chunk:
-                    _predict_chunk(classifier, file, chunk, views, args.batch_size, writer, tally, reject, first_of_id)
-                done.finish(counts)
-                read += counts.lines - counts.headers
+        chunks = _read_chunks(plan.files[RAW_SPLIT], args.decode_errors)
+        done: TaskProgress | None = None
+        for chunk, prepared in ordered_map(prepare_views, batching, chunks, _chunk_payload,
+                                           args.dataloader_num_workers):
+            if chunk.first:
+                done = TaskProgress(chunk.task, lambda docs, nbytes, _: progress.update(docs, nbytes))
+            for rejection in chunk.rejections:  # (read before the chunk's rows were scored, so written first)
+                reject(rejection)
+            if chunk.rows:
+                _predict_chunk(classifier, chunk, prepared, writer, tally, reject, first_of_id)
+                done.advance(len(chunk.rows) + len(chunk.rejections), chunk.rows[-1].offset)
+            if chunk.counts is not None:
+                done.finish(chunk.counts)
+                read += chunk.counts.lines - chunk.counts.headers
     summary: dict[str, Any] = {"read": read, **tally.summary(), "output": args.output, "rejected_output": rejected_path,
                                "eval_views": str(views)}
     if summary["documents"] + summary["rejected"] != read:
@@ -284,40 +329,39 @@ def _beside(output: str, suffix: str) -> str:
     return output + suffix
 
 
-def _predict_chunk(classifier: Classifier, file: InputFile, rows: Sequence[Row], views: int | str, batch_size: int,
-                   writer: PredictionWriter, tally: Tally, reject: Any, first_of_id: dict[str, str]) -> None:
-    """Score one chunk of rows and write their predictions.
+def _predict_chunk(classifier: Classifier, chunk: _RawChunk, prepared: PreparedViews, writer: PredictionWriter,
+                   tally: Tally, reject: Any, first_of_id: dict[str, str]) -> None:
+    """Score one prepared chunk of rows and write their predictions.
 
     Rows without tokens are rejected, and so is a row whose ID an earlier row has (as
     preprocessing keeps the first row of an ID); ``first_of_id`` remembers where each ID was first.
+    (A repeated ID's views were prepared with the others, and are scored but not written.)
     """
-    doc_ids = [row.id or f"{file.name}:{row.line or row.offset}" for row in rows]
-    examples: list[Example] = []
-    owners: list[int] = []
-    kept: list[int] = []
-    documents = classifier.documents
-    for index, ids_a, ids_b in documents.token_ids([r.text_a for r in rows], [r.text_b for r in rows]):
-        if not len(ids_a):
-            reject(Rejection.of_row(rows[index], Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"))
+    rows, doc_ids = chunk.rows, chunk.doc_ids()
+    kept: list[int] = []  # rows written
+    dense: list[int] = []  # their places among the rows with tokens (prepared.owners' numbering)
+    with_tokens = 0
+    for index, row in enumerate(rows):
+        if not prepared.has_tokens[index]:
+            reject(Rejection.of_row(row, Reason.NO_TOKENS, "TEXT_A gives no tokens with this tokenizer"))
             continue
-        row = rows[index]
+        with_tokens += 1
         if row.id and row.id in first_of_id:
             reject(Rejection.of_row(row, Reason.DUPLICATE_ID,
                                     f"ID {row.id!r} already used at {first_of_id[row.id]}; the first is kept"))
             continue
         if row.id:
-            first_of_id[row.id] = describe_place(file.path, row.line, row.offset)
-        for example in documents.views(doc_ids[index], ids_a, ids_b, views):
-            examples.append(example)
-            owners.append(len(kept))
+            first_of_id[row.id] = describe_place(chunk.file.path, row.line, row.offset)
         kept.append(index)
+        dense.append(with_tokens - 1)
     if not kept:
         return
-    logits = score_views(classifier.model, examples, device=classifier.device, pad_token_id=documents.pad_token_id,
-                         batch_size=batch_size, autocast=classifier.autocast)
-    predicted = writer.write([doc_ids[i] for i in kept], classifier.pool(logits, owners, len(kept)))
+    scored = score_prepared(classifier.model, prepared, device=classifier.device, autocast=classifier.autocast)
+    pooled = classifier.pool(scored, prepared.owners, prepared.documents)
+    predicted = writer.write([doc_ids[i] for i in kept], pooled[dense])
     multi = classifier.label_space.multi_label
-    tally.add([rows[i].labels if multi else rows[i].label for i in kept], predicted, len(examples))
+    tally.add([rows[i].labels if multi else rows[i].label for i in kept], predicted,
+              int(np.bincount(prepared.owners)[dense].sum()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
