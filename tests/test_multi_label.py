@@ -324,6 +324,12 @@ def test_every_prediction_path_agrees_on_label_sets(raw_label_sets, tmp_path):
     for name in ("micro_f1", "macro_f1", "exact_match"):
         assert raw_summary[name] == pytest.approx(shard_summary[name]), name
 
+    # host-side workers and token-budget batches (issue 21) change nothing
+    busy_out = tmp_path / "raw-workers.jsonl"
+    predict(["--model_dir", model, "--input_files", raw, "--output", str(busy_out), "--use_cpu", "--quiet",
+             "--dataloader_num_workers", "2", "--max_tokens_per_batch", "256"])
+    same({r["id"]: r for r in map(json.loads, busy_out.read_text().splitlines())}, "2 workers, 256 tokens a batch")
+
     api = Classifier.from_pretrained(model, device="cpu").predict([text for _, _, text in rows],
                                                                   ids=[doc_id for doc_id, _, _ in rows])
     same({p.id: {"labels": list(p.labels), "probabilities": p.probabilities} for p in api}, "Classifier.predict")
