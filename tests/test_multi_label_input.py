@@ -366,20 +366,23 @@ def test_label_separator_needs_multi_label_and_a_usable_value(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_max_labels_counts_the_distinct_labels_of_every_set(tmp_path):
+def _train_and_dev(tmp_path: Path, train: str, dev: str) -> Path:
+    """A GLUE-layout data folder with these train and dev lines."""
     data = tmp_path / "data"
     data.mkdir()
-    (data / "train.tsv").write_text("r1\ta\ta|b\tone\nr2\ta\tb|c\ttwo\nr3\ta\tc\tthree\n", encoding="utf-8")
-    (data / "dev.tsv").write_text("d1\ta\ta\tone\n", encoding="utf-8")
+    (data / "train.tsv").write_text(train, encoding="utf-8")
+    (data / "dev.tsv").write_text(dev, encoding="utf-8")
+    return data
+
+
+def test_max_labels_counts_the_distinct_labels_of_every_set(tmp_path):
+    data = _train_and_dev(tmp_path, "r1\ta\ta|b\tone\nr2\ta\tb|c\ttwo\nr3\ta\tc\tthree\n", "d1\ta\ta\tone\n")
     with pytest.raises(ValueError, match=r"train has 3 distinct labels, more than --max_labels 2 \(e\.g\. 'a', 'b', 'c'\)"):
         preprocess.run(_argv(tmp_path / "out", "--data_dir", str(data), "--multi_label", "--max_labels", "2"))
 
 
 def test_a_train_split_of_empty_sets_only_is_a_clear_error(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.tsv").write_text("r1\ta\t\tone\nr2\ta\t|\ttwo\n", encoding="utf-8")
-    (data / "dev.tsv").write_text("d1\ta\t\tone\n", encoding="utf-8")
+    data = _train_and_dev(tmp_path, "r1\ta\t\tone\nr2\ta\t|\ttwo\n", "d1\ta\t\tone\n")
     with pytest.raises(ValueError, match=r"every train document \(2\) has an empty label set: no label to learn"):
         preprocess.run(_argv(tmp_path / "out", "--data_dir", str(data), "--multi_label"))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
