@@ -186,10 +186,20 @@ def test_duplicates_across_seven_files_are_rejected_once_naming_both_places(tmp_
 # --------------------------------------------------------------------------- columns by name
 
 
+def _as_in_a_terminal() -> None:
+    """The child's Ctrl-C as a terminal gives it: SIGINT handled and not blocked. A test run
+    started in the background by a non-interactive shell (``cmd &``) has SIGINT ignored, and the
+    child would inherit that: Python then installs no KeyboardInterrupt handler, and the Ctrl-C
+    test's signal did nothing (the run went on and published)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _run_cli(argv: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "beam_pipelines.preprocess", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), **(env or {})), timeout=timeout,
+        preexec_fn=_as_in_a_terminal,
     )
 
 
