@@ -111,7 +111,7 @@ def test_padding_fraction_by_hand():
     1 - 18 / 23 over both; per batch 1/3 and 0."""
     from modeling.features import Example, collate
     from trainer.data import padding_counts
-    from trainer.task import PaddingMeter
+    from trainer.meters import PaddingMeter
 
     def batch(lengths):
         return collate([Example(f"d{i}", 0, [7] * n, [0] * n) for i, n in enumerate(lengths)], pad_token_id=0)

@@ -7,7 +7,8 @@ group, SIGTERM and Ctrl-C) live in the named helpers it calls.
 
 What the run decides before its first step is not here: which shards, how many steps, and
 whether ``--output_dir`` is resumed are ``trainer.plan.RunPlan``'s; the evaluations, the best
-one and early stopping are ``trainer.tracking.EvalTracker``'s; the model side (views, pooling,
+one and early stopping are ``trainer.tracking.EvalTracker``'s; the loss and padding counts between
+log lines and per epoch are ``trainer.meters``'; the model side (views, pooling,
 loading and saving the classifier with its ``spanwise`` record) is the ``modeling`` package's.
 
 What comes from libraries: the flags parser (transformers' ``HfArgumentParser``), the model,
@@ -24,7 +25,6 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -48,6 +48,7 @@ from trainer.cloud import HypertuneReporter, is_tuning_trial, notify_webhook, ru
 from trainer.data import raise_batch_error, start_loader, worker_init_threads
 from trainer.distributed import DistContext, init_distributed, shutdown_distributed
 from trainer.evaluation import evaluate_split, render_predictions, score_documents
+from trainer.meters import LossMeter, PaddingMeter
 from trainer.optimization import build_optimizer, build_scheduler, optimizer_step
 from trainer.plan import RunPlan, protected_steps
 from trainer.preflight import check_device, check_metric, check_model_fits, check_splits
@@ -73,61 +74,6 @@ def rank_trace_path(path: str, rank: int, world_size: int) -> str:
         return path
     root, ext = os.path.splitext(path)
     return f"{root}.rank{rank}{ext}"
-
-
-class LossMeter:
-    """The training loss of the steps since the last log line, summed on the device (no sync per batch)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss = torch.zeros((), device=self.device)
-        self.steps, self.samples, self.start = 0, 0, time.perf_counter()
-
-    def add_batch(self, loss: torch.Tensor, samples: int) -> None:
-        self.loss += loss
-        self.samples += samples
-
-    def read(self) -> tuple[float, float]:
-        """(mean loss per step, samples per second) of the window; the one host sync of a log step."""
-        loss = float(self.loss.item()) / max(self.steps, 1)
-        rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
-        self.reset()
-        return loss, rate
-
-
-class PaddingMeter:
-    """Real and padded tokens of the training batches: the padding fraction (issue 21).
-
-    ``padded`` counts rows x padded length of each batch (what the model computes on), ``real``
-    the tokens that are not padding; the fraction is ``1 - real / padded``. Counted per logging
-    interval (this rank's batches) and per epoch (all ranks, gathered at the epoch's end); the
-    epoch's counts are in the checkpoint, so a resumed run reports what an uninterrupted one does.
-    """
-
-    def __init__(self) -> None:
-        self.interval = [0, 0]  # real, padded
-        self.epoch = [0, 0, 0, 0]  # real, padded, documents, batches
-
-    def add(self, batch: dict[str, Any]) -> None:
-        real, padded = int(batch.get("real_tokens", 0)), int(batch.get("padded_tokens", 0))
-        self.interval[0] += real
-        self.interval[1] += padded
-        self.epoch[0] += real
-        self.epoch[1] += padded
-        self.epoch[2] += len(batch["doc_ids"])
-        self.epoch[3] += 1
-
-    @staticmethod
-    def fraction(real: int, padded: int) -> float:
-        return 1.0 - real / padded if padded else 0.0
-
-    def read_interval(self) -> float:
-        value = self.fraction(*self.interval)
-        self.interval = [0, 0]
-        return value
 
 
 class Trainer:
@@ -370,7 +316,7 @@ class Trainer:
                         break
         self.signals.armed = False
         self.signals.finish()
-        if self.padding.epoch[3]:  # a run that stops inside an epoch (--max_steps): its part of the epoch
+        if self.padding.epoch_started():  # a run that stops inside an epoch (--max_steps): its part of the epoch
             self._end_epoch(self.epoch, partial=True)
         if c.do_eval and not self.evals.evaluated_at(self.global_step):
             self.evaluate()  # every run ends evaluated
@@ -451,23 +397,19 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, partial: bool = False) -> None:
         """The epoch's batch statistics (all ranks together): logged, to TensorBoard and train_results.json."""
-        counts = self.padding.epoch
-        if self.ctx.distributed:
-            totals = torch.tensor(counts, dtype=torch.float64, device=self.ctx.device)
-            dist.all_reduce(totals)
-            counts = [int(x) for x in totals.tolist()]
-        real, padded, documents, batches = counts
-        entry = {"epoch": epoch, "step": self.global_step, "batches": batches, "documents": documents,
-                 "real_tokens": real, "padded_tokens": padded,
-                 "padding_fraction": round(PaddingMeter.fraction(real, padded), 6)}
-        if partial:
-            entry["partial"] = True
+        entry = self.padding.end_epoch(epoch, self.global_step, partial=partial,
+                                       sum_ranks=self._sum_over_ranks if self.ctx.distributed else None)
         self.epoch_stats.append(entry)
-        self.padding.epoch = [0, 0, 0, 0]
         if self.ctx.is_main:
             log.info("epoch %d%s: %d batches, %d documents, padding fraction %.4f (%d of %d tokens)", epoch,
-                     " (part)" if partial else "", batches, documents, entry["padding_fraction"], padded - real, padded)
+                     " (part)" if partial else "", entry["batches"], entry["documents"], entry["padding_fraction"],
+                     entry["padded_tokens"] - entry["real_tokens"], entry["padded_tokens"])
             self.writer.add_scalar("train/epoch_padding_fraction", entry["padding_fraction"], self.global_step)
+
+    def _sum_over_ranks(self, counts: list[int]) -> list[int]:
+        totals = torch.tensor(counts, dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(totals)
+        return [int(x) for x in totals.tolist()]
 
     def _evaluation_due(self) -> bool:
         c = self.config
