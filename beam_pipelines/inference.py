@@ -117,7 +117,7 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
         batch_size: views per forward pass: RunInference's batches are of this many views (fixed:
             Beam's default would start at 1 and grow them by timing, many small batches).
         device: ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``.
-        bf16, fp16: cast the weights (``modeling.classifier.inference_dtype``), not autocast.
+        bf16, fp16: cast the weights (``modeling.scoring.inference_dtype``), not autocast.
         large_model: one copy of the model per worker machine, shared by its processes
             (Beam's ``share_model_across_processes``) instead of one per process.
         max_tokens: instead of ``batch_size``: batches of this many tokens, summed over their
@@ -142,7 +142,8 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
         self._pad_token_id: int | None = None
 
     def load_model(self) -> Any:
-        from modeling.classifier import inference_dtype, load_scoring_model, local_model_path, pick_device
+        from modeling.classifier import load_scoring_model, local_model_path, pick_device
+        from modeling.scoring import inference_dtype
         from tokenization.tokenizer import load_tokenizer
 
         local = local_model_path(self._model_dir)
@@ -154,7 +155,7 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[Example], model: Any, inference_args: dict[str, Any] | None = None
                       ) -> Iterable[PredictionResult]:
-        from modeling.classifier import score_views
+        from modeling.scoring import score_views
 
         device = next(model.parameters()).device
         logits = score_views(model, batch, device=device, pad_token_id=model.spanwise_pad_token_id,
@@ -170,7 +171,7 @@ class ViewModelHandler(ModelHandler[Example, PredictionResult, Any]):
 
 class PoolLogitsFn(beam.CombineFn):
     """A document's view logits -> ``(pooled logits, views)``: their mean, or per class their
-    maximum (``pooling``, the model's ``--pooling``), as ``modeling.classifier.pool_views``."""
+    maximum (``pooling``, the model's ``--pooling``), as ``modeling.scoring.pool_views``."""
 
     def __init__(self, pooling: str = "mean"):
         if pooling not in ("mean", "max"):
@@ -246,7 +247,7 @@ class ApplyHeadFn(beam.DoFn):
             self._head = self._head.to(torch.bfloat16)
 
     def process(self, element: tuple[DocKey, np.ndarray]) -> Iterator[tuple[DocKey, tuple[np.ndarray, int]]]:
-        from modeling.classifier import head_logits
+        from modeling.scoring import head_logits
 
         key, states = element
         logits = head_logits(self._head, states, [0] * len(states), 1)

@@ -1,7 +1,8 @@
 """Classify raw documents with a trained model: the one prediction path.
 
 ``trainer.predict --input_files``, the Beam batch-prediction pipeline (``beam_pipelines.predict``)
-and the Python API (``Classifier``) all turn a document into model inputs and scores here:
+and the Python API (``Classifier``) all turn a document into model inputs and scores here
+(steps 1-2, and the model's loading and saving) and in ``modeling.scoring`` (steps 3-4):
 
 1. ``DocumentViews.token_ids``: text -> token ids exactly as preprocessing stores them
    (``tokenization.documents``: the ``--max_doc_chars`` cut, the ``--max_doc_tokens`` cap and a
@@ -9,12 +10,12 @@ and the Python API (``Classifier``) all turn a document into model inputs and sc
 2. ``DocumentViews.views``: token ids -> the views the model was trained to see, with the
    deterministic draws of evaluation (``FeatureBuilder.eval_examples``: one view, K random draws
    or consecutive chunks);
-3. ``prepare_views`` (on the host, in worker processes with ``num_workers``) then
-   ``score_prepared`` (on the device): views -> logits, in length-sorted batches of
+3. ``scoring.prepare_views`` (on the host, in worker processes with ``num_workers``) then
+   ``scoring.score_prepared`` (on the device): views -> logits, in length-sorted batches of
    ``batch_size`` views or of ``max_tokens_per_batch`` padded tokens (``modeling.batching``); for
    a model with a head over the windows (``--pooling attention|transformer``,
    ``modeling.window_heads``) the windows' states instead;
-4. ``pool_views``: the mean (or max, ``--pooling``) of a document's view logits, as
+4. ``scoring.pool_views``: the mean (or max, ``--pooling``) of a document's view logits, as
    ``trainer.predict`` on shards pools them; or ``head_logits``: the model's head over each
    document's window states, in the order of its windows.
 
@@ -44,11 +45,12 @@ import numpy as np
 import torch
 
 import spanwise_io
-from modeling.batching import check_token_budget, ordered_map, plan_batches
-from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, collate, parse_views
+from modeling.batching import check_token_budget, ordered_map
+from modeling.features import Example, FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.label_space import DEFAULT_THRESHOLD, LabelSpace
-from modeling.pooling import HEAD_POOLINGS, batch_inputs, model_input_names, pool_logits
-from modeling.window_heads import MODEL_TYPE, WindowHead, WindowHeadConfig, WindowHeadForSequenceClassification
+from modeling.pooling import HEAD_POOLINGS
+from modeling.scoring import ViewBatching, head_logits, inference_dtype, pool_views, prepare_views, score_prepared
+from modeling.window_heads import MODEL_TYPE, WindowHead, WindowHeadConfig, WindowHeadForSequenceClassification, is_window_model
 from schemas.shard import SINGLE_LABEL
 from spanwise_io.progress import Progress
 from tokenization.documents import cap_tokens, tokenize_texts
@@ -66,15 +68,6 @@ __all__ = [
     "DocumentViews",
     "Prediction",
     "Classifier",
-    "score_views",
-    "forward_batch",
-    "ViewBatching",
-    "PreparedViews",
-    "prepare_views",
-    "score_prepared",
-    "pool_views",
-    "head_logits",
-    "is_window_model",
     "start_classifier",
     "load_window_head",
     "text_id",
@@ -82,8 +75,6 @@ __all__ = [
     "load_classifier",
     "load_scoring_model",
     "pick_device",
-    "autocast_dtype",
-    "inference_dtype",
 ]
 
 # The key of the training record in the model's config.json.
@@ -315,12 +306,6 @@ def start_classifier(name_or_path: str, *, pooling: str = "mean", max_windows: i
         trust_remote_code=trust_remote_code, problem_type=kwargs.get("problem_type"))
 
 
-def is_window_model(model: torch.nn.Module) -> bool:
-    """A whole-document model (``--pooling attention|transformer``): it scores windows into states, not logits."""
-    inner = getattr(model, "_orig_mod", model)
-    return isinstance(getattr(inner, "module", inner), WindowHeadForSequenceClassification)
-
-
 def load_window_head(model_dir: str, device: torch.device | str = "cpu") -> WindowHead:
     """The head alone of a whole-document model folder (its ``head.*`` weights), in eval mode.
 
@@ -365,189 +350,6 @@ def load_scoring_model(model_dir: str, device: torch.device, dtype: torch.dtype 
     return load_classifier(model_dir).to(device=device, dtype=dtype).eval()
 
 
-def inference_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
-    """The dtype of ``--bf16``/``--fp16`` for prediction: the weights are cast to it (``load_scoring_model``).
-
-    Prediction casts the weights once instead of autocasting fp32 weights, which casts every
-    weight in every forward (issue 21); logits come back as float32 either way. (Training keeps
-    autocast: it updates fp32 weights.)
-
-    Raises:
-        ValueError: both given, or fp16 without a GPU.
-    """
-    if bf16 and fp16:
-        raise ValueError("choose one of --bf16 and --fp16")
-    if fp16 and device.type != "cuda":
-        raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
-    return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
-
-
-def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
-    """``inference_dtype``, by its earlier name (an autocast dtype where weights stay in fp32)."""
-    return inference_dtype(bf16, fp16, device)
-
-
-@torch.no_grad()
-def score_views(
-    model: torch.nn.Module,
-    examples: Sequence[Example],
-    *,
-    device: torch.device,
-    pad_token_id: int,
-    batch_size: int = 32,
-    autocast: torch.dtype | None = None,
-    max_tokens: int | None = None,
-) -> np.ndarray:
-    """The logits (float32, ``[len(examples), labels]``) of each view, in the order given.
-
-    Views are sorted by length and cut into batches of ``batch_size`` (or of ``max_tokens``
-    padded tokens: ``modeling.batching.plan_batches``), so that a batch pads to a length close
-    to its own views'; the results are put back in the given order.
-    """
-    if not examples:
-        raise ValueError("no views to score")
-    batches = plan_batches([len(example.input_ids) for example in examples], batch_size, max_tokens)
-    parts = [forward_batch(model, [examples[i] for i in picked], device=device, pad_token_id=pad_token_id,
-                           autocast=autocast) for picked in batches]
-    out = np.empty((len(examples), parts[0].shape[1]), dtype=np.float32)
-    out[np.concatenate(batches)] = np.concatenate(parts)
-    return out
-
-
-@torch.no_grad()
-def forward_batch(
-    model: torch.nn.Module,
-    examples: Sequence[Example],
-    *,
-    device: torch.device,
-    pad_token_id: int,
-    autocast: torch.dtype | None = None,
-) -> np.ndarray:
-    """The logits of one batch of views (padded to its longest), on the host as float32; of a
-    whole-document model, the windows' states (``window_states``), which ``head_logits`` pools."""
-    batch = collate(examples, pad_token_id)
-    inputs = batch_inputs(batch, model_input_names(model), device)
-    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        scores = model.window_states(**inputs) if is_window_model(model) else model(**inputs).logits
-    return scores.float().cpu().numpy()
-
-
-@dataclass(frozen=True)
-class ViewBatching:
-    """What every chunk of documents shares on the host: the model's views and how they are batched.
-
-    Given once to each worker process of ``modeling.batching.ordered_map`` (inherited, not pickled).
-    """
-
-    documents: DocumentViews
-    views: int | str
-    batch_size: int
-    max_tokens: int | None = None
-
-
-@dataclass
-class PreparedViews:
-    """A chunk of documents made ready on the host (``prepare_views``) for ``score_prepared``.
-
-    Attributes:
-        has_tokens: per document of the chunk: False where its TEXT_A gives no tokens (no views).
-        owners: per view, in the order built, its document's index among those with tokens.
-        batches: ``(view indices, collated inputs as numpy arrays)`` per batch, shortest views first.
-    """
-
-    has_tokens: list[bool]
-    owners: np.ndarray
-    batches: list[tuple[np.ndarray, dict[str, np.ndarray]]]
-
-    @property
-    def documents(self) -> int:
-        """The documents with tokens (each has at least one view)."""
-        return sum(self.has_tokens)
-
-
-_COLLATED = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def prepare_views(batching: ViewBatching, payload: tuple[Sequence[str], Sequence[str], Sequence[str] | None]
-                  ) -> PreparedViews:
-    """The host's work on one chunk, ``(doc ids, TEXT_A, TEXT_B or None)``: tokenize as preprocessing,
-    build the views with evaluation's draws, sort them by length, cut the batches and collate them.
-
-    A module-level function of plain inputs, so that worker processes run it
-    (``modeling.batching.ordered_map``); the result depends on the chunk only.
-    """
-    doc_ids, texts_a, texts_b = payload
-    documents = batching.documents
-    has_tokens = [False] * len(texts_a)
-    examples: list[Example] = []
-    owners: list[int] = []
-    kept = 0
-    for index, ids_a, ids_b in documents.token_ids(list(texts_a), None if texts_b is None else list(texts_b)):
-        if not len(ids_a):
-            continue
-        built = documents.views(doc_ids[index], ids_a, ids_b, batching.views)
-        owners.extend([kept] * len(built))
-        examples.extend(built)
-        has_tokens[index] = True
-        kept += 1
-    batches = []
-    for picked in plan_batches([len(example.input_ids) for example in examples], batching.batch_size,
-                               batching.max_tokens):
-        collated = collate([examples[i] for i in picked], documents.pad_token_id)
-        batches.append((picked, {name: collated[name].numpy() for name in _COLLATED}))
-    return PreparedViews(has_tokens, np.asarray(owners, dtype=np.int64), batches)
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device``: on a GPU through pinned memory with a non-blocking copy, so that
-    the host goes on to the next batch while the copy and the forward run."""
-    tensor = torch.from_numpy(array)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-@torch.no_grad()
-def score_prepared(model: torch.nn.Module, prepared: PreparedViews, *, device: torch.device,
-                   autocast: torch.dtype | None = None) -> np.ndarray:
-    """The logits (float32, ``[views, labels]``) of a prepared chunk's views, in the order they were
-    built; of a whole-document model, the windows' states (``head_logits`` pools them).
-
-    Every batch is queued on the device before any result is read: the host waits for the device
-    once per chunk, not once per batch.
-    """
-    names = model_input_names(model)
-    window = is_window_model(model)
-    parts = []
-    for _, arrays in prepared.batches:
-        inputs = {name: _to_device(arrays[name], device) for name in names}
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            parts.append(model.window_states(**inputs) if window else model(**inputs).logits)
-    if not parts:
-        raise ValueError("no views to score")
-    scored = torch.cat(parts).float().cpu().numpy()
-    out = np.empty_like(scored)
-    out[np.concatenate([picked for picked, _ in prepared.batches])] = scored
-    return out
-
-
-def pool_views(logits: np.ndarray, owners: Sequence[int], documents: int, pooling: str = "mean") -> np.ndarray:
-    """Each document's logits from its views' (``owners[i]``: the document of view ``i``), pooled
-    as evaluation and training pool them (``modeling.pooling.pool_logits``: mean, or per class max)."""
-    owners_t = torch.as_tensor(np.asarray(owners, dtype=np.int64))
-    counts = torch.bincount(owners_t, minlength=documents)
-    if (counts == 0).any():
-        raise ValueError("a document has no view")
-    logits = np.asarray(logits, dtype=np.float32)
-    if pooling == "mean":
-        # sums over counts, as trainer.predict on shards; in numpy: torch's scatter_reduce took 70 ms a chunk here,
-        # on the host's critical path (its threads wait for a busy CPU)
-        sums = np.zeros((documents, logits.shape[1]), dtype=np.float32)
-        np.add.at(sums, owners_t.numpy(), logits)
-        return sums / counts.numpy()[:, None].astype(np.float32)
-    return pool_logits(torch.from_numpy(logits), owners_t, documents, pooling).numpy()
-
-
 def _check_texts(texts: Sequence[Any], what: str) -> None:
     """Every text is a ``str``: a None or a number would fail deep inside the tokenizer, naming nothing.
 
@@ -558,22 +360,6 @@ def _check_texts(texts: Sequence[Any], what: str) -> None:
         if not isinstance(text, str):
             shown = "None" if text is None else f"of type {type(text).__name__} ({text!r:.40})"
             raise ValueError(f"{what} {index} is {shown}, not a string; give every text as a str")
-
-
-@torch.no_grad()
-def head_logits(head: WindowHead, states: np.ndarray, owners: Sequence[int], documents: int, *,
-                device: torch.device | str = "cpu", autocast: torch.dtype | None = None) -> np.ndarray:
-    """Each document's logits from its windows' states (``owners[i]``: the document of window ``i``;
-    a document's windows in the order of its views), by the model's head, as float32."""
-    owners_t = torch.as_tensor(np.asarray(owners, dtype=np.int64))
-    if (torch.bincount(owners_t, minlength=documents) == 0).any():
-        raise ValueError("a document has no view")
-    device = torch.device(device)
-    dtype = next(head.parameters()).dtype  # bf16 or fp16 where the model's weights were cast (inference_dtype)
-    states_t = torch.from_numpy(np.asarray(states, dtype=np.float32)).to(device=device, dtype=dtype)
-    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-        logits, _ = head(states_t, owners_t.to(device), documents)
-    return logits.float().cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
 __all__ = [
+    "is_window_model",
     "MODEL_TYPE",
     "HEAD_POOLINGS",
     "HEAD_REDUCTIONS",
@@ -252,3 +253,9 @@ AutoConfig.register(MODEL_TYPE, WindowHeadConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(WindowHeadConfig, WindowHeadForSequenceClassification, exist_ok=True)
 WindowHeadConfig.register_for_auto_class()
 WindowHeadForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+
+def is_window_model(model: torch.nn.Module) -> bool:
+    """A whole-document model (``--pooling attention|transformer``): it scores windows into states, not logits."""
+    inner = getattr(model, "_orig_mod", model)
+    return isinstance(getattr(inner, "module", inner), WindowHeadForSequenceClassification)

@@ -106,8 +106,9 @@ def test_the_api_predicts_the_same_with_workers_and_a_token_budget(models, prep,
     predictions = classifier.predict(texts, ids=ids, views=views, max_tokens_per_batch=BUDGET, num_workers=2)
     assert [p.views for p in predictions] == base_counts.tolist()
     # the budget, not batch_size, made the batches: more than 5 short views, no batch over BUDGET padded tokens
-    prepared = classifier_module.prepare_views(classifier_module.ViewBatching(classifier.documents, views, 5, BUDGET),
-                                               (ids, texts, None))
+    from modeling.scoring import ViewBatching, prepare_views
+
+    prepared = prepare_views(ViewBatching(classifier.documents, views, 5, BUDGET), (ids, texts, None))
     shapes = [arrays["input_ids"].shape for _, arrays in prepared.batches]
     assert all(rows * length <= BUDGET for rows, length in shapes) and max(rows for rows, _ in shapes) > 5
 

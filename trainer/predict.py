@@ -34,11 +34,11 @@ from corpora.inputs import LABEL_NAMES_HELP, parse_label_names, plan_inputs
 from corpora.read_progress import TaskProgress, planned_bytes
 from corpora.readers import FORMATS, InputFile, TaskCounts, plan_tasks, read_task
 from modeling.batching import check_token_budget, ordered_map
-from modeling.classifier import (DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, PreparedViews, TrainedView, ViewBatching,
-                                 inference_dtype, load_scoring_model, local_model_path, prepare_views, score_prepared)
+from modeling.classifier import DOCS_PER_CHUNK, RUN_CONFIG_NAME, Classifier, TrainedView, load_scoring_model, local_model_path
 from modeling.features import FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.label_space import input_label_separator, labelled_rows
 from modeling.prediction_output import PredictionWriter, Tally, format_summary
+from modeling.scoring import PreparedViews, ViewBatching, inference_dtype, prepare_views, score_prepared
 from schemas.columns import ColumnSpec
 from schemas.manifest import check_compatible, problem_type_of, read_manifest
 from schemas.rows import DEFAULT_LABEL_SEPARATOR, Reason, Rejection, Row, describe_place
