@@ -70,6 +70,7 @@ __all__ = [
     "Classifier",
     "start_classifier",
     "load_window_head",
+    "head_parameter_names",
     "text_id",
     "local_model_path",
     "load_classifier",
@@ -304,6 +305,14 @@ def start_classifier(name_or_path: str, *, pooling: str = "mean", max_windows: i
         local, pooling=pooling, num_labels=kwargs["num_labels"], id2label=kwargs["id2label"],
         label2id=kwargs["label2id"], max_windows=max_windows, head_layers=head_layers, head_reduce=head_reduce,
         trust_remote_code=trust_remote_code, problem_type=kwargs.get("problem_type"))
+
+
+def head_parameter_names(model: torch.nn.Module) -> frozenset[str]:
+    """The names of the parameters outside the model's pretrained encoder (its ``base_model_prefix``):
+    the classifier a run starts from random and, for a whole-document model, the head over the windows
+    (``--head_learning_rate`` trains them at their own rate)."""
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    return frozenset(name for name, _ in model.named_parameters() if not name.startswith(prefix))
 
 
 def load_window_head(model_dir: str, device: torch.device | str = "cpu") -> WindowHead:

@@ -348,3 +348,41 @@ def test_torchrun_two_ranks_attention_head(prep, tiny_model, tmp_path):
     assert len(shares[0]) == len(shares[1]) == 3 * 8 and not set(shares[0]) & set(shares[1])
     final = json.loads((out / "eval_results.json").read_text())["final"]
     assert final["num_examples"] == 30 and final["pooling"] == "attention"
+
+
+def test_head_learning_rate_trains_the_new_layers_at_their_own_rate(prep, tiny_model, tmp_path):
+    """``--head_learning_rate``: the head over the windows and the classifier (every parameter outside the
+    pretrained encoder) train at that rate, the encoder at ``--learning_rate``; a plain classifier's new
+    layer is its classifier; a rate of 0 is refused naming the flag."""
+    from modeling.classifier import head_parameter_names, start_classifier
+    from trainer.args import parse_args
+    from trainer.task import Trainer
+
+    plain = start_classifier(tiny_model, num_labels=3)
+    assert head_parameter_names(plain) == {"classifier.weight", "classifier.bias"}
+    out = tmp_path / "out"
+    argv = task_argv(prep["data_dir"], tiny_model, out, "--train_views", "chunks", "--max_chunks", "2", "--pooling",
+                     "attention", "--max_steps", "2", "--learning_rate", "1e-12", "--head_learning_rate", "1e-2",
+                     "--lr_scheduler_type", "constant", "--weight_decay", "0", "--do_train")
+    trainer = Trainer(parse_args(argv))
+    trainer.setup()
+    start = {key: value.detach().clone() for key, value in trainer.model.state_dict().items()}
+    try:
+        trainer.train()
+        trainer.save()
+    finally:
+        trainer.close()
+    names = {id(p): name for name, p in trainer.model.named_parameters()}
+    rates = {names[id(p)]: group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert set(rates) == set(names.values())
+    assert {name for name, lr in rates.items() if lr == 1e-2} == head_parameter_names(trainer.model)
+    assert all(name.startswith("head.") for name in head_parameter_names(trainer.model))
+    assert all(lr == 1e-12 for name, lr in rates.items() if name.startswith("encoder."))
+    trained = load_safetensors(out / "model.safetensors")
+    moved = {key: float((trained[key].float() - start[key].float()).abs().max()) for key in start}
+    assert max(value for key, value in moved.items() if key.startswith("encoder.")) < 1e-8
+    assert moved["head.classifier.weight"] > 1e-3 and moved["head.score.0.weight"] > 1e-3
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["args"]["head_learning_rate"] == run_config["result_args"]["head_learning_rate"] == 1e-2
+    with pytest.raises(ValueError, match=r"--head_learning_rate must be > 0, got 0.0"):
+        parse_args(task_argv(prep["data_dir"], tiny_model, tmp_path / "zero", "--head_learning_rate", "0"))

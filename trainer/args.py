@@ -117,6 +117,10 @@ class TrainConfig:
     per_device_eval_batch_size: int = arg(_TRAIN, "views per evaluation batch per process", 16)
     gradient_accumulation_steps: int = arg(_TRAIN, "batches per optimizer step", 1)
     learning_rate: float = arg(_TRAIN, "peak learning rate of AdamW", 2e-5)
+    head_learning_rate: float | None = arg(
+        _TRAIN, "peak learning rate of the layers a run starts from random: the classifier and, with --pooling "
+        "attention|transformer, the head over the windows (the encoder keeps --learning_rate; default: --learning_rate "
+        "for all). A head trained from scratch in few steps may need a higher one (docs/results.md)", None)
     num_train_epochs: float = arg(_TRAIN, "epochs (may be fractional)", 3.0)
     max_steps: int = arg(_TRAIN, "optimizer steps; overrides --num_train_epochs when > 0", -1)
     lr_scheduler_type: str = arg(_TRAIN, "learning-rate schedule (transformers' get_scheduler)", "linear", choices=list(SCHEDULERS))
@@ -537,6 +541,9 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"--warmup_ratio must be in [0, 1], got {c.warmup_ratio}")
     if c.learning_rate <= 0:
         raise ValueError(f"--learning_rate must be > 0, got {c.learning_rate}")
+    if c.head_learning_rate is not None and c.head_learning_rate <= 0:
+        raise ValueError(f"--head_learning_rate must be > 0, got {c.head_learning_rate}; leave it out to train the head "
+                         "at --learning_rate")
     if c.eval_strategy == "steps" and (c.eval_steps or 0) < 1:
         raise ValueError(f"--eval_strategy steps needs --eval_steps >= 1, got {c.eval_steps}")
     if c.save_strategy == "steps" and c.save_steps < 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import torch
 
@@ -28,16 +28,35 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     eps: float,
+    head_names: Collection[str] = (),
+    head_learning_rate: float | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW with weight decay on every parameter but biases and norm weights.
+
+    With ``head_learning_rate``, the parameters named in ``head_names`` (the layers a run starts
+    from random: ``modeling.classifier.head_parameter_names``) train at that peak rate and the
+    others at ``learning_rate``; the schedule scales both alike.
 
     Raises:
         ValueError: ``adamw_torch_fused`` on a device or dtype the fused kernel does not support.
     """
     named = [(name, p) for name, p in named_parameters if p.requires_grad]
+    if head_learning_rate is None:
+        parts = [(named, learning_rate)]
+    else:
+        if not any(n in head_names for n, _ in named):
+            raise ValueError("--head_learning_rate: this model has no new layers to train at it (no parameter outside "
+                             "its pretrained encoder)")
+        parts = [([(n, p) for n, p in named if n not in head_names], learning_rate),
+                 ([(n, p) for n, p in named if n in head_names], head_learning_rate)]
     groups = [
-        {"params": [p for n, p in named if not n.endswith(_NO_DECAY)], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if n.endswith(_NO_DECAY)], "weight_decay": 0.0},
+        group
+        for part, lr in parts
+        for group in (
+            {"params": [p for n, p in part if not n.endswith(_NO_DECAY)], "weight_decay": weight_decay, "lr": lr},
+            {"params": [p for n, p in part if n.endswith(_NO_DECAY)], "weight_decay": 0.0, "lr": lr},
+        )
+        if group["params"] or head_learning_rate is None
     ]
     options: dict[str, Any] = dict(lr=learning_rate, betas=betas, eps=eps)
     if optim == "adamw_torch_fused":

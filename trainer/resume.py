@@ -59,6 +59,8 @@ def result_args(config: Any, *, world_size: int, total_steps: int, warmup_steps:
         values.update(max_tokens_per_batch=config.max_tokens_per_batch)
     if getattr(config, "pack_views", False):
         values.update(pack_views=True)
+    if getattr(config, "head_learning_rate", None) is not None:  # recorded only when set (runs made before still resume)
+        values.update(head_learning_rate=config.head_learning_rate)
     if config.pooling in ("attention", "transformer"):  # issue 19: the head's shape
         values.update(head_layers=config.head_layers, head_reduce=config.head_reduce)
     return values

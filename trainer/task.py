@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import spanwise_io
-from modeling.classifier import load_classifier, local_model_path, save_classifier, start_classifier
+from modeling.classifier import head_parameter_names, load_classifier, local_model_path, save_classifier, start_classifier
 from modeling.features import FeatureBuilder, SpecialTokenTemplate, parse_views
 from modeling.label_space import LabelSpace
 from modeling.packing import PackedForward
@@ -196,6 +196,7 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model.named_parameters(), optim=c.optim, learning_rate=c.learning_rate, weight_decay=c.weight_decay,
             betas=(c.adam_beta1, c.adam_beta2), eps=c.adam_epsilon,
+            head_names=head_parameter_names(self.model), head_learning_rate=c.head_learning_rate,
         )
         self.scheduler = build_scheduler(self.optimizer, c.lr_scheduler_type, self.plan.num_warmup_steps, self.plan.total_steps)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=c.fp16)
@@ -484,6 +485,8 @@ class Trainer:
             self.writer.add_scalar("train/padding_fraction", padding, self.global_step)
             self.writer.add_scalar("train/loss", loss, self.global_step)
             self.writer.add_scalar("train/learning_rate", lr, self.global_step)
+            if self.config.head_learning_rate is not None:  # the last group: the new layers' (trainer.optimization)
+                self.writer.add_scalar("train/head_learning_rate", self.scheduler.get_last_lr()[-1], self.global_step)
             self.writer.add_scalar("train/samples_per_second", samples_per_second, self.global_step)
 
     # ------------------------------------------------------------------ evaluation
