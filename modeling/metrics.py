@@ -93,11 +93,12 @@ def multi_label_metrics(counts: dict[str, Any], label_names: Sequence[str]) -> d
         recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
     all_tp, all_fp, all_fn = tp.sum(), fp.sum(), fn.sum()
     documents = int(counts["documents"])
-    # no label true and none predicted anywhere: every (empty) set was right, and scikit-learn says 1
-    nothing = documents > 0 and 2 * all_tp + all_fp + all_fn == 0
+    # no label true and none predicted anywhere: F1 is 0/0, and 0 as scikit-learn's default (zero_division)
+    # gives it (exact match, the share of right sets, is then 1)
+    found = 2 * all_tp + all_fp + all_fn
     return {
-        "micro_f1": 1.0 if nothing else float(2 * all_tp / (2 * all_tp + all_fp + all_fn)) if documents else 0.0,
-        "macro_f1": 1.0 if nothing else float(f1.mean()) if len(f1) else 0.0,
+        "micro_f1": float(2 * all_tp / found) if found else 0.0,
+        "macro_f1": float(f1.mean()) if len(f1) else 0.0,
         "exact_match": float(counts["exact"] / documents) if documents else 0.0,
         "micro_precision": float(all_tp / (all_tp + all_fp)) if all_tp + all_fp > 0 else 0.0,
         "micro_recall": float(all_tp / (all_tp + all_fn)) if all_tp + all_fn > 0 else 0.0,

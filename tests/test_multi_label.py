@@ -116,6 +116,16 @@ def test_metrics_equal_scikit_learn_on_random_arrays(documents, labels, rng):
         assert metrics[name] == pytest.approx(value, abs=1e-12), name
 
 
+def test_no_label_true_and_none_predicted_scores_as_scikit_learn():
+    """F1 is 0/0 when no document has a label and none is predicted: 0, scikit-learn's default
+    (``zero_division``), while every (empty) set was right: exact match 1."""
+    nothing = np.zeros((3, 2), dtype=bool)
+    metrics = multi_label_metrics(label_set_counts(nothing, nothing), ["a", "b"])
+    assert (metrics["micro_f1"], metrics["macro_f1"], metrics["exact_match"]) == (0.0, 0.0, 1.0)
+    assert {k: v for k, v in sklearn_scores(nothing, nothing).items()} == {"micro_f1": 0.0, "macro_f1": 0.0,
+                                                                          "exact_match": 1.0}
+
+
 def test_best_threshold_maximises_micro_f1():
     truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=bool)
     probabilities = np.array([[0.35, 0.1], [0.2, 0.45], [0.4, 0.32], [0.05, 0.25]])
