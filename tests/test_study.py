@@ -182,6 +182,25 @@ def test_paired_variant_trains_on_label_sets(capsys, tmp_path):
     assert module.fmt_pct(rows[0]["micro_f1"]) == "60.00 ± 14.14"
 
 
+def test_k_views_of_cells_run_with_one_view():
+    """A table with K views over cells some of which ran with one view only: a deterministic or pooled
+    function's K-view score is its 1-view score; a random one's comes only from the cells that ran K."""
+    module = load_study()
+
+    def cell(func, seed, accuracy, views=None):
+        return {"func": func, "status": "done", "seed": seed, "final": {"accuracy": accuracy, "macro_f1": accuracy,
+                                                                       "documents": 10},
+                "train_samples_per_s": 1.0, "train_seconds": 1.0, "views": views or {},
+                "history": [{"epoch": 1.0, "accuracy": accuracy}]}
+
+    cells = [cell("head", 13, 0.8), cell("head", 14, 0.9, {"4": {"accuracy": 0.9, "macro_f1": 0.9, "same_as_one_view": True}}),
+             cell("chunks-mean", 13, 0.7), cell("rs", 13, 0.6), cell("rs", 14, 0.5, {"4": {"accuracy": 0.75, "macro_f1": 0.7}})]
+    rows = {row["func"]: row for row in module.aggregate(cells, ["head", "chunks-mean", "rs"], ["1", "4"])}
+    assert rows["head"]["views"]["4"]["accuracy"] == [0.8, 0.9] and rows["head"]["views"]["4"]["same_as_one_view"]
+    assert rows["chunks-mean"]["views"]["4"]["accuracy"] == [0.7]
+    assert rows["rs"]["views"]["4"]["accuracy"] == [0.75] and not rows["rs"]["views"]["4"]["same_as_one_view"]
+
+
 def test_update_markdown_appends_and_replaces(tmp_path):
     module = load_study()
     path = tmp_path / "results.md"
