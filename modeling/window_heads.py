@@ -104,7 +104,8 @@ def window_slots(owners: torch.Tensor, num_docs: int) -> tuple[torch.Tensor, tor
 class WindowHead(nn.Module):
     """Window states ``(windows, hidden)`` + ``owners`` -> document logits ``(num_docs, labels)``."""
 
-    def __init__(self, config: WindowHeadConfig, hidden: int, heads: int, ffn: int, dropout: float) -> None:
+    def __init__(self, config: WindowHeadConfig, hidden: int, heads: int, ffn: int, dropout: float,
+                 init_std: float = 0.02) -> None:
         super().__init__()
         self.pooling = config.pooling
         self.reduce = config.head_reduce
@@ -113,6 +114,9 @@ class WindowHead(nn.Module):
             self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         else:
             self.positions = nn.Embedding(config.max_windows, hidden)
+            # as the encoder's own position embeddings (N(0, initializer_range)); torch's N(0, 1) default is
+            # larger than the window states it is added to, and drowned them in a short fine-tuning
+            nn.init.normal_(self.positions.weight, std=init_std)
             layer = nn.TransformerEncoderLayer(hidden, heads, ffn, dropout, activation="gelu", batch_first=True)
             self.windows = nn.TransformerEncoder(layer, config.head_layers, enable_nested_tensor=False)
         self.dropout = nn.Dropout(dropout)
@@ -126,7 +130,8 @@ class WindowHead(nn.Module):
         heads = int(getattr(encoder, "num_attention_heads", 1) or 1)
         ffn = int(getattr(encoder, "intermediate_size", 4 * hidden) or 4 * hidden)
         dropout = float(getattr(encoder, "hidden_dropout_prob", 0.1) or 0.0)
-        return cls(config, hidden, heads, ffn, dropout)
+        init_std = float(getattr(encoder, "initializer_range", 0.02) or 0.02)
+        return cls(config, hidden, heads, ffn, dropout, init_std)
 
     def forward(self, states: torch.Tensor, owners: torch.Tensor, num_docs: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(logits, attention weights per window or None)``; every document must own a window."""
@@ -185,7 +190,8 @@ class WindowHeadForSequenceClassification(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The head keeps torch's initialisation (drawn from the seeded generator at construction)."""
+        """The head keeps the initialisation of its construction (drawn from the seeded generator): torch's,
+        and the window positions' N(0, initializer_range)."""
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()

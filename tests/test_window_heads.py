@@ -350,6 +350,16 @@ def test_torchrun_two_ranks_attention_head(prep, tiny_model, tmp_path):
     assert final["num_examples"] == 30 and final["pooling"] == "attention"
 
 
+def test_window_positions_start_at_the_encoders_scale(tiny_model):
+    """The transformer head's window-position embeddings are drawn as the encoder's own position
+    embeddings (N(0, initializer_range)), not torch's N(0, 1), which drowned the window states."""
+    from transformers import AutoConfig
+
+    std = AutoConfig.from_pretrained(tiny_model).initializer_range
+    positions = _model(tiny_model, "transformer").head.positions.weight
+    assert positions.mean().abs() < std and 0.5 * std < positions.std() < 1.5 * std
+
+
 def test_head_learning_rate_trains_the_new_layers_at_their_own_rate(prep, tiny_model, tmp_path):
     """``--head_learning_rate``: the head over the windows and the classifier (every parameter outside the
     pretrained encoder) train at that rate, the encoder at ``--learning_rate``; a plain classifier's new
