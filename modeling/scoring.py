@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "inference_dtype",
-    "autocast_dtype",
     "score_views",
     "forward_batch",
     "ViewBatching",
@@ -58,11 +57,6 @@ def inference_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype
     if fp16 and device.type != "cuda":
         raise ValueError("--fp16 needs a GPU; use --bf16 on a CPU")
     return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
-
-
-def autocast_dtype(bf16: bool, fp16: bool, device: torch.device) -> torch.dtype | None:
-    """``inference_dtype``, by its earlier name (an autocast dtype where weights stay in fp32)."""
-    return inference_dtype(bf16, fp16, device)
 
 
 @torch.no_grad()
