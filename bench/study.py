@@ -173,7 +173,7 @@ def prepare_data(args: argparse.Namespace, corpus_dir: Path, dry_run: bool) -> t
     preprocess_cmd = [sys.executable, "-m", "beam_pipelines.preprocess", "--data_dir", str(sub_tsv),
                       "--output_dir", str(prep), "--tokenizer", args.model, "--overwrite",
                       *(["--multi_label"] if paired else [])]
-    inverted = ["sentence (or 20-word block) order reversed (bench/study.py invert_text)"] if args.variant == "inverted" else []
+    inverted = [f"sentence (or {INVERT_BLOCK_WORDS}-word block) order reversed (bench/study.py invert_text)"] if args.variant == "inverted" else []
     commands = [convert_cmd, ["# subset", f"train {args.train_limit or 'all'}", f"dev {args.dev_limit or 'all'}",
                               f"seed {SUBSET_SEED}", *inverted, "->", str(sub_tsv)], preprocess_cmd]
     if dry_run:
@@ -636,7 +636,7 @@ def corpus_title(args: argparse.Namespace) -> str:
     title = CORPUS_TITLES.get(args.corpus, args.corpus)
     if args.variant == "paired":
         return f"{title}, paired (two documents of different labels in one, both labels: multi-label)"
-    return title if args.variant == "original" else f"{title}, inverted (sentence or 20-word block order reversed)"
+    return title if args.variant == "original" else f"{title}, inverted (sentence or {INVERT_BLOCK_WORDS}-word block order reversed)"
 
 
 def anchor(corpus: str, number: int) -> str:
@@ -716,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the table between <!-- study:<corpus>:<section>:begin/end --> (a second table; "
                              "default with --variant inverted: inverted)")
     parser.add_argument("--variant", default="original", choices=VARIANTS,
-                        help="inverted: every document's sentence order reversed, or its 20-word blocks' where it has no "
-                             "sentence ends (the evidence moves to the end)")
+                        help=f"inverted: every document's sentence order reversed, or its {INVERT_BLOCK_WORDS}-word blocks' where it "
+                             "has no sentence ends (the evidence moves to the end)")
     parser.add_argument("--eval_views", nargs="+", default=None,
                         help="1, K or chunks (the 1-view score is always measured; default 1 4, with --variant paired 1)")
     parser.add_argument("--batch_size", type=int, default=16)
